@@ -1,0 +1,35 @@
+"""The pose-source protocol shared by the mmpose, OpenPose-JSON and pose-gan-CSV backends."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from ..records import ImageRecord
+
+
+class PoseReadError(ValueError):
+    """Keypoints for one image could not be read (missing/corrupt file, bad values). The message names the file.
+    The crop stage reports the image as failed and goes on."""
+
+
+@dataclass
+class PoseBatchItem:
+    record: ImageRecord
+    image: np.ndarray  # H x W x 3 uint8 RGB (the decoded source image)
+
+
+@runtime_checkable
+class PoseSource(Protocol):
+    name: str
+
+    def describe(self) -> dict:
+        """JSON-able description for the cache metadata (backend, config, checkpoint sha256, files...)."""
+        ...
+
+    def estimate(self, batch: Sequence[PoseBatchItem]) -> tuple[np.ndarray, np.ndarray]:
+        """COCO-18 keypoints (B, 18, 2) float32 in source pixels and scores (B, 18) float32; missing joints have
+        NaN coordinates and score 0 (see posecrop.keypoints.mark_missing). A whole-image failure for item i raises
+        PoseReadError only if it cannot be expressed as an all-missing pose (e.g. an unreadable keypoint file)."""
+        ...
