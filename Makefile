@@ -1,0 +1,23 @@
+# Two entry points (see README): `make demo` runs the whole pipeline on the built-in synthetic dataset,
+# `make test` runs the test suite. Both create .venv and install what they need first.
+PY := .venv/bin/python
+
+.PHONY: venv venv-dev demo test bench clean
+
+venv:
+	@scripts/install.sh
+
+venv-dev:
+	@scripts/install.sh dev
+
+demo: venv
+	$(PY) cli.py demo --out demo_out
+
+test: venv-dev
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+bench: venv-dev
+	$(PY) -m benchmarks --quick --out benchmarks/results
+
+clean:
+	rm -rf .venv demo_out .pytest_cache
