@@ -41,3 +41,57 @@ class RegionSpec:
         for r, names in enumerate(self.joints.values()):
             m[r, [KEYPOINT_INDEX[n] for n in names]] = True
         return m
+
+
+class RegionGeometryError(ValueError):
+    """Eq. 1-2 cannot place the regions (non-finite joints, or a body height H <= 0)."""
+
+
+def region_boxes(keypoints: np.ndarray, spec: RegionSpec | None = None, beta: float = 0.1) -> np.ndarray:
+    """Boxes R0..R4 of Eq. 1-2 for a batch of complete (repaired) poses.
+
+    keypoints: (N, 18, 2) x, y in source pixels, all finite (run the canonical repair first).
+    beta: the overlap of neighbouring regions as a fraction of the body height H (paper: H/10 -> 0.1).
+    Returns (N, 5, 4) float32 boxes x1, y1, x2, y2 in REGION_NAMES order, in the continuous pixel frame where the
+    image covers [0, width] x [0, height]. Boxes may reach outside the image (crop them with a fill, not a clip).
+
+    With P1 = head joints and P4 = lower-leg joints (DESIGN.md section 2):
+      top(R0) = top(R1) = 2 min y(P1) - max y(P1);  bottom(R0) = bottom(R4) = 4/3 max y(P4) - 1/3 min y(P4)
+      H = bottom(R0) - top(R0);  b = beta * H
+      R1 bottom = max y(P1) + b;  R2, R3 = [min y(Pi) - b, max y(Pi) + b];  R4 top = min y(P4) - b
+      every region spans x in [min(xc - H/4, min x(P0)), max(xc + H/4, max x(P0))], xc = mean x of P0.
+    A pose whose H is not positive raises RegionGeometryError naming the pose index.
+    """
+    spec = spec if spec is not None else RegionSpec()
+    kp = np.asarray(keypoints, dtype=np.float64)
+    if kp.ndim != 3 or kp.shape[1:] != (len(KEYPOINT_NAMES), 2):
+        raise ValueError(f"keypoints must have shape (N, {len(KEYPOINT_NAMES)}, 2), got {kp.shape}")
+    bad = ~np.isfinite(kp).all(axis=(1, 2))
+    if bad.any():
+        raise RegionGeometryError(f"poses {np.flatnonzero(bad)[:10].tolist()} have missing (non-finite) joints; "
+                                  "repair them (posecrop.canonical.repair) before computing regions")
+    masks = spec.masks()                                   # (5, 18)
+    x, y = kp[:, None, :, 0], kp[:, None, :, 1]            # (N, 1, 18)
+    y_min = np.where(masks, y, np.inf).min(axis=-1)        # (N, 5)
+    y_max = np.where(masks, y, -np.inf).max(axis=-1)
+    top = 2.0 * y_min[:, 1] - y_max[:, 1]
+    bottom = 4.0 / 3.0 * y_max[:, 4] - 1.0 / 3.0 * y_min[:, 4]
+    height = bottom - top
+    if (height <= 0).any():
+        raise RegionGeometryError(f"poses {np.flatnonzero(height <= 0)[:10].tolist()}: body height H <= 0 "
+                                  "(head joints are not above the lower legs)")
+    b = beta * height
+    x0 = np.where(masks[0], x[:, 0], np.nan)               # (N, 18): P0 joints only
+    xc = np.nanmean(x0, axis=-1)
+    x_l = np.minimum(xc - height / 4.0, np.nanmin(x0, axis=-1))
+    x_r = np.maximum(xc + height / 4.0, np.nanmax(x0, axis=-1))
+
+    boxes = np.empty((kp.shape[0], len(REGION_NAMES), 4), dtype=np.float64)
+    boxes[:, :, 0] = x_l[:, None]
+    boxes[:, :, 2] = x_r[:, None]
+    boxes[:, 0, 1], boxes[:, 0, 3] = top, bottom
+    boxes[:, 1, 1], boxes[:, 1, 3] = top, y_max[:, 1] + b
+    boxes[:, 2:4, 1] = y_min[:, 2:4] - b[:, None]
+    boxes[:, 2:4, 3] = y_max[:, 2:4] + b[:, None]
+    boxes[:, 4, 1], boxes[:, 4, 3] = y_min[:, 4] - b, bottom
+    return boxes.astype(np.float32)

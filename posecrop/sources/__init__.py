@@ -1,4 +1,40 @@
 """Pose sources: everything that turns images (or precomputed files) into COCO-18 keypoints."""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
 from .base import PoseBatchItem, PoseReadError, PoseSource
 
-__all__ = ["PoseBatchItem", "PoseReadError", "PoseSource"]
+POSE_SOURCE_KINDS: tuple[str, ...] = ("openpose-json", "posegan-csv", "mmpose")
+
+
+def _source_class(kind: str) -> type:
+    # Imported on demand: the mmpose backend pulls in torch/mmpose, the others only numpy.
+    if kind == "openpose-json":
+        from .openpose_json import OpenPoseJsonSource
+        return OpenPoseJsonSource
+    if kind == "posegan-csv":
+        from .posegan_csv import PoseGanCsvSource
+        return PoseGanCsvSource
+    if kind == "mmpose":
+        from .mmpose_source import MMPoseSource
+        return MMPoseSource
+    raise ValueError(f"unknown pose source {kind!r}; known kinds: {', '.join(POSE_SOURCE_KINDS)}")
+
+
+def make_pose_source(kind: str, **options: Any) -> PoseSource:
+    """Build a pose source: "openpose-json" (keypoints_dir, layout), "posegan-csv" (csv_paths) or
+    "mmpose" (config, checkpoint, device, batch_size, threads). Unknown options raise ValueError."""
+    cls = _source_class(kind)
+    params = inspect.signature(cls.__init__).parameters
+    accepted = [p for p in params if p != "self"]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(options) - set(accepted))
+    if unknown and not takes_any:
+        raise ValueError(f"pose source {kind!r} does not take option(s) {', '.join(unknown)}; "
+                         f"accepted: {', '.join(accepted)}")
+    return cls(**options)
+
+
+__all__ = ["POSE_SOURCE_KINDS", "PoseBatchItem", "PoseReadError", "PoseSource", "make_pose_source"]

@@ -1,0 +1,127 @@
+"""Benchmark of the pose stage: the mmpose pose source's batched path against mmpose's own per-image API.
+
+pose-batched   `MMPoseSource.predict_coco17`: every image through the config's test pipeline, batches of
+               `batch_size` through the model's data preprocessor and one `test_step` per batch (img/s, higher
+               is better)
+  vs           `mmpose.apis.inference_topdown(model, image)` called once per image (whole image as the box),
+               same model object, same images, same thread count.
+
+Inputs are Market-size 128x64 (HxW): the real Market-1501 crops in ../shared/realdata resized to 64x128 (random
+images of that size when the samples are absent), repeated to 48 images (quick) or 256 (full). Random weights
+(`checkpoint="random"`): the cost does not depend on the weights, and none can be downloaded here. Each side
+runs twice, interleaved, after one warm-up call; the faster run of each counts. The keypoints of both sides are
+compared and the largest difference is reported in the notes (they must agree: same computation, batched).
+"""
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MARKET_CROPS = ROOT.parent / "shared" / "realdata" / "market1501_samples" / "crops"
+MARKET_SIZE = (128, 64)  # H, W
+TARGET = 1.5
+
+
+def market_images(n: int, seed: int = 0) -> tuple[list[np.ndarray], str]:
+    """n RGB uint8 images of 128x64: the real Market crops (resized, cycled) or random ones."""
+    from PIL import Image
+
+    height, width = MARKET_SIZE
+    paths = sorted(MARKET_CROPS.glob("*.jpg")) if MARKET_CROPS.is_dir() else []
+    if paths:
+        base = []
+        for p in paths:
+            with Image.open(p) as im:
+                base.append(np.asarray(im.convert("RGB").resize((width, height), Image.BILINEAR)))
+        return [base[i % len(base)] for i in range(n)], f"{len(base)} real Market crops"
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(n)], "random images"
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_config(config: str | None, images: list[np.ndarray], batch_size: int, source_note: str) -> dict:
+    import torch
+
+    from posecrop.mmpose_compat import ensure_mmpose_importable
+
+    ensure_mmpose_importable()
+    from mmpose.apis import inference_topdown
+
+    from posecrop.records import ImageRecord
+    from posecrop.sources.base import PoseBatchItem
+    from posecrop.sources.mmpose_source import MMPoseSource, RandomWeightsWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        source = MMPoseSource(config=config, checkpoint="random", batch_size=batch_size)
+    items = [PoseBatchItem(ImageRecord(f"bench/{i:05d}.jpg", 0, 0, "train", "market"), im)
+             for i, im in enumerate(images)]
+    bgr = [np.ascontiguousarray(im[..., ::-1]) for im in images]  # what the source feeds mmpose (BGR)
+    results: dict[str, np.ndarray] = {}
+
+    def ours() -> None:
+        results["ours"], _ = source.predict_coco17(items)
+
+    def reference() -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.cuda.amp.autocast.*", category=FutureWarning)
+            samples = [inference_topdown(source.model, im)[0] for im in bgr]
+        results["reference"] = np.stack([s.pred_instances.keypoints[0] for s in samples]).astype(np.float32)
+
+    source.predict_coco17(items[:batch_size])  # warm-up
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.cuda.amp.autocast.*", category=FutureWarning)
+        inference_topdown(source.model, bgr[0])
+    t_ours, t_ref = [], []
+    for _ in range(2):
+        t_ours.append(_time(ours))
+        t_ref.append(_time(reference))
+    ours_ips, ref_ips = len(images) / min(t_ours), len(images) / min(t_ref)
+    diff = float(np.abs(results["ours"] - results["reference"]).max())
+    info = source.describe()
+    return {
+        "stage": "pose",
+        "ours": f"MMPoseSource batched (batch {batch_size}), {Path(info['config']).stem}",
+        "ours_value": round(ours_ips, 2),
+        "reference": "mmpose inference_topdown per image",
+        "reference_value": round(ref_ips, 2),
+        "unit": "img/s",
+        "ratio": round(ours_ips / ref_ips, 3),
+        "target": f">= {TARGET}",
+        "notes": (f"img/s, higher is better; {len(images)} images of 128x64 ({source_note}), random weights, "
+                  f"flip test {'on' if info['flip_test'] else 'off'}, {info['device']}, "
+                  f"{torch.get_num_threads()} torch threads; max |keypoint difference| ours vs reference "
+                  f"{diff:.3g} px"),
+    }
+
+
+def run(quick: bool = True) -> list[dict]:
+    """Rows for the benchmark suite: the default config (quick), RTMPose-t and -s at two batch sizes (full)."""
+    from posecrop.sources.mmpose_source import DEFAULT_CONFIG
+
+    n = 48 if quick else 256
+    images, note = market_images(n)
+    plans = [(DEFAULT_CONFIG.stem, 16)] if quick else [
+        ("rtmpose-t_coco17-256x192", 16), ("rtmpose-t_coco17-256x192", 64),
+        ("rtmpose-s_coco17-256x192", 16), ("rtmpose-s_coco17-256x192", 64)]
+    return [bench_config(config, images, batch_size, note) for config, batch_size in plans]
+
+
+if __name__ == "__main__":
+    import json
+
+    for row in run(quick="--full" not in sys.argv[1:]):
+        print(json.dumps(row))

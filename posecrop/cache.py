@@ -1,0 +1,518 @@
+"""The Parquet crop cache on disk: writer (atomic part files, resume, shards, locks), run report, readers.
+
+Layout (see posecrop.schema):
+    CACHE/<split>/part-<shard>-<seq>.parquet   e.g. part-000of001-000003.parquet; one folder per split
+    CACHE/crop_report.jsonl                    skipped / failed images with the reason, one JSON object per line
+    CACHE/.lock-<shard>                        lock file of the process writing that shard
+
+- Part files are written atomically (temporary file + rename, posecrop.atomic): a killed run never leaves a
+  half-written part under its final name, and the next run removes the temporaries of its own shard.
+- Resume: a writer reads the `image_id` column of every existing part (all splits, all shards) and the crop
+  stage skips those images. A resumed run must use the same settings (checked; see `settings_mismatch`).
+- Shards: `--shard i/n` takes the images whose stable hash (blake2b of image_id) mod n is i. One lock file per
+  shard (fcntl.flock, non-blocking): a second process on the same shard stops with CacheLockedError; different
+  shards write different file names and run side by side.
+- Report: entries are appended in blocks (one locked write per flush, every line tagged with the run id), so a
+  killed run keeps what it reported up to its last flush; a truncated last line is skipped by `read_report`.
+- Readers validate what they hand out: split names, and every image_id / image `path` must be a relative POSIX
+  path without '..' (an untrusted cache must not make the program read outside a given root).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import atomic_path, is_temporary
+from .records import SPLITS
+from .schema import IMAGE_COLUMNS, IMAGE_STRUCT, cache_schema, read_settings
+
+REPORT_NAME = "crop_report.jsonl"
+PART_RE = re.compile(r"^part-(?P<shard>\d+of\d+)-(?P<seq>\d+)\.parquet$")
+ROW_GROUP_SIZE = 256  # rows per Parquet row group: bounded memory when a reader streams a split
+# settings that may differ between runs filling one cache (paths to precomputed keypoints differ between machines)
+_POSE_SOURCE_KEYS_COMPARED = ("backend", "config", "checkpoint_sha256", "model")
+
+
+class CacheError(ValueError):
+    """A crop cache is missing, unreadable, inconsistent or unsafe; the message names the file."""
+
+
+class UnsafePathError(CacheError):
+    """A path stored in a cache is absolute or climbs out of its root ('..')."""
+
+
+class CacheLockedError(RuntimeError):
+    """Another process holds the lock of the shard this process wants to write."""
+
+
+# ------------------------------------------------------------------------------------------------ paths, shards
+
+
+def check_relative_path(path: str, what: str = "path") -> str:
+    """Return `path` if it is a safe relative POSIX path (no root, drive, backslash, NUL, '.' or '..' parts)."""
+    if not isinstance(path, str) or not path:
+        raise UnsafePathError(f"{what}: empty or non-string path {path!r}")
+    if (path[0] == "/" or "\\" in path or "\x00" in path or (len(path) > 1 and path[1] == ":")
+            or "//" in path or path.endswith("/")
+            or any(part in ("..", ".") for part in path.split("/"))):
+        raise UnsafePathError(f"{what}: {path!r} is not a plain relative path (absolute paths and '..' are refused)")
+    return path
+
+
+def resolve_under(root: str | os.PathLike, path: str, what: str = "path") -> Path:
+    """root / path, refusing paths that leave `root` (also through symbolic links)."""
+    check_relative_path(path, what)
+    base = Path(root).resolve()
+    full = (base / path).resolve()
+    if full != base and base not in full.parents:
+        raise UnsafePathError(f"{what}: {path!r} resolves to {full}, outside {base}")
+    return full
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count` (0 <= index < count)."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.index, int) and isinstance(self.count, int) and 0 <= self.index < self.count):
+            raise ValueError(f"shard must be i/n with 0 <= i < n, got {self.index}/{self.count}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+        if not m:
+            raise ValueError(f"shard must look like i/n (e.g. 0/4), got {text!r}")
+        return cls(int(m[1]), int(m[2]))
+
+    @property
+    def token(self) -> str:
+        return f"{self.index:03d}of{self.count:03d}"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def owns(self, image_id: str) -> bool:
+        return shard_of(image_id, self.count) == self.index
+
+
+def shard_of(image_id: str, count: int) -> int:
+    """Stable shard of an image id (the same on every machine and Python version)."""
+    digest = hashlib.blake2b(image_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+# ------------------------------------------------------------------------------------------------ part files
+
+
+def part_files(cache: str | os.PathLike, split: str) -> list[Path]:
+    """The finished part files of one split, sorted by name (temporaries ignored)."""
+    if split not in SPLITS:
+        raise CacheError(f"unknown split {split!r}; a cache has {SPLITS}")
+    folder = Path(cache) / split
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if PART_RE.match(p.name) and not is_temporary(p) and p.is_file())
+
+
+def all_part_files(cache: str | os.PathLike) -> list[Path]:
+    return [p for split in SPLITS for p in part_files(cache, split)]
+
+
+def existing_image_ids(cache: str | os.PathLike) -> set[str]:
+    """image_id of every row already in the cache (reads only that column)."""
+    done: set[str] = set()
+    for part in all_part_files(cache):
+        try:
+            ids = pq.read_table(part, columns=["image_id"]).column("image_id").to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise CacheError(f"{part}: unreadable part file ({e}); move it away and re-run to redo its images") from e
+        done.update(ids)
+    return done
+
+
+def settings_mismatch(old: dict, new: dict) -> list[str]:
+    """Keys whose values differ between the settings of an existing cache and a new run (format_version
+    included). Of the pose source only its backend / model identity counts, not paths to precomputed files."""
+    def comparable(s: dict) -> dict:
+        s = dict(s)
+        src = s.pop("pose_source", None) or {}
+        s["pose_source"] = {k: src[k] for k in _POSE_SOURCE_KEYS_COMPARED if k in src}
+        return json.loads(json.dumps(s, sort_keys=True))
+    a, b = comparable(old), comparable(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+# ------------------------------------------------------------------------------------------------ lock
+
+
+class ShardLock:
+    """An exclusive, non-blocking fcntl.flock on CACHE/.lock-<shard>; released on close or process death."""
+
+    def __init__(self, cache: Path, shard: Shard) -> None:
+        self.path = Path(cache) / f".lock-{shard.token}"
+        self.shard = shard
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = os.pread(fd, 64, 0).decode().strip()
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise CacheLockedError(
+                    f"shard {self.shard} of cache {self.path.parent} is being written by another process"
+                    f"{f' (pid {holder})' if holder else ''}; lock file {self.path}. Wait for it to finish, or run "
+                    f"a different --shard") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+class RunReport:
+    """Skipped / failed images of one run, appended to CACHE/crop_report.jsonl in locked blocks."""
+
+    def __init__(self, cache: str | os.PathLike, run_id: str | None = None) -> None:
+        self.path = Path(cache) / REPORT_NAME
+        self.run_id = run_id or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ") + f"-{os.getpid()}"
+        self.pending: list[dict] = []
+        self.counts: dict[str, int] = {}
+
+    def add(self, status: str, image_id: str, reason: str, split: str | None = None) -> None:
+        self.pending.append({"run": self.run_id, "status": status, "image_id": image_id, "split": split,
+                             "reason": reason})
+        self.counts[status] = self.counts.get(status, 0) + 1
+
+    def add_summary(self, summary: dict) -> None:
+        self.pending.append({"run": self.run_id, "status": "summary", **summary})
+
+    def flush(self) -> None:
+        """Append the pending entries as one block (exclusive flock on the report while writing, then fsync)."""
+        if not self.pending:
+            return
+        block = "".join(json.dumps(e, sort_keys=True) + "\n" for e in self.pending).encode("utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            view = memoryview(block)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.pending.clear()
+
+
+def read_report(cache: str | os.PathLike) -> list[dict]:
+    """All entries of CACHE/crop_report.jsonl (a torn last line from a killed run is skipped)."""
+    path = Path(cache) / REPORT_NAME
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                out.append(entry)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ writer
+
+
+def _fixed_list(values: np.ndarray, dtype: pa.DataType, field_type: pa.DataType) -> pa.Array:
+    """(N, a[, b]) numpy -> nested fixed-size list array of `field_type`."""
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=dtype)
+    arr = flat
+    for size in reversed(values.shape[1:]):
+        arr = pa.FixedSizeListArray.from_arrays(arr, size)
+    return arr.cast(field_type)
+
+
+class CacheWriter:
+    """Writes rows into part files of one shard. Use as a context manager:
+
+        with CacheWriter(cache, settings, Shard(0, 1), rows_per_part=500) as w:
+            todo = [r for r in records if r.path not in w.done and w.shard.owns(r.path)]
+            w.add(row) ...
+
+    A row is a dict with the schema's columns: numpy arrays for keypoints (18, 2), scores (18,), joint_source (18,),
+    boxes (5, 4), outside (5,); image columns as {"bytes": ..., "path": ...}.
+    """
+
+    def __init__(self, cache: str | os.PathLike, settings: dict, shard: Shard = Shard(), rows_per_part: int = 1000,
+                 flush_seconds: float | None = 300.0, report: RunReport | None = None) -> None:
+        if rows_per_part < 1:
+            raise ValueError("rows_per_part must be >= 1")
+        self.cache = Path(cache)
+        self.settings = settings
+        self.schema = cache_schema(settings)
+        self.shard = shard
+        self.rows_per_part = rows_per_part
+        self.flush_seconds = flush_seconds
+        self.report = report
+        self.lock = ShardLock(self.cache, shard)
+        self.done: set[str] = set()
+        self.written = 0
+        self.parts_written: list[Path] = []
+        self._buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        self._seq = 0
+        self._last_flush = time.monotonic()
+
+    # -- lifecycle
+    def __enter__(self) -> "CacheWriter":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def open(self) -> None:
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        try:
+            self._remove_own_temporaries()
+            parts = all_part_files(self.cache)
+            if parts:
+                try:
+                    old = read_settings(pq.read_schema(parts[0]))
+                except (pa.ArrowException, OSError) as e:
+                    raise CacheError(f"{parts[0]}: unreadable part file ({e})") from e
+                diff = settings_mismatch(old, {"format_version": json.loads(self.schema.metadata[b"posecrop"])
+                                               ["format_version"], **self.settings})
+                if diff:
+                    raise CacheError(
+                        f"{self.cache} was made with other settings ({', '.join(diff)} differ, see {parts[0]}); "
+                        "resume with the same settings or write to a new --out folder")
+            self.done = existing_image_ids(self.cache)
+            seqs = [int(m["seq"]) for p in parts if (m := PART_RE.match(p.name)) and m["shard"] == self.shard.token]
+            self._seq = max(seqs, default=-1) + 1
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.lock.release()
+
+    def _remove_own_temporaries(self) -> None:
+        prefix = f".part-{self.shard.token}-"
+        for split in SPLITS:
+            folder = self.cache / split
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if is_temporary(p) and p.name.startswith(prefix):
+                        with contextlib.suppress(FileNotFoundError):
+                            p.unlink()
+
+    # -- writing
+    def add(self, row: dict) -> None:
+        split = row["split"]
+        if split not in SPLITS:
+            raise ValueError(f"{row.get('image_id')}: split {split!r} is not one of {SPLITS}")
+        check_relative_path(row["image_id"], "image_id")
+        self._buffers[split].append(row)
+        self.done.add(row["image_id"])
+        if len(self._buffers[split]) >= self.rows_per_part:
+            self._write_part(split)
+            if self.report is not None:
+                self.report.flush()
+        elif self.flush_seconds is not None and time.monotonic() - self._last_flush > self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every non-empty buffer as a part file (and the pending report entries)."""
+        for split in SPLITS:
+            if self._buffers[split]:
+                self._write_part(split)
+        if self.report is not None:
+            self.report.flush()
+        self._last_flush = time.monotonic()
+
+    def _write_part(self, split: str) -> Path:
+        rows = self._buffers[split]
+        table = rows_to_table(rows, self.schema)
+        path = self.cache / split / f"part-{self.shard.token}-{self._seq:06d}.parquet"
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, compression=_COMPRESSION,
+                           use_dictionary=["dataset", "split"], write_statistics=_STATISTICS)
+        self._seq += 1
+        self.written += len(rows)
+        self.parts_written.append(path)
+        self._buffers[split] = []
+        self._last_flush = time.monotonic()
+        return path
+
+
+_COMPRESSION = {**{f"{c}.bytes": "NONE" for c in IMAGE_COLUMNS}, **{f"{c}.path": "SNAPPY" for c in IMAGE_COLUMNS}}
+_STATISTICS = ["image_id", "pid", "camid", "width", "height"]
+for _f in cache_schema().names:
+    if _f not in IMAGE_COLUMNS:
+        _COMPRESSION.setdefault(_f, "SNAPPY")
+
+
+def rows_to_table(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (see CacheWriter) -> an Arrow table of the cache schema."""
+    cols: dict[str, pa.Array] = {}
+    for name in ("image_id", "dataset", "split", "pid", "camid", "width", "height"):
+        cols[name] = pa.array([r[name] for r in rows], type=schema.field(name).type)
+    for name, dtype in (("keypoints", pa.float32()), ("scores", pa.float32()), ("joint_source", pa.int8()),
+                        ("boxes", pa.float32()), ("outside", pa.float32())):
+        values = np.stack([np.asarray(r[name]) for r in rows])
+        cols[name] = _fixed_list(values, dtype, schema.field(name).type)
+    cols["beta"] = pa.array([float(r["beta"]) for r in rows], type=pa.float32())
+    for name in IMAGE_COLUMNS:
+        cols[name] = pa.StructArray.from_arrays(
+            [pa.array([r[name]["bytes"] for r in rows], pa.binary()),
+             pa.array([check_relative_path(r[name]["path"], f"{r['image_id']}: {name}.path") for r in rows],
+                      pa.string())],
+            fields=list(IMAGE_STRUCT))
+    return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
+# ------------------------------------------------------------------------------------------------ readers
+
+
+def open_cache(cache: str | os.PathLike, splits: Iterable[str] = SPLITS) -> "pyarrow.dataset.Dataset":  # noqa: F821
+    """A pyarrow dataset over the part files of `splits` (the report and temporaries are not part of it)."""
+    import pyarrow.dataset as pads  # imports pandas: only where needed
+
+    cache = Path(cache)
+    if not cache.is_dir():
+        raise CacheError(f"{cache}: no such crop cache folder")
+    files = [p for s in splits for p in part_files(cache, s)]
+    if not files:
+        raise CacheError(f"{cache}: no part files (expected {'/'.join(SPLITS)}/part-*.parquet)")
+    try:
+        schema = pq.read_schema(files[0])
+        return pads.dataset([str(f) for f in files], schema=schema, format="parquet")
+    except (pa.ArrowException, OSError) as e:
+        raise CacheError(f"{cache}: unreadable part file ({e})") from e
+
+
+def read_split(cache: str | os.PathLike, split: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """One split as an Arrow table (all part files; only `columns` when given). Stored paths are validated."""
+    if split not in SPLITS:
+        raise CacheError(f"unknown split {split!r}; a cache has {SPLITS}")
+    files = part_files(cache, split)
+    if not files:
+        raise CacheError(f"{cache}: split {split!r} has no part files ({Path(cache) / split}/part-*.parquet)")
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f, columns=list(columns) if columns is not None else None))
+        except (pa.ArrowException, OSError, KeyError) as e:
+            raise CacheError(f"{f}: cannot read columns {list(columns) if columns else 'all'}: {e}") from e
+    try:
+        table = pa.concat_tables(tables, promote_options="none")
+    except pa.ArrowInvalid as e:
+        raise CacheError(f"{cache}/{split}: part files have different schemas ({e})") from e
+    validate_paths(table, where=f"{cache}/{split}")
+    return table
+
+
+def validate_paths(table: pa.Table, where: str = "cache") -> None:
+    """Refuse tables whose image_id or image `path` values are not safe relative paths."""
+    if "image_id" in table.column_names:
+        for v in table.column("image_id").to_pylist():
+            check_relative_path(v, f"{where}: image_id")
+    for name in IMAGE_COLUMNS:
+        if name in table.column_names:
+            col = table.column(name)
+            for chunk in col.chunks:
+                for v in chunk.field("path").to_pylist():
+                    if v is not None:
+                        check_relative_path(v, f"{where}: {name}.path")
+
+
+def cache_settings(cache: str | os.PathLike) -> dict:
+    """How the cache was made (the posecrop schema metadata of its first part file)."""
+    files = all_part_files(cache)
+    if not files:
+        raise CacheError(f"{cache}: no part files (expected {'/'.join(SPLITS)}/part-*.parquet)")
+    try:
+        return read_settings(pq.read_schema(files[0]))
+    except (pa.ArrowException, OSError) as e:
+        raise CacheError(f"{files[0]}: unreadable part file ({e})") from e
+
+
+def load_image_bytes(image: dict, root: str | os.PathLike | None = None, what: str = "image") -> bytes:
+    """The encoded bytes of an image struct; when it has no bytes, read `path` under `root` (never outside)."""
+    data = image.get("bytes")
+    if data:
+        return bytes(data)
+    path = image.get("path")
+    if root is None or not path:
+        raise CacheError(f"{what}: no image bytes stored and no root to read {path!r} from")
+    return resolve_under(root, path, what).read_bytes()
+
+
+
+def cache_info(cache: str | os.PathLike) -> dict:
+    """Numbers behind `python cli.py info`: per split rows, identities, cameras, part files, share of repaired /
+    fallback joints, mean share of the body box outside the image, duplicate image ids; settings; report counts."""
+    cache = Path(cache)
+    if not all_part_files(cache):
+        raise CacheError(f"{cache}: no part files (expected {'/'.join(SPLITS)}/part-*.parquet)")
+    splits: dict[str, dict] = {}
+    for split in SPLITS:
+        parts = part_files(cache, split)
+        if not parts:
+            continue
+        t = read_split(cache, split, ["image_id", "pid", "camid", "joint_source", "outside"])
+        js = t.column("joint_source").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        counts = np.bincount(js.astype(np.int64), minlength=3) if len(js) else np.zeros(3, np.int64)
+        out = t.column("outside").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, 5)
+        total = max(int(counts.sum()), 1)
+        splits[split] = {
+            "rows": t.num_rows, "ids": len(set(t.column("pid").to_pylist())),
+            "cameras": len(set(t.column("camid").to_pylist())), "parts": len(parts),
+            "repaired_joints": float(counts[1] / total), "fallback_joints": float(counts[2] / total),
+            "body_outside": float(out[:, 0].mean()) if len(out) else 0.0,
+            "duplicates": t.num_rows - len(set(t.column("image_id").to_pylist())),
+        }
+    entries = read_report(cache)
+    runs = [e for e in entries if e.get("status") == "summary"]
+    last = runs[-1]["run"] if runs else (entries[-1].get("run") if entries else None)
+    report = {"path": str(cache / REPORT_NAME), "runs": len({e.get("run") for e in entries}),
+              "failed": sum(e.get("status") == "failed" for e in entries),
+              "skipped": sum(e.get("status") == "skipped" for e in entries),
+              "last_run_failed": sum(e.get("status") == "failed" and e.get("run") == last for e in entries)}
+    return {"cache": str(cache), "splits": splits, "settings": cache_settings(cache), "report": report}

@@ -1,0 +1,560 @@
+"""Canonical-pose repair of missing / low-confidence joints (paper Sec. 3.2, DESIGN.md section 3).
+
+A *canonical pose bank* holds K typical pedestrian configurations (front, back, side views, standing and
+walking) as normalised COCO-18 poses: centroid of the 18 joints at the origin, vertical extent (max y - min y)
+equal to 1, y pointing down like image rows.
+
+`repair` keeps every reliable joint (finite, score >= threshold) as detected and, for each pose, fits every
+canonical pose to the reliable joints with a closed-form least-squares scale + translation (all N x K fits at
+once from a handful of masked sums), picks the canonical pose with the lowest residual and fills the
+unreliable joints from it. With fewer than `min_reliable` reliable joints the orientation cannot be told, so
+the bank's mean pose is placed by the image frame (the person fills the frame as detector boxes do; a prior
+learned from Market-1501 crops) and, when 1-3 reliable joints exist, pinned to them.
+
+Per-axis scale.  The fit allows the horizontal and vertical scales to differ a little (ratio within
+[1/MAX_ASPECT, MAX_ASPECT], softly pulled together by ANISOTROPY_PENALTY). Reason: re-id crops are detector
+boxes resized to a fixed shape (Market-1501: every box becomes 64x128 whatever its aspect), so a person's
+width-to-height ratio in the crop varies from image to image; body build and viewpoint (foreshortened
+shoulders) add to it. The penalty keeps poorly constrained fits (e.g. only vertically aligned joints) near
+isotropic. `python cli.py canonical eval` measures both variants (the `isotropic` row of its table).
+
+The default bank (posecrop/data/canonical_bank.json) is learned from the pose-gan keypoints of the
+Market-1501 *training* set and reproduced by:
+
+    python cli.py canonical fit \
+        --posegan-csv ../shared/realdata/market1501_samples/keypoints_posegan_csv/market-annotation-train.csv \
+        --k 12 --seed 0 --out posecrop/data/canonical_bank.json
+
+(The pose-gan CSVs list the eyes/ears in OpenPose's COCO-18 order REye, LEye, REar, LEar, whatever pose-gan's
+label names say: index 14 lies on the side of the right shoulder in >99% of the poses.)
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .atomic import atomic_write_text
+from .keypoints import FLIP_PERMUTATION, KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
+
+JOINT_DETECTED, JOINT_REPAIRED, JOINT_FALLBACK = 0, 1, 2
+DEFAULT_BANK_PATH = Path(__file__).resolve().parent / "data" / "canonical_bank.json"
+BANK_FORMAT_VERSION = 1
+MARKET_FRAME = (64.0, 128.0)  # (width, height) of a Market-1501 crop: the frame assumed when image_size is None
+
+MAX_ASPECT = 1.5            # bound on the ratio of horizontal to vertical scale of a fit
+ANISOTROPY_PENALTY = 1.0    # lambda = ANISOTROPY_PENALTY * (Axx + Ayy): soft pull towards equal scales
+SCALE_PRIOR = 1e-3          # weak pull of the scale towards the frame scale (only matters in degenerate fits)
+FALLBACK_SCALE_PRIOR = 0.1  # pull towards the frame scale when only 1-3 joints are reliable
+FALLBACK_FRAME_WEIGHT = 0.5  # weight (in joints) of the frame placement against the reliable joints' translation
+
+_TORSO = [KEYPOINT_INDEX[n] for n in ("neck", "r_shoulder", "l_shoulder", "r_hip", "l_hip")]
+
+
+class BankFormatError(ValueError):
+    """A canonical bank file is unreadable or malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class FramePrior:
+    """Where a person sits in a detector box: the fitted pose's height as a fraction of the frame height and
+    the pose centroid as fractions of (width, height)."""
+
+    height_fraction: float = 0.8
+    center: tuple[float, float] = (0.5, 0.5)
+
+    def place(self, image_size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scale (N,) and centroid (N, 2) in pixels for frames (N, 2) of (width, height)."""
+        size = np.asarray(image_size, dtype=np.float64)
+        return self.height_fraction * size[:, 1], np.asarray(self.center) * size
+
+
+def _rounded(a: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(a, dtype=np.float64), 6) + 0.0  # + 0.0 turns -0.0 into 0.0 (stable hashes)
+
+
+@dataclass(frozen=True, eq=False)
+class CanonicalBank:
+    """K canonical poses (K, 18, 2) in normalised coordinates, their names, the mean pose (18, 2) used by the
+    fallback and the frame prior. `sha256` identifies the bank's content (not its provenance `meta`)."""
+
+    poses: np.ndarray
+    names: tuple[str, ...]
+    mean_pose: np.ndarray
+    frame: FramePrior = field(default_factory=FramePrior)
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        poses = _rounded(self.poses)
+        mean = _rounded(self.mean_pose)
+        if poses.ndim != 3 or poses.shape[1:] != (NUM_KEYPOINTS, 2) or len(poses) == 0:
+            raise ValueError(f"canonical poses must have shape (K, 18, 2) with K >= 1, got {poses.shape}")
+        if mean.shape != (NUM_KEYPOINTS, 2):
+            raise ValueError(f"mean pose must have shape (18, 2), got {mean.shape}")
+        if len(self.names) != len(poses):
+            raise ValueError(f"{len(self.names)} names for {len(poses)} canonical poses")
+        if not (np.isfinite(poses).all() and np.isfinite(mean).all()):
+            raise ValueError("canonical poses must be finite")
+        object.__setattr__(self, "poses", poses)
+        object.__setattr__(self, "mean_pose", mean)
+        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+        frame = FramePrior(round(float(self.frame.height_fraction), 6),
+                           tuple(round(float(c), 6) for c in self.frame.center))
+        object.__setattr__(self, "frame", frame)
+
+    def __len__(self) -> int:
+        return len(self.poses)
+
+    def content(self) -> dict:
+        """The JSON-able content that defines the bank (what `sha256` hashes)."""
+        return {
+            "format_version": BANK_FORMAT_VERSION,
+            "joint_names": list(KEYPOINT_NAMES),
+            "names": list(self.names),
+            "poses": self.poses.tolist(),
+            "mean_pose": self.mean_pose.tolist(),
+            "frame": {"height_fraction": self.frame.height_fraction, "center": list(self.frame.center)},
+        }
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        blob = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def to_json(self) -> str:
+        doc = {**self.content(), "sha256": self.sha256, "meta": self.meta}
+        # one pose per line keeps the file small and diff-able
+        text = json.dumps(doc, indent=1, sort_keys=True)
+        return text + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bank as JSON (atomically)."""
+        path = Path(path)
+        atomic_write_text(path, self.to_json())
+        return path
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<string>") -> "CanonicalBank":
+        try:
+            doc = json.loads(text)
+            if doc.get("format_version") != BANK_FORMAT_VERSION:
+                raise BankFormatError(f"{source}: unsupported canonical bank format_version {doc.get('format_version')!r}")
+            if list(doc.get("joint_names", KEYPOINT_NAMES)) != list(KEYPOINT_NAMES):
+                raise BankFormatError(f"{source}: joint order differs from COCO-18 {KEYPOINT_NAMES}")
+            frame = doc.get("frame") or {}
+            bank = cls(
+                poses=np.asarray(doc["poses"], dtype=np.float64),
+                names=tuple(doc["names"]),
+                mean_pose=np.asarray(doc["mean_pose"], dtype=np.float64),
+                frame=FramePrior(float(frame.get("height_fraction", FramePrior.height_fraction)),
+                                 tuple(frame.get("center", FramePrior.center))),
+                meta=dict(doc.get("meta") or {}),
+            )
+        except BankFormatError:
+            raise
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise BankFormatError(f"{source}: not a canonical pose bank ({type(e).__name__}: {e})") from e
+        stored = doc.get("sha256")
+        if stored is not None and stored != bank.sha256:
+            raise BankFormatError(f"{source}: sha256 mismatch (file says {stored}, content is {bank.sha256}); "
+                                  "the file was edited or damaged")
+        return bank
+
+
+def load_bank(path: str | Path | None = None) -> CanonicalBank:
+    """Load a canonical bank from JSON; `None` loads the default shipped with the package."""
+    return _load_bank_cached(str(Path(path).resolve()) if path is not None else str(DEFAULT_BANK_PATH))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_bank_cached(path: str) -> CanonicalBank:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise BankFormatError(f"{p}: cannot read canonical bank ({e.strerror or e})") from e
+    return CanonicalBank.from_json(text, source=str(p))
+
+
+# ----------------------------------------------------------------------------------------------- fitting
+
+
+@dataclass
+class _Fit:
+    """Least-squares placement of K canonical poses onto N poses: X ~ s * C + t per axis."""
+
+    scale: np.ndarray     # (N, K, 2)
+    shift: np.ndarray     # (N, K, 2)
+    rss: np.ndarray       # (N, K) residual sum of squares over the reliable joints (pixels^2)
+
+
+@dataclass
+class PoseMoments:
+    """Masked sums of N poses that the fits need (computed once, reused for every canonical pose)."""
+
+    weights: np.ndarray   # (N, 18)
+    count: np.ndarray     # (N,) number of weighted joints
+    mean: np.ndarray      # (N, 2) weighted mean of the joints
+    spread: np.ndarray    # (N, 2) weighted sum of squared deviations from the mean, per axis
+    weighted: np.ndarray  # (N, 18, 2) w * X (0 where unweighted)
+
+    @classmethod
+    def of(cls, points: np.ndarray, weights: np.ndarray) -> "PoseMoments":
+        w = np.asarray(weights, dtype=np.float64)
+        X = np.where(w[..., None] > 0, np.asarray(points, dtype=np.float64), 0.0)
+        X = np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
+        n = w.sum(1)
+        wX = w[..., None] * X
+        mean = wX.sum(1) / np.maximum(n, 1e-12)[:, None]
+        spread = np.maximum((wX * X).sum(1) - n[:, None] * mean**2, 0.0)
+        return cls(w, n, mean, spread, wX)
+
+
+def fit_canonical(canon: np.ndarray, points: np.ndarray | PoseMoments, weights: np.ndarray | None,
+                  prior_scale: np.ndarray, prior_strength: float = SCALE_PRIOR,
+                  anisotropy: float = ANISOTROPY_PENALTY, max_aspect: float = MAX_ASPECT) -> _Fit:
+    """Closed-form fit of every canonical pose (K, 18, 2) to every pose (N, 18, 2) over its weighted joints (N, 18).
+
+    Minimises sum_j w_j |s * C_j + t - X_j|^2 + lambda (s_x - s_y)^2 + rho sum_d (s_d - s0)^2 over per-axis scale s
+    and translation t, where lambda = anisotropy * (Axx + Ayy) (scale-free, `inf` = isotropic) and
+    rho = prior_strength * n * R^2 (R^2 = mean squared joint radius of the canonical poses), so a fit with no
+    spread in its joints (1 joint, all joints at one point) takes the prior scale s0 (N,) instead of failing.
+    Then s_y >= 1e-3 s0 (never mirrored or flipped) and s_x / s_y within [1/max_aspect, max_aspect].
+    Unweighted joints may hold NaN. Poses without any weighted joint get s = s0, t = 0 and rss = 0.
+    `points` may be precomputed `PoseMoments` (then `weights` is ignored).
+    """
+    C = np.asarray(canon, dtype=np.float64)
+    m = points if isinstance(points, PoseMoments) else PoseMoments.of(points, weights)
+    w, n = m.weights, m.count
+    s0 = np.asarray(prior_scale, dtype=np.float64)[:, None]              # (N, 1)
+    n_safe = np.maximum(n, 1e-12)[:, None, None]
+    # masked sums as matrix products (BLAS): (N, 18) @ (18, K) per axis
+    mC = np.stack([w @ C[..., d].T for d in range(2)], -1) / n_safe                          # (N, K, 2)
+    A = np.stack([w @ (C[..., d] ** 2).T for d in range(2)], -1) - n[:, None, None] * mC**2  # (N, K, 2)
+    B = np.stack([m.weighted[..., d] @ C[..., d].T for d in range(2)], -1) - n[:, None, None] * mC * m.mean[:, None, :]
+    A = np.maximum(A, 0.0)
+    radius2 = float(np.mean(np.sum((C - C.mean(1, keepdims=True)) ** 2, -1)))
+    rho = (prior_strength * radius2 * n)[:, None]                       # (N, 1)
+    ax, ay, bx, by = A[..., 0], A[..., 1], B[..., 0] + rho * s0, B[..., 1] + rho * s0
+    if np.isinf(anisotropy):
+        sx = sy = (bx + by) / np.maximum(ax + ay + 2 * rho, 1e-300)
+    else:
+        lam = anisotropy * (ax + ay)
+        det = np.maximum((ax + lam + rho) * (ay + lam + rho) - lam**2, 1e-300)
+        sx = (bx * (ay + lam + rho) + lam * by) / det
+        sy = (by * (ax + lam + rho) + lam * bx) / det
+    # keep the pose upright and its aspect plausible (a negative scale would mirror or flip the canonical pose)
+    sy = np.maximum(sy, 1e-3 * s0)
+    sx = np.clip(sx, sy / max_aspect, sy * max_aspect)
+    scale = np.stack([sx, sy], -1)
+    scale = np.where((n > 0)[:, None, None], scale, s0[..., None])
+    shift = m.mean[:, None, :] - scale * mC
+    rss = (m.spread[:, None, :] - 2 * scale * B + scale**2 * A).sum(-1)
+    rss = np.where(n[:, None] > 0, np.maximum(rss, 0.0), 0.0)
+    return _Fit(scale, shift, rss)
+
+
+# ------------------------------------------------------------------------------------------------ repair
+
+
+@dataclass
+class RepairResult:
+    """keypoints (N, 18, 2) float32, all finite; joint_source (N, 18) int8: 0 detected, 1 repaired, 2 fallback;
+    canonical_index (N,) the bank pose used (-1 = the mean pose of the frame fallback);
+    residual (N,) RMS distance of the reliable joints from the fitted canonical pose, as a fraction of the fitted
+    body height (0 with fewer than 2 reliable joints)."""
+
+    keypoints: np.ndarray
+    joint_source: np.ndarray
+    canonical_index: np.ndarray
+    residual: np.ndarray
+
+    @property
+    def num_repaired(self) -> int:
+        return int((self.joint_source == JOINT_REPAIRED).sum())
+
+    @property
+    def num_fallback(self) -> int:
+        return int((self.joint_source == JOINT_FALLBACK).sum())
+
+
+def reliable_mask(keypoints: np.ndarray, scores: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+    """(N, 18) bool: finite coordinates and a score of at least `threshold` (and above 0)."""
+    kp = np.asarray(keypoints)
+    sc = np.asarray(scores, dtype=np.float64)
+    return np.isfinite(kp).all(-1) & np.isfinite(sc) & (sc >= threshold) & (sc > 0)
+
+
+def _check_poses(keypoints: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    kp = np.asarray(keypoints, dtype=np.float64)
+    sc = np.asarray(scores, dtype=np.float64)
+    if kp.ndim != 3 or kp.shape[1:] != (NUM_KEYPOINTS, 2):
+        raise ValueError(f"keypoints must have shape (N, 18, 2), got {kp.shape}")
+    if sc.shape != kp.shape[:2]:
+        raise ValueError(f"scores must have shape {kp.shape[:2]}, got {sc.shape}")
+    return kp, sc
+
+
+def _frames(image_size: np.ndarray | Sequence[float] | None, n: int) -> np.ndarray:
+    if image_size is None:
+        return np.broadcast_to(np.asarray(MARKET_FRAME, dtype=np.float64), (n, 2)).copy()
+    size = np.asarray(image_size, dtype=np.float64)
+    if size.shape == (2,):
+        size = np.broadcast_to(size, (n, 2)).copy()
+    if size.shape != (n, 2):
+        raise ValueError(f"image_size must have shape ({n}, 2) or (2,) as (width, height), got {size.shape}")
+    if not (np.isfinite(size).all() and (size > 0).all()):
+        raise ValueError("image_size must hold positive finite (width, height) values")
+    return size
+
+
+def repair(keypoints: np.ndarray, scores: np.ndarray, bank: CanonicalBank | None = None, threshold: float = 0.1,
+           min_reliable: int = 4, image_size: np.ndarray | Sequence[float] | None = None,
+           anisotropy: float = ANISOTROPY_PENALTY, fallback_prior: float = FALLBACK_SCALE_PRIOR,
+           fallback_bank: bool = True, fallback_frame_weight: float = FALLBACK_FRAME_WEIGHT) -> RepairResult:
+    """Fill missing / low-confidence joints of N poses (N, 18, 2) from the canonical bank (module docstring).
+
+    Reliable joints (finite, score >= threshold) are returned unchanged (source 0). Poses with at least
+    `min_reliable` of them get their other joints from the best-fitting canonical pose (source 1); the others
+    get the bank's mean pose placed by the image frame (`image_size` (N, 2) or (2,) as width, height; None =
+    a Market-1501 crop, 64x128), pinned to whatever reliable joints they have (source 2).
+    """
+    kp, sc = _check_poses(keypoints, scores)
+    bank = load_bank() if bank is None else bank
+    N = len(kp)
+    frames = _frames(image_size, N)
+    rel = reliable_mask(kp, sc, threshold)
+    w = rel.astype(np.float64)
+    n_rel = rel.sum(1)
+    frame_scale, frame_center = bank.frame.place(frames)
+
+    out = np.empty((N, NUM_KEYPOINTS, 2), dtype=np.float64)
+    source = np.zeros((N, NUM_KEYPOINTS), dtype=np.int8)
+    index = np.full(N, -1, dtype=np.int64)
+    residual = np.zeros(N, dtype=np.float64)
+
+    main = n_rel >= max(int(min_reliable), 1)
+    if main.any():
+        fit = fit_canonical(bank.poses, kp[main], w[main], frame_scale[main], anisotropy=anisotropy)
+        best = np.argmin(fit.rss, axis=1)
+        rows = np.arange(len(best))
+        s, t = fit.scale[rows, best], fit.shift[rows, best]                      # (M, 2)
+        out[main] = bank.poses[best] * s[:, None, :] + t[:, None, :]
+        index[main] = best
+        residual[main] = np.sqrt(fit.rss[rows, best] / np.maximum(n_rel[main], 1)) / s[:, 1]
+    fb = ~main
+    if fb.any():
+        nf = n_rel[fb]
+        # candidates: the mean pose for 0-1 reliable joints, the whole bank (orientation can be told) for 2+
+        use_bank = (nf >= 2) & fallback_bank
+        mean_fit = fit_canonical(bank.mean_pose[None], kp[fb], w[fb], frame_scale[fb],
+                                 prior_strength=fallback_prior, anisotropy=np.inf)
+        s, t, rss = mean_fit.scale[:, 0], mean_fit.shift[:, 0], mean_fit.rss[:, 0]
+        canon = np.broadcast_to(bank.mean_pose, (int(fb.sum()), NUM_KEYPOINTS, 2)).copy()
+        idx = np.full(int(fb.sum()), -1, dtype=np.int64)
+        if use_bank.any():
+            sub = np.flatnonzero(fb)[use_bank]
+            fit = fit_canonical(bank.poses, kp[sub], w[sub], frame_scale[sub], prior_strength=fallback_prior,
+                                anisotropy=np.inf)
+            best = np.argmin(fit.rss, axis=1)
+            rows = np.arange(len(best))
+            s[use_bank], t[use_bank], rss[use_bank] = fit.scale[rows, best], fit.shift[rows, best], fit.rss[rows, best]
+            canon[use_bank], idx[use_bank] = bank.poses[best], best
+        # the frame places the pose (canonical poses have their centroid at the origin); with few joints the
+        # translation is a weighted blend of the frame placement and the joints' own (weight: joints count 1)
+        s = np.where((nf == 0)[:, None], frame_scale[fb][:, None], s)
+        t_frame = frame_center[fb] - s * canon.mean(1)
+        t = (nf[:, None] * t + fallback_frame_weight * t_frame) / np.maximum(nf[:, None] + fallback_frame_weight, 1e-12)
+        t = np.where((nf == 0)[:, None], t_frame, t)
+        out[fb] = canon * s[:, None, :] + t[:, None, :]
+        index[fb] = idx
+        residual[fb] = np.where(nf >= 2, np.sqrt(rss / np.maximum(nf, 1)) / s[:, 1], 0.0)
+
+    source[main[:, None] & ~rel] = JOINT_REPAIRED
+    source[fb[:, None] & ~rel] = JOINT_FALLBACK
+    out[rel] = kp[rel]
+    # guard against overflow from absurd inputs (coordinates ~1e300): never hand out NaN/inf
+    bad = ~np.isfinite(out)
+    if bad.any():
+        out[bad] = np.broadcast_to(frame_center[:, None, :], out.shape)[bad]
+    residual = np.nan_to_num(residual, nan=0.0, posinf=0.0, neginf=0.0)
+    return RepairResult(out.astype(np.float32), source, index, residual)
+
+
+# -------------------------------------------------------------------------------------- learning a bank
+
+
+def _normalise(poses: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Centroid of the (masked) joints to the origin, vertical extent to 1."""
+    P = np.asarray(poses, dtype=np.float64)
+    m = np.ones(P.shape[:-1], bool) if mask is None else mask
+    Pm = np.where(m[..., None], P, np.nan)
+    c = np.nanmean(Pm, axis=-2, keepdims=True)
+    h = np.nanmax(Pm[..., 1], -1) - np.nanmin(Pm[..., 1], -1)
+    return (P - c) / np.maximum(h, 1e-9)[..., None, None]
+
+
+def mirror_poses(poses: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Left/right mirror of poses centred on x = 0: x -> -x and left/right joints swapped."""
+    perm = list(FLIP_PERMUTATION)
+    flipped = poses[..., perm, :].copy()
+    flipped[..., 0] *= -1
+    return flipped, (None if mask is None else mask[..., perm])
+
+
+def _fit_distance(centres: np.ndarray, P: PoseMoments, anisotropy: float) -> tuple[np.ndarray, _Fit]:
+    fit = fit_canonical(centres, P, None, np.ones(len(P.count)), anisotropy=anisotropy)
+    dist = fit.rss / np.maximum(fit.scale[..., 0] * fit.scale[..., 1], 1e-12)   # canonical units^2
+    return dist, fit
+
+
+def _kmeans(P: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator, iterations: int,
+            anisotropy: float, tolerance: float = 1e-3) -> tuple[np.ndarray, np.ndarray, float]:
+    """Masked k-means of normalised poses under scale + translation alignment (k-means++ seeding from the
+    complete poses); stops when fewer than `tolerance` of the poses change cluster.
+    Returns centres (k, 18, 2), labels (N,), total distance."""
+    moments = PoseMoments.of(P, w)
+    complete = np.flatnonzero(w.min(1) > 0)
+    seeds = PoseMoments.of(P[complete], w[complete])
+    chosen = [complete[rng.integers(len(complete))]]
+    for _ in range(1, k):
+        d, _ = _fit_distance(_normalise(P[chosen]), seeds, anisotropy)
+        d = d.min(1)
+        p = d / d.sum() if d.sum() > 0 else None
+        chosen.append(complete[rng.choice(len(complete), p=p)])
+    C = _normalise(P[chosen])
+    labels = np.full(len(P), -1)
+    for _ in range(iterations):
+        dist, fit = _fit_distance(C, moments, anisotropy)
+        new = dist.argmin(1)
+        changed = np.mean(new != labels)
+        labels = new
+        if changed < tolerance:
+            break
+        rows = np.arange(len(P))
+        s, t = fit.scale[rows, labels], fit.shift[rows, labels]
+        Q = (P - t[:, None, :]) / s[:, None, :]            # each pose in its centre's frame
+        for c in range(k):
+            members = labels == c
+            if not members.any():  # empty cluster: re-seed with the complete pose that fits worst
+                worst = complete[np.argmax(dist[complete, labels[complete]])]
+                C[c] = _normalise(P[worst])
+                continue
+            wc = w[members]
+            total = wc.sum(0)
+            mean = (wc[..., None] * Q[members]).sum(0) / np.maximum(total, 1e-12)[:, None]
+            C[c] = np.where(total[:, None] > 0, mean, C[c])
+        C = _normalise(C)
+    dist, _ = _fit_distance(C, moments, anisotropy)
+    labels = dist.argmin(1)
+    return C, labels, float(dist.min(1).sum())
+
+
+def describe_pose(pose: np.ndarray) -> str:
+    """A short name for a normalised canonical pose (directions in image terms):
+    view `front` / `back` (shoulders wide apart, left shoulder on the image right for front views),
+    `front-quarter` / `back-quarter` (three-quarter views, narrower shoulders), `side` (shoulders overlap),
+    with the way the head points (`-left` / `-right`, from nose vs neck) where it is clear, and the stance
+    `stand` (ankles together) or `stride` (ankles apart)."""
+    J = KEYPOINT_INDEX
+    shoulders = pose[J["l_shoulder"], 0] - pose[J["r_shoulder"], 0]
+    width = abs(shoulders)
+    side = "front" if shoulders > 0 else "back"
+    view = side if width > 0.2 else (f"{side}-quarter" if width > 0.07 else "side")
+    nose = pose[J["nose"], 0] - pose[J["neck"], 0]
+    if abs(nose) > 0.05:
+        view += "-left" if nose < 0 else "-right"
+    stride = abs(pose[J["l_ankle"], 0] - pose[J["r_ankle"], 0]) > 0.07
+    return f"{view}-{'stride' if stride else 'stand'}"
+
+
+def select_training_poses(keypoints: np.ndarray, scores: np.ndarray, threshold: float = 0.1,
+                          min_joints: int = 14) -> np.ndarray:
+    """(N,) bool: poses confident and complete enough to learn canonical poses from: at least `min_joints`
+    reliable joints, including the torso (neck, shoulders, hips)."""
+    rel = reliable_mask(keypoints, scores, threshold)
+    return (rel.sum(1) >= min_joints) & rel[:, _TORSO].all(1)
+
+
+def pose_distance(a: np.ndarray, b: np.ndarray, anisotropy: float = ANISOTROPY_PENALTY) -> np.ndarray:
+    """(len(a), len(b)) RMS joint distance between normalised poses after fitting each b onto each a
+    (scale + translation), in units of body height."""
+    moments = PoseMoments.of(a, np.ones(a.shape[:2]))
+    d, _ = _fit_distance(b, moments, anisotropy)
+    return np.sqrt(d / NUM_KEYPOINTS)
+
+
+def fit_bank(keypoints: np.ndarray, scores: np.ndarray, k: int = 8, threshold: float = 0.1, seed: int = 0,
+             min_joints: int = 14, mirror: bool = True, image_size: np.ndarray | Sequence[float] | None = None,
+             iterations: int = 60, restarts: int = 3, anisotropy: float = ANISOTROPY_PENALTY,
+             duplicate_distance: float = 0.02, meta: dict | None = None) -> CanonicalBank:
+    """Learn canonical poses from the confident, (nearly) complete poses among (N, 18, 2) / (N, 18).
+
+    Poses with at least `min_joints` reliable joints (torso included) are normalised (translation + scale) and
+    clustered into `k` canonical poses by masked k-means whose distance is the residual of the same scale +
+    translation fit `repair` uses (missing joints simply do not count; seeds from complete poses, best of
+    `restarts`). With `mirror`, the left/right mirror image of every canonical pose joins the bank unless it
+    is within `duplicate_distance` (RMS, in body heights) of a pose already there: a side or three-quarter view
+    facing left implies its twin facing right, a symmetric front view is its own mirror. (Mirroring the
+    training poses instead would split the k clusters between twins; Market-1501's cameras see people
+    walk in preferred directions, and clustering the poses as they are, then adding the mirrors, measured
+    better: see `canonical eval`.) The bank holds between k and 2k poses, largest clusters first, then mirrors.
+    The mean pose is the k = 1 solution, made left/right symmetric. With `image_size` (the frames the poses
+    were detected in, (N, 2) or (2,)) the frame prior (height fraction, centroid position) is measured as
+    medians over the training poses.
+    """
+    kp, sc = _check_poses(keypoints, scores)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    keep = select_training_poses(kp, sc, threshold, min_joints)
+    rel = reliable_mask(kp, sc, threshold)[keep]
+    P = _normalise(np.where(rel[..., None], kp[keep], np.nan), rel)
+    P = np.where(rel[..., None], P, 0.0)
+    n_complete = int(rel.all(1).sum())
+    if n_complete < k:
+        raise ValueError(f"fit_bank needs at least k={k} complete confident poses to seed k-means, "
+                         f"got {n_complete} (of {len(kp)} poses, {int(keep.sum())} with >= {min_joints} joints)")
+    w = rel.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    best = None
+    for _ in range(max(1, restarts)):
+        run = _kmeans(P, w, k, rng, iterations, anisotropy)
+        if best is None or run[2] < best[2]:
+            best = run
+    centres, labels, _ = best
+    sizes = np.bincount(labels, minlength=k)
+    order = np.argsort(-sizes, kind="stable")
+    centres, sizes = centres[order], sizes[order]
+    origin = [f"cluster of {int(n)} poses" for n in sizes]
+    if mirror:
+        flipped, _ = mirror_poses(centres)
+        for i, f in enumerate(flipped):
+            if pose_distance(f[None], centres)[0].min() > duplicate_distance:
+                centres = np.concatenate([centres, f[None]])
+                origin.append(f"mirror of pose {i}")
+    mean, _, _ = _kmeans(P, w, 1, np.random.default_rng(seed), iterations, anisotropy)
+    mean = mean[0]
+    flipped, _ = mirror_poses(mean)
+    mean = _normalise((mean + flipped) / 2)   # a mean pose has no preferred side
+
+    names, seen = [], {}
+    for c in centres:
+        base = describe_pose(c)
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+
+    frame = FramePrior()
+    if image_size is not None:
+        frames = _frames(image_size, len(kp))[keep]
+        fit = fit_canonical(mean[None], kp[keep], rel.astype(np.float64), frames[:, 1], anisotropy=np.inf)
+        s, t = fit.scale[:, 0, 1], fit.shift[:, 0]
+        frame = FramePrior(float(np.median(s / frames[:, 1])), tuple(float(v) for v in np.median(t / frames, 0)))
+    info = {"num_input_poses": int(len(kp)), "num_training_poses": int(keep.sum()), "num_complete": n_complete,
+            "k": int(k), "mirror": bool(mirror), "threshold": float(threshold), "min_joints": int(min_joints),
+            "seed": int(seed), "origin": origin, **(meta or {})}
+    return CanonicalBank(centres, tuple(names), mean, frame, info)

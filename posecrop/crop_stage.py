@@ -1,0 +1,579 @@
+"""The crop stage: dataset -> pose source -> canonical repair -> Eq. 1-2 regions -> crops -> Parquet cache.
+
+    records (scan_dataset, this shard, not yet in the cache)
+      -> pose source in the main process, in batches of `batch_size`
+      -> worker processes (`workers`, spawn): read + decode the image, repair the poses of the batch
+         (vectorised), region boxes (vectorised), five crops with the outside filled, encode
+      -> CacheWriter in the main process (part files every `rows_per_part` rows of a split, atomic)
+
+Nothing about one image can stop the run: unreadable / corrupt / truncated / empty / too-large images, missing
+keypoint files and impossible geometry are written to CACHE/crop_report.jsonl with the reason, and the run goes
+on. A worker process that dies (e.g. a crashing decoder) costs only its batch: the batch is retried image by image
+in a fresh pool, and the image that kills a worker again is reported. A killed run keeps every finished part file;
+re-running resumes.
+
+Pose sources that read precomputed keypoints ("openpose-json", "posegan-csv") only need the image size, so the
+main process reads just the image header for them and hands them a zero-cost stand-in array of the image's shape
+(a source can declare `needs_pixels = True/False` to override this); other sources (mmpose) get the decoded image.
+
+Per-row `beta` is the overlap in source pixels (beta * H of Eq. 2); the schema metadata's `beta` is the fraction.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import cv2
+import numpy as np
+
+from .crops import (EXTENSIONS, FILL_MODES, PNG_COMPRESS_LEVEL, ImageDecodeError, crop_regions, decode_image,
+                    encode_image, outside_fraction, probe_size)
+from .keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
+from .records import SPLITS, ImageRecord
+from .regions import DEFAULT_REGION_JOINTS, REGION_NAMES, RegionGeometryError, RegionSpec, region_boxes
+
+# Worker processes import this module: it stays free of pyarrow (cache / schema are imported where used).
+
+PRECOMPUTED_SOURCES = ("openpose-json", "posegan-csv")
+REGION_DEFINITION = ("DESIGN.md section 2 (paper Eq. 1-2): top(R0)=top(R1)=2 min y(P1) - max y(P1); "
+                     "bottom(R0)=bottom(R4)=4/3 max y(P4) - 1/3 min y(P4); H = bottom - top; R1 bottom = max y(P1) + b; "
+                     "R2, R3 = [min y(Pi) - b, max y(Pi) + b]; R4 top = min y(P4) - b; b = beta * H; x in "
+                     "[min(xc - H/4, min x(P0)), max(xc + H/4, max x(P0))], xc = mean x(P0)")
+BOX_FRAME = "continuous pixels of the source image: the image covers [0, width] x [0, height]"
+
+
+@dataclass
+class CropConfig:
+    """Everything the crop stage needs (defaults <- recipe TOML <- CLI flags, see posecrop.typedconfig)."""
+
+    dataset: str = "market"
+    root: Path = Path("DATA")
+    out: Path = Path("CACHE")
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    pose_source: str | None = None          # None: openpose-json if ROOT/keypoints exists, else mmpose
+    pose_options: dict[str, Any] = field(default_factory=dict)
+    beta: float = 0.1                       # region overlap as a fraction of the body height H (paper: H/10)
+    threshold: float = 0.1                  # joints with a lower score are repaired
+    min_reliable: int = 4                   # fewer reliable joints -> frame fallback
+    bank: Path | None = None                # canonical pose bank (None: the one shipped with the package)
+    body_size: tuple[int, int] = (384, 192)  # (height, width) of the whole-body crop R0
+    part_size: tuple[int, int] = (96, 192)   # (height, width) of the part crops R1-R4
+    encoding: Literal["jpeg", "png"] = "jpeg"
+    jpeg_quality: int = 95
+    fill: Literal["mean", "zeros"] = "mean"  # colour of box areas outside the image
+    region_joints: dict[str, list[str]] | None = None  # override of the joint lists P0-P4 by region name
+    shard: str = "0/1"
+    workers: int | None = None              # None: min(4, cpu count); 0: everything in the main process
+    batch_size: int = 32                    # images per pose-source batch and per worker task
+    rows_per_part: int = 1000               # rows of one split per Parquet part file
+    flush_seconds: float = 300.0            # also write buffered rows at least this often
+    max_pixels: int = 64_000_000            # larger images are reported, not decoded
+    limit: int | None = None                # process at most this many new images (smoke runs)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.root, self.out = Path(self.root), Path(self.out)
+        if self.bank is not None:
+            self.bank = Path(self.bank)
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must be a fraction of H in [0, 1], got {self.beta}")
+        if self.min_reliable < 0:
+            raise ValueError("min_reliable must be >= 0")
+        for name in ("body_size", "part_size"):
+            size = tuple(getattr(self, name))
+            if len(size) != 2 or min(size) < 1 or max(size) > 4096:
+                raise ValueError(f"{name} must be (height, width) in 1..4096, got {size}")
+            setattr(self, name, (int(size[0]), int(size[1])))
+        if self.encoding not in EXTENSIONS:
+            raise ValueError(f"encoding must be one of {tuple(EXTENSIONS)}, got {self.encoding!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if self.fill not in FILL_MODES:
+            raise ValueError(f"fill must be one of {FILL_MODES}, got {self.fill!r}")
+        from .cache import Shard
+        Shard.parse(self.shard)
+        if self.workers is not None and self.workers < 0:
+            raise ValueError("workers must be >= 0")
+        for name in ("batch_size", "rows_per_part", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        self.region_spec()  # validates the joint names
+
+    def region_spec(self) -> RegionSpec:
+        joints = dict(DEFAULT_REGION_JOINTS)
+        unknown = sorted(set(self.region_joints or {}) - set(REGION_NAMES))
+        if unknown:
+            raise ValueError(f"region_joints: unknown region(s) {unknown}; regions are {REGION_NAMES}")
+        joints.update({k: tuple(v) for k, v in (self.region_joints or {}).items()})
+        return RegionSpec({name: tuple(joints[name]) for name in REGION_NAMES})
+
+    def region_sizes(self) -> list[tuple[int, int]]:
+        return [self.body_size] + [self.part_size] * (len(REGION_NAMES) - 1)
+
+    def num_workers(self) -> int:
+        return min(4, os.cpu_count() or 1) if self.workers is None else self.workers
+
+    def pose_source_kind(self) -> str:
+        if self.pose_source:
+            return self.pose_source
+        return "openpose-json" if (self.root / "keypoints").is_dir() else "mmpose"
+
+    def pose_source_options(self) -> dict[str, Any]:
+        options = dict(self.pose_options)
+        if self.pose_source_kind() == "openpose-json":
+            options.setdefault("keypoints_dir", self.root / "keypoints")
+        return options
+
+
+@dataclass
+class CropSummary:
+    cache: str
+    run_id: str
+    shard: str
+    records: int            # images of the dataset in this shard
+    already_done: int       # found in the cache and skipped
+    processed: int          # tried in this run
+    written: int            # rows added to the cache
+    failed: int             # reported as failed in this run
+    skipped: int            # files the dataset scan could not use
+    per_split: dict[str, int]
+    repaired_joints: float  # share of the written joints that were repaired
+    fallback_joints: float  # share taken from the frame fallback
+    seconds: float
+    report: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------ settings
+
+
+def build_settings(cfg: CropConfig, source_description: dict, bank_sha256: str) -> dict:
+    """The schema metadata that says how a cache was made (compared on resume)."""
+    spec = cfg.region_spec()
+    encoding: dict[str, Any] = {"format": cfg.encoding}
+    if cfg.encoding == "jpeg":
+        encoding.update(quality=cfg.jpeg_quality, chroma_subsampling="4:2:0")
+    else:
+        encoding.update(compress_level=PNG_COMPRESS_LEVEL)
+    return {
+        "dataset": cfg.dataset,
+        "dataset_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.dataset_options.items()},
+        "keypoint_names": list(KEYPOINT_NAMES),
+        "regions": {name: {"joints": list(spec.joints[name]), "size": list(size)}
+                    for name, size in zip(REGION_NAMES, cfg.region_sizes())},
+        "region_definition": REGION_DEFINITION,
+        "box_frame": BOX_FRAME,
+        "beta": cfg.beta,
+        "beta_column": "per-row beta = beta * H in source pixels",
+        "threshold": cfg.threshold,
+        "min_reliable": cfg.min_reliable,
+        "crop_sizes": {"body": list(cfg.body_size), "part": list(cfg.part_size)},
+        "encoding": encoding,
+        "fill": cfg.fill,
+        "whole": "the source image file bytes, unchanged",
+        "pose_source": source_description,
+        "canonical_bank_sha256": bank_sha256,
+        "joint_source_codes": {"0": "detected", "1": "repaired", "2": "fallback"},
+    }
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+
+
+@dataclass
+class WorkerSettings:
+    root: str
+    bank: Any                       # CanonicalBank (pickled once per worker)
+    spec: RegionSpec
+    beta: float
+    threshold: float
+    min_reliable: int
+    sizes: list[tuple[int, int]]
+    encoding: str
+    jpeg_quality: int
+    fill: str
+    max_pixels: int
+    whole_column: str = "whole"
+
+
+@dataclass
+class CropTask:
+    records: list[ImageRecord]
+    keypoints: np.ndarray   # (B, 18, 2)
+    scores: np.ndarray      # (B, 18)
+
+    def split(self) -> list["CropTask"]:
+        return [CropTask([r], self.keypoints[i:i + 1], self.scores[i:i + 1]) for i, r in enumerate(self.records)]
+
+
+@dataclass
+class TaskResult:
+    rows: list[dict]
+    failures: list[tuple[ImageRecord, str]]
+
+
+_WORKER: WorkerSettings | None = None
+
+
+def _init_worker(settings: WorkerSettings) -> None:
+    global _WORKER
+    import cv2
+    cv2.setNumThreads(1)
+    warnings.simplefilter("ignore")
+    _WORKER = settings
+
+
+def _run_task(task: CropTask) -> TaskResult:
+    assert _WORKER is not None, "worker not initialised"
+    return process_task(task, _WORKER)
+
+
+def _split_suffix(image_id: str) -> tuple[str, str]:
+    """'a/b.c.jpg' -> ('a/b.c', '.jpg') (plain string work: this runs for every crop)."""
+    dot = image_id.rfind(".")
+    return (image_id[:dot], image_id[dot:]) if dot > image_id.rfind("/") + 1 else (image_id, "")
+
+
+def _crop_path(image_id: str, region: str, ext: str) -> str:
+    return f"{_split_suffix(image_id)[0]}_{region}{ext}"
+
+
+def _whole_path(image_id: str, ext: str) -> str:
+    """image_id, with the extension of the real format when the file's own extension says otherwise."""
+    base, suffix = _split_suffix(image_id)
+    same = {".jpeg": ".jpg", ".jpe": ".jpg", ".tiff": ".tif"}
+    return image_id if same.get(suffix.lower(), suffix.lower()) == ext else base + ext
+
+
+def _boxes_per_pose(keypoints: np.ndarray, spec: RegionSpec, beta: float) -> list[np.ndarray | str]:
+    """region_boxes for the batch; poses it cannot place get the reason instead of boxes."""
+    try:
+        return list(region_boxes(keypoints, spec, beta))
+    except RegionGeometryError:
+        out: list[np.ndarray | str] = []
+        for kp in keypoints:
+            try:
+                out.append(region_boxes(kp[None], spec, beta)[0])
+            except RegionGeometryError as e:
+                out.append(f"regions: {str(e).split(': ', 1)[-1]}")
+        return out
+
+
+def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
+    """Decode, repair, place the regions, crop and encode one batch of images (runs in a worker)."""
+    from .canonical import repair
+
+    failures: list[tuple[ImageRecord, str]] = []
+    decoded, keep = [], []
+    for i, rec in enumerate(task.records):
+        try:
+            with open(os.path.join(s.root, rec.path), "rb") as f:
+                data = f.read()
+            decoded.append((data, decode_image(data, rec.path, s.max_pixels, order="BGR")))
+            keep.append(i)
+        except ImageDecodeError as e:
+            failures.append((rec, str(e)))
+        except OSError as e:
+            failures.append((rec, f"{rec.path}: cannot read the image file ({e.strerror or e})"))
+    if not keep:
+        return TaskResult([], failures)
+    records = [task.records[i] for i in keep]
+    sizes_wh = np.array([[d.pixels.shape[1], d.pixels.shape[0]] for _, d in decoded], dtype=np.float64)
+    kp_in, sc_in = task.keypoints[keep], task.scores[keep]
+    try:
+        fixed = repair(kp_in, sc_in, s.bank, threshold=s.threshold, min_reliable=s.min_reliable,
+                       image_size=sizes_wh)
+    except (ValueError, FloatingPointError) as e:  # one bad pose must not sink the batch: retry one by one
+        if len(keep) == 1:
+            return TaskResult([], failures + [(records[0], f"{records[0].path}: canonical repair failed ({e})")])
+        sub = [process_task(t, s) for t in CropTask([task.records[i] for i in keep], kp_in, sc_in).split()]
+        return TaskResult([r for t in sub for r in t.rows], failures + [f for t in sub for f in t.failures])
+    boxes = _boxes_per_pose(fixed.keypoints, s.spec, s.beta)
+    placed = [j for j, b in enumerate(boxes) if not isinstance(b, str)]
+    outside = np.zeros((len(records), len(REGION_NAMES)), np.float32)
+    if placed:
+        stacked = np.stack([boxes[j] for j in placed])  # type: ignore[misc]
+        outside[placed] = outside_fraction(stacked, sizes_wh[placed, 0, None], sizes_wh[placed, 1, None])
+    scores = np.where(np.isfinite(sc_in), sc_in, 0.0).astype(np.float32)
+    ext = EXTENSIONS[s.encoding]
+    rows = []
+    for j, rec in enumerate(records):
+        data, img = decoded[j]
+        b = boxes[j]
+        if isinstance(b, str):
+            failures.append((rec, f"{rec.path}: {b}"))
+            continue
+        try:
+            h, w = img.pixels.shape[:2]
+            crops = crop_regions(img.pixels, b, s.sizes, s.fill)  # type: ignore[arg-type]
+            encoded = [encode_image(c, s.encoding, s.jpeg_quality, order="BGR")  # type: ignore[arg-type]
+                       for c in crops]
+        except (ValueError, OSError, MemoryError, cv2.error) as e:
+            failures.append((rec, f"{rec.path}: cropping failed ({type(e).__name__}: {e})"))
+            continue
+        height_h = float(b[0, 3] - b[0, 1])
+        row = {
+            "image_id": rec.path, "dataset": rec.dataset, "split": rec.split, "pid": rec.pid, "camid": rec.camid,
+            "width": w, "height": h,
+            "keypoints": fixed.keypoints[j], "scores": scores[j],
+            "joint_source": fixed.joint_source[j], "boxes": b,
+            "outside": outside[j], "beta": s.beta * height_h,
+            s.whole_column: {"bytes": data, "path": _whole_path(rec.path, img.extension)},
+        }
+        for name, blob in zip(REGION_NAMES, encoded):
+            row[name] = {"bytes": blob, "path": _crop_path(rec.path, name, ext)}
+        rows.append(row)
+    return TaskResult(rows, failures)
+
+
+# ------------------------------------------------------------------------------------------------ main side
+
+
+_NO_PIXELS = np.zeros((1, 1, 3), np.uint8)
+
+
+
+
+def _needs_pixels(source: Any) -> bool:
+    flag = getattr(source, "needs_pixels", None)
+    return bool(flag) if flag is not None else getattr(source, "name", "") not in PRECOMPUTED_SOURCES
+
+
+def _estimate(source: Any, records: list[ImageRecord], cfg: CropConfig, report: RunReport
+              ) -> tuple[list[ImageRecord], np.ndarray, np.ndarray]:
+    """Run the pose source on one batch; images it cannot handle are reported and dropped."""
+    from PIL import UnidentifiedImageError
+
+    from .sources import PoseBatchItem, PoseReadError
+
+    pixels = _needs_pixels(source)
+    items: list[PoseBatchItem] = []
+    for rec in records:
+        path = cfg.root / rec.path
+        try:
+            if pixels:
+                image = decode_image(path.read_bytes(), rec.path, cfg.max_pixels).rgb
+            else:
+                w, h = probe_size(path, cfg.max_pixels)
+                image = np.broadcast_to(_NO_PIXELS, (h, w, 3))
+        except ImageDecodeError as e:
+            report.add("failed", rec.path, str(e), rec.split)
+            continue
+        except UnidentifiedImageError:
+            size = path.stat().st_size if path.exists() else -1
+            reason = "empty file (0 bytes)" if size == 0 else "not a readable image (unknown or corrupt format)"
+            report.add("failed", rec.path, f"{rec.path}: {reason}", rec.split)
+            continue
+        except (OSError, ValueError, SyntaxError) as e:
+            report.add("failed", rec.path, f"{rec.path}: cannot read the image ({type(e).__name__}: {e})", rec.split)
+            continue
+        items.append(PoseBatchItem(rec, image))
+    if not items:
+        return [], np.zeros((0, NUM_KEYPOINTS, 2), np.float32), np.zeros((0, NUM_KEYPOINTS), np.float32)
+    try:
+        kps, scores = source.estimate(items)
+        return [it.record for it in items], np.asarray(kps, np.float32), np.asarray(scores, np.float32)
+    except PoseReadError:
+        pass  # find the culprit(s): one image at a time
+    ok, kp_list, sc_list = [], [], []
+    for it in items:
+        try:
+            k, s = source.estimate([it])
+        except PoseReadError as e:
+            report.add("failed", it.record.path, f"pose: {e}", it.record.split)
+            continue
+        ok.append(it.record)
+        kp_list.append(np.asarray(k, np.float32)[0])
+        sc_list.append(np.asarray(s, np.float32)[0])
+    if not ok:
+        return [], np.zeros((0, NUM_KEYPOINTS, 2), np.float32), np.zeros((0, NUM_KEYPOINTS), np.float32)
+    return ok, np.stack(kp_list), np.stack(sc_list)
+
+
+class _Pool:
+    """Worker processes with a bounded number of tasks in flight; survives a worker's death (see module doc)."""
+
+    def __init__(self, workers: int, settings: WorkerSettings) -> None:
+        self.workers = workers
+        self.settings = settings
+        self.inflight: dict[cf.Future, CropTask] = {}
+        self.retry: list[CropTask] = []
+        self.executor: cf.ProcessPoolExecutor | None = None
+        self._local = workers == 0
+        if not self._local:
+            self._start()
+        else:
+            _init_worker(settings)
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.executor = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                               initargs=(self.settings,))
+
+    def submit(self, task: CropTask) -> list[TaskResult]:
+        """Queue a task; returns results that are ready (blocking while too many tasks are in flight)."""
+        if self._local:
+            return [process_task(task, self.settings)]
+        self.inflight[self.executor.submit(_run_task, task)] = task  # type: ignore[union-attr]
+        return self.collect(block=len(self.inflight) >= 2 * self.workers)
+
+    def collect(self, block: bool) -> list[TaskResult]:
+        if self._local or not self.inflight:
+            return []
+        done, _ = cf.wait(list(self.inflight), timeout=None if block else 0, return_when=cf.FIRST_COMPLETED)
+        results: list[TaskResult] = []
+        broken = False
+        for fut in done:
+            task = self.inflight.pop(fut)
+            try:
+                results.append(fut.result())
+            except cf.process.BrokenProcessPool:
+                broken = True
+                self._lost(task, results)
+        if broken:
+            for fut, task in list(self.inflight.items()):
+                try:
+                    results.append(fut.result())
+                except cf.process.BrokenProcessPool:
+                    self._lost(task, results)
+            self.inflight.clear()
+            self.executor.shutdown(wait=True, cancel_futures=True)  # type: ignore[union-attr]
+            self._start()
+            for t in self.retry:
+                self.inflight[self.executor.submit(_run_task, t)] = t  # type: ignore[union-attr]
+            self.retry = []
+        return results
+
+    def _lost(self, task: CropTask, results: list[TaskResult]) -> None:
+        if len(task.records) > 1:
+            self.retry.extend(task.split())
+        else:
+            rec = task.records[0]
+            results.append(TaskResult([], [(rec, f"{rec.path}: the worker process died while processing this "
+                                                  "image (crashing decoder?)")]))
+
+    def drain(self) -> list[TaskResult]:
+        out: list[TaskResult] = []
+        while self.inflight:
+            out.extend(self.collect(block=True))
+        return out
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
+
+
+def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None = None) -> CropSummary:
+    """Run the crop stage for `cfg` (see the module docstring). `pose_source` (a PoseSource) overrides
+    cfg.pose_source, `bank` (a CanonicalBank) overrides cfg.bank."""
+    from .cache import CacheWriter, RunReport, Shard
+    from .canonical import load_bank
+    from .datasets import scan_dataset
+    from .schema import WHOLE_COLUMN
+
+    t0 = time.perf_counter()
+    shard = Shard.parse(cfg.shard)
+    records, skipped = scan_dataset(cfg.dataset, cfg.root, **cfg.dataset_options)
+    records = [r for r in records if shard.owns(r.path)]
+    if pose_source is None:
+        from .sources import make_pose_source
+        pose_source = make_pose_source(cfg.pose_source_kind(), **cfg.pose_source_options())
+    bank = load_bank(cfg.bank) if bank is None else bank
+    settings = build_settings(cfg, pose_source.describe(), bank.sha256)
+    report = RunReport(cfg.out)
+    for path, reason in skipped:
+        if shard.owns(path):
+            report.add("skipped", path, reason)
+
+    per_split = {s: 0 for s in SPLITS}
+    joint_counts = np.zeros(3, dtype=np.int64)
+    failed = 0
+    with CacheWriter(cfg.out, settings, shard, cfg.rows_per_part, cfg.flush_seconds, report) as writer:
+        todo = [r for r in records if r.path not in writer.done]
+        already = len(records) - len(todo)
+        if cfg.limit is not None:
+            todo = todo[: cfg.limit]
+        wsettings = WorkerSettings(str(cfg.root), bank, cfg.region_spec(), cfg.beta, cfg.threshold, cfg.min_reliable,
+                                   cfg.region_sizes(), cfg.encoding, cfg.jpeg_quality, cfg.fill, cfg.max_pixels,
+                                   WHOLE_COLUMN)
+        # one batch or less is not worth starting processes for; never more workers than batches
+        workers = min(cfg.num_workers(), -(-len(todo) // cfg.batch_size)) if len(todo) > cfg.batch_size else 0
+
+        def consume(results: list[TaskResult]) -> None:
+            nonlocal failed
+            for res in results:
+                for row in res.rows:
+                    writer.add(row)
+                    per_split[row["split"]] += 1
+                    joint_counts[:] += np.bincount(row["joint_source"], minlength=3)[:3]
+                for rec, reason in res.failures:
+                    report.add("failed", rec.path, reason, rec.split)
+                    failed += 1
+                progress.advance(len(res.rows) + len(res.failures))
+
+        progress = _Progress(cfg.progress, len(todo), f"crop {cfg.dataset} [{shard}]")
+        pool = _Pool(workers, wsettings) if todo else None
+        try:
+            with progress:
+                for start in range(0, len(todo), cfg.batch_size):
+                    batch = todo[start:start + cfg.batch_size]
+                    before = report.counts.get("failed", 0)
+                    recs, kps, scores = _estimate(pose_source, batch, cfg, report)
+                    n_pose_failed = report.counts.get("failed", 0) - before
+                    failed += n_pose_failed
+                    progress.advance(n_pose_failed)
+                    if recs:
+                        consume(pool.submit(CropTask(recs, kps, scores)))  # type: ignore[union-attr]
+                    consume(pool.collect(block=False) if pool else [])
+                if pool is not None:
+                    consume(pool.drain())
+        finally:
+            if pool is not None:
+                pool.close()
+        total_joints = max(int(joint_counts.sum()), 1)
+        summary = CropSummary(
+            cache=str(cfg.out), run_id=report.run_id, shard=str(shard), records=len(records), already_done=already,
+            processed=len(todo), written=sum(per_split.values()), failed=failed,
+            skipped=sum(1 for p, _ in skipped if shard.owns(p)), per_split=per_split,
+            repaired_joints=float(joint_counts[1] / total_joints), fallback_joints=float(joint_counts[2] / total_joints),
+            seconds=round(time.perf_counter() - t0, 3), report=str(report.path))
+        report.add_summary({k: v for k, v in summary.as_dict().items() if k not in ("run_id", "report")})
+    return summary
+
+
+class _Progress:
+    """A rich progress bar (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, title: str) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.title = title
+        self._progress = None
+        self._task = None
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TimeRemainingColumn())
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.title, total=self.total)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def advance(self, n: int) -> None:
+        if self._progress is not None and n:
+            self._progress.advance(self._task, n)  # type: ignore[arg-type]

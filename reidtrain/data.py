@@ -1,0 +1,333 @@
+"""Data pipeline over the Parquet crop cache: split tables, crop decoding + augmentation, samplers, loaders.
+
+- Only the columns a model needs are read (`input_columns`): the five region crops, or `whole` for `baseline`
+  (fed the unaligned detector box resized to the body size; the model cuts its own strips).
+- JPEG bytes stay in Arrow memory (zero-copy numpy views, shared by forked workers) and are decoded in
+  `__getitem__` with OpenCV, so loading scales with DataLoader workers.
+- Augmentation (albumentations): one horizontal-flip decision (and one colour jitter) per sample, identical for
+  all five crops; padding-crop and random erasing drawn per crop. Every random draw of a sample comes from a
+  seed the sampler hands out with its index, so a sample's augmentation depends on (seed, epoch, position)
+  only - not on worker count or process - which makes seeded runs and `--resume` reproducible.
+- Workers return uint8 CHW tensors (4x less inter-process traffic than float); `normalize_batch` turns them
+  into floats on the training device: by default minus each image's own channel means (Sec. 4.1).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from posecrop.cache import CacheError, read_split
+from posecrop.regions import REGION_NAMES
+from posecrop.schema import WHOLE_COLUMN
+
+from .config import AugmentConfig
+
+IDENTITY_COLUMNS = ("image_id", "dataset", "pid", "camid")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
+class CacheReadError(CacheError):
+    """A cache row cannot be used (no bytes, undecodable image); the message names the image and column."""
+
+
+def input_columns(model_name: str) -> dict[str, str]:
+    """Model input key -> cache column. `baseline` reads `whole` as its "body" input; the others the five crops."""
+    if model_name == "baseline":
+        return {"body": WHOLE_COLUMN}
+    return {name: name for name in REGION_NAMES}
+
+
+def input_sizes(keys: Sequence[str], body_size: tuple[int, int], part_size: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """(height, width) each input is resized to: the body size for "body", the part size for the four parts."""
+    return {k: tuple(body_size) if k == "body" else tuple(part_size) for k in keys}
+
+
+# ----------------------------------------------------------------------------------------------- split tables
+def read_split_table(cache: Path, split: str, columns: Sequence[str]) -> pa.Table:
+    """Read `columns` of one split (posecrop.cache.read_split), ordered by image_id (stable across runs)."""
+    table = read_split(Path(cache), split, list(columns))
+    if table.num_rows == 0:
+        raise CacheReadError(f"{cache}/{split}: the split has no rows")
+    return table.sort_by("image_id")
+
+
+class _BinaryColumn:
+    """Zero-copy random access to the `bytes` of an image-struct column (numpy views over the Arrow buffers)."""
+
+    def __init__(self, column: pa.ChunkedArray, name: str, image_ids: Sequence[str]) -> None:
+        self.offsets: list[np.ndarray] = []
+        self.data: list[np.ndarray] = []
+        starts = [0]
+        for chunk in column.chunks:
+            values = chunk.field("bytes") if pa.types.is_struct(chunk.type) else chunk
+            if values.null_count or chunk.null_count:
+                bad = np.flatnonzero(np.asarray(values.is_null().to_numpy(zero_copy_only=False)))
+                row = starts[-1] + int(bad[0]) if len(bad) else starts[-1]
+                raise CacheReadError(f"column {name!r}: no image bytes for {image_ids[row]!r}")
+            if pa.types.is_large_binary(values.type):
+                off_type = np.int64
+            else:
+                values = values.cast(pa.binary())
+                off_type = np.int32
+            buffers = values.buffers()
+            offsets = np.frombuffer(buffers[1], dtype=off_type)[values.offset: values.offset + len(values) + 1]
+            data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+            self.offsets.append(offsets)
+            self.data.append(data)
+            starts.append(starts[-1] + len(values))
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self._keepalive = column
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        c = int(np.searchsorted(self.starts, i, side="right")) - 1
+        j = i - int(self.starts[c])
+        off = self.offsets[c]
+        return self.data[c][int(off[j]): int(off[j + 1])]
+
+
+@dataclass
+class SplitData:
+    """One split of a cache in memory: identities plus the encoded image bytes of the needed columns."""
+
+    cache: Path
+    split: str
+    image_ids: list[str]
+    pids: np.ndarray
+    camids: np.ndarray
+    dataset: str
+    images: dict[str, _BinaryColumn]   # model input key -> encoded bytes
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def encoded(self, key: str, index: int) -> np.ndarray:
+        return self.images[key][index]
+
+
+def load_split(cache: Path, split: str, columns: dict[str, str]) -> SplitData:
+    """Read one split with only the identity columns and the image columns in `columns` (key -> column)."""
+    wanted = list(dict.fromkeys([*IDENTITY_COLUMNS, *columns.values()]))
+    table = read_split_table(Path(cache), split, wanted)
+    image_ids = table.column("image_id").to_pylist()
+    datasets = set(table.column("dataset").unique().to_pylist())
+    images = {key: _BinaryColumn(table.column(col), col, image_ids) for key, col in columns.items()}
+    return SplitData(cache=Path(cache), split=split, image_ids=image_ids,
+                     pids=table.column("pid").to_numpy().astype(np.int64),
+                     camids=table.column("camid").to_numpy().astype(np.int64),
+                     dataset=",".join(sorted(str(d) for d in datasets)), images=images)
+
+
+def relabel(pids: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Train identities -> class labels 0..q-1 (sorted original pids); returns (labels, the original pids)."""
+    uniq = np.unique(pids)
+    return np.searchsorted(uniq, pids).astype(np.int64), [int(p) for p in uniq]
+
+
+# ------------------------------------------------------------------------------------------------- transforms
+def decode(encoded: np.ndarray, where: str) -> np.ndarray:
+    """JPEG/PNG bytes -> HxWx3 uint8 RGB."""
+    if _IMREAD_RGB is not None:
+        img = cv2.imdecode(encoded, _IMREAD_RGB)
+    else:
+        img = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img is not None else None
+    if img is None:
+        raise CacheReadError(f"{where}: image bytes cannot be decoded ({len(encoded)} bytes)")
+    return img
+
+
+class SampleTransform:
+    """Resize each input to its size; with `augment`, the albumentations training augmentation.
+
+    shared (one decision per sample, same for every crop): horizontal flip, colour jitter - each crop runs the
+    same shape-independent pipeline from generators seeded identically.
+    per crop: padding-crop and random erasing, seeded by (sample seed, crop index).
+    """
+
+    def __init__(self, sizes: dict[str, tuple[int, int]], augment: AugmentConfig | None = None) -> None:
+        self.sizes = dict(sizes)
+        self.augment = augment
+        self.shared: A.Compose | None = None
+        self.own: dict[str, A.Compose] = {}
+        if augment is None:
+            return
+        shared = []
+        if augment.flip:
+            shared.append(A.HorizontalFlip(p=0.5))
+        if augment.color_jitter > 0:
+            shared.append(A.ColorJitter(brightness=0.2, contrast=0.15, saturation=0.15, hue=0.0, p=augment.color_jitter))
+        self.shared = A.Compose(shared) if shared else None
+        body_h, body_w = self.sizes.get("body", next(iter(self.sizes.values())))
+        for key, (h, w) in self.sizes.items():
+            own = []
+            ph, pw = round(augment.pad * h / body_h), round(augment.pad * w / body_w)
+            if ph or pw:
+                own += [A.PadIfNeeded(min_height=h + 2 * ph, min_width=w + 2 * pw,
+                                      border_mode=cv2.BORDER_CONSTANT, fill=0),
+                        A.RandomCrop(height=h, width=w)]
+            if augment.erasing > 0:
+                own.append(A.Erasing(p=augment.erasing, fill="random"))
+            self.own[key] = A.Compose(own) if own else None
+
+    def __call__(self, images: dict[str, np.ndarray], seed: int | None) -> dict[str, np.ndarray]:
+        out = {}
+        for i, (key, img) in enumerate(images.items()):
+            h, w = self.sizes[key]
+            if img.shape[:2] != (h, w):
+                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+            if self.augment is not None and seed is not None:
+                if self.shared is not None:
+                    self.shared.set_random_state(np.random.default_rng(seed), random.Random(seed))
+                    img = self.shared(image=img)["image"]
+                own = self.own.get(key)
+                if own is not None:
+                    own.set_random_state(np.random.default_rng([seed, i]), random.Random(seed * 8 + i + 1))
+                    img = own(image=img)["image"]
+            out[key] = img
+        return out
+
+
+def to_chw_uint8(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+def normalize_batch(x: torch.Tensor, mode: str = "channel-mean") -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 in [0, 1] minus each image's own channel means (Sec. 4.1), or ImageNet mean/std."""
+    x = x.float().div_(255.0)
+    if mode == "channel-mean":
+        return x - x.mean(dim=(2, 3), keepdim=True)
+    if mode == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+    raise ValueError(f"unknown normalisation {mode!r} (channel-mean or imagenet)")
+
+
+# ---------------------------------------------------------------------------------------------------- dataset
+class ReidDataset(Dataset):
+    """Samples of one split: {"inputs": {key: uint8 CHW}, "label", "pid", "camid", "index"}.
+
+    Indexed by an int (no augmentation randomness) or by (index, seed) as the training samplers yield.
+    `labels` are the class labels (train split); -1 where not given.
+    """
+
+    def __init__(self, data: SplitData, transform: SampleTransform, labels: np.ndarray | None = None) -> None:
+        self.data = data
+        self.transform = transform
+        self.labels = labels if labels is not None else np.full(len(data), -1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def load(self, index: int) -> dict[str, np.ndarray]:
+        """The decoded (not resized) images of one sample."""
+        where = f"{self.data.cache}/{self.data.split} image {self.data.image_ids[index]!r}"
+        return {key: decode(self.data.encoded(key, index), f"{where} column {key!r}") for key in self.data.images}
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        index, seed = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), None)
+        images = self.transform(self.load(index), seed)
+        return {"inputs": {k: to_chw_uint8(v) for k, v in images.items()},
+                "label": int(self.labels[index]), "pid": int(self.data.pids[index]),
+                "camid": int(self.data.camids[index]), "index": index}
+
+
+# --------------------------------------------------------------------------------------------------- samplers
+class EpochSampler(Sampler):
+    """The training order of one epoch, a pure function of (seed, epoch), sharded over `world_size` ranks.
+
+    mode "random": a permutation of all samples. mode "identity": P x K identity-balanced batches (P =
+    batch_size / K identities, K = instances_per_id images each; identities with fewer images are sampled with
+    replacement). Yields (index, sample_seed): the seed drives that sample's augmentation. All ranks draw the
+    same global order and take disjoint shares of equal length (random: every world_size-th sample; identity:
+    whole batches), so DDP ranks never wait on each other.
+    """
+
+    def __init__(self, labels: np.ndarray, batch_size: int, mode: str = "random", instances_per_id: int = 4,
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if mode not in ("random", "identity"):
+            raise ValueError(f"sampler mode must be 'random' or 'identity', got {mode!r}")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.batch_size, self.mode, self.k = batch_size, mode, instances_per_id
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        if mode == "identity":
+            p = batch_size // instances_per_id
+            if len(np.unique(self.labels)) < p:
+                raise ValueError(f"identity sampler: {p} identities per batch but only "
+                                 f"{len(np.unique(self.labels))} identities in the training split")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _identity_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """P x K batches over the whole split: each identity's images shuffled into chunks of K, then P
+        identities with chunks left drawn at random per batch (as torchreid's RandomIdentitySampler)."""
+        k, p = self.k, self.batch_size // self.k
+        chunks: dict[int, list[np.ndarray]] = {}
+        for lab in np.unique(self.labels):
+            idx = np.flatnonzero(self.labels == lab)
+            idx = rng.permutation(idx) if len(idx) >= k else rng.choice(idx, size=k, replace=True)
+            n = len(idx) // k
+            chunks[int(lab)] = list(idx[: n * k].reshape(n, k))
+        batches = []
+        while True:
+            available = [lab for lab, c in chunks.items() if c]
+            if len(available) < p:
+                return batches
+            chosen = rng.choice(available, size=p, replace=False)
+            batches.append(np.concatenate([chunks[int(lab)].pop() for lab in chosen]))
+
+    def order(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, sample seeds) of this rank for the current epoch."""
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1], self._cache[2]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        ws, bs = self.world_size, self.batch_size
+        if self.mode == "random":
+            glob = rng.permutation(len(self.labels))
+            pos = np.arange(self.rank, len(glob) // ws * ws, ws)
+        else:
+            batches = self._identity_batches(rng)
+            n = len(batches) // ws * ws
+            if n == 0:
+                raise ValueError(f"identity sampler: too few images for one {bs}-image batch per rank")
+            glob = np.concatenate(batches[:n])
+            pos = ((np.arange(self.rank, n, ws) * bs)[:, None] + np.arange(bs)).reshape(-1)
+        seeds = rng.integers(0, 2**62, size=len(glob))
+        self._cache = (self.epoch, glob[pos], seeds[pos])
+        return self._cache[1], self._cache[2]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        idx, seeds = self.order()
+        return iter(zip(idx.tolist(), seeds.tolist()))
+
+    def __len__(self) -> int:
+        return len(self.order()[0])
+
+
+def _worker_init(_: int) -> None:
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: ReidDataset, batch_size: int, workers: int, sampler: Sampler | None = None,
+                train: bool = False, pin_memory: bool = False) -> DataLoader:
+    """DataLoader with uint8 batches; training drops the last incomplete batch (batch norm)."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                      drop_last=train, pin_memory=pin_memory, persistent_workers=workers > 0,
+                      worker_init_fn=_worker_init if workers > 0 else None,
+                      generator=torch.Generator().manual_seed(0),  # keeps the loader off the global RNG
+                      prefetch_factor=4 if workers > 0 else None)

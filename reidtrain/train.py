@@ -1,0 +1,370 @@
+"""Training loop (Sec. 3.5, 4.1): Eq. 11 loss, SGD + StepLR, AMP on CUDA, DDP via torchrun, exact resume.
+
+Run directory (TrainConfig.out):
+    config.json                 the resolved TrainConfig and model meta
+    metrics.jsonl               one line per finished epoch (loss, intra/inter parts, accuracy, lr, img/s)
+    tb/                         TensorBoard scalars per epoch
+    checkpoints/last.pt         written atomically after every epoch (model, optimiser, scheduler, RNG states)
+    checkpoints/epoch-NNN.pt    every `keep_every` epochs when asked
+    model.pt                    final weights + meta (what evaluate / extract / export read)
+    init_report.json            what an --init-from checkpoint matched
+
+Reproducibility: the data order and augmentation are pure functions of (seed, epoch) (see data.EpochSampler),
+the global RNG states go into every checkpoint, so a run killed anywhere in epoch e and resumed restarts
+epoch e from the end-of-(e-1) checkpoint and reaches the same weights (bit-identical on CPU).
+Distributed: `torchrun --nproc_per_node N cli.py train ...` (RANK / WORLD_SIZE / LOCAL_RANK from the
+environment; gloo on CPU, nccl on CUDA); each rank trains on its share of every epoch, rank 0 alone writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from posecrop.atomic import atomic_write_text
+from posecrop.regions import REGION_NAMES
+from posecrop.typedconfig import to_dict
+
+from .checkpoint import (FORMAT, CheckpointError, InitReport, init_from_checkpoint, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
+from .config import TrainConfig, config_hash, result_config
+from .data import (EpochSampler, ReidDataset, SampleTransform, input_columns, input_sizes, load_split, make_loader,
+                   normalize_batch, relabel)
+
+FUSED = "fused"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN / infinite."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: nn.Module                 # the trained (unwrapped) model
+    epochs_done: int
+    history: list[dict] = field(default_factory=list)   # metrics of the epochs run in this call
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    @property
+    def final(self) -> Path:
+        return self.run_dir / "model.pt"
+
+
+# --------------------------------------------------------------------------------------------------- the loss
+def eq11_loss(logits: dict[str, torch.Tensor], labels: torch.Tensor,
+              lambda_intra: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = lambda * sum_j CE(branch j) + CE(fused)  (Eq. 10-11); returns (L, {"intra": sum_j, "inter": ...})."""
+    missing = [k for k in (*REGION_NAMES, FUSED) if k not in logits]
+    if missing:
+        raise KeyError(f"model output lacks the classifier logits {missing} needed by Eq. 11")
+    intra = sum(F.cross_entropy(logits[k].float(), labels) for k in REGION_NAMES)
+    inter = F.cross_entropy(logits[FUSED].float(), labels)
+    return lambda_intra * intra + inter, {"intra": intra.detach(), "inter": inter.detach()}
+
+
+# ------------------------------------------------------------------------------------------- device, DDP, AMP
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int
+    world_size: int
+    local_rank: int
+    created_group: bool
+    amp_dtype: torch.dtype | None     # None: full precision
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Device from cfg.device ("auto": CUDA if present), process group from torchrun's environment, AMP dtype."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device(f"cuda:{local}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {cfg.device!r} asked but CUDA is not available")
+        torch.cuda.set_device(device)
+    created = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        created = True
+    amp = cfg.amp
+    if amp == "auto":
+        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp = 'fp16' needs a CUDA device (use 'bf16' or 'off' on the CPU)")
+    dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return Runtime(device, rank, world, local, created, dtype)
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Average the batch-norm running statistics over the ranks (each rank saw other images), so that every
+    rank - and the checkpoint - holds the same model. Integer buffers are taken from rank 0."""
+    world = dist.get_world_size()
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(world)
+        else:
+            dist.broadcast(buf, src=0)
+
+
+def _seed_all(seed: int) -> None:
+    import random
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _rewrite_metrics(path: Path, keep_until_epoch: int) -> list[dict]:
+    """Drop metric lines of epochs after the checkpoint (they are about to be redone)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("epoch", 0) <= keep_until_epoch]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _check_resume_config(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
+    stored = ckpt.get("meta", {}).get("config")
+    if stored is None:
+        raise CheckpointError(f"{path}: no training config stored - not a reidtrain training checkpoint")
+    from posecrop.typedconfig import from_mapping
+    old = result_config(from_mapping(TrainConfig, stored))
+    new = result_config(cfg)
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise CheckpointError(f"{path}: cannot resume with a different configuration ({detail}); "
+                              f"use another --out or the checkpoint's settings")
+
+
+def _print_init_report(console, report: InitReport) -> None:
+    console.print(f"[bold]{report.summary()}[/bold]")
+    for key, a, b in report.shape_mismatched[:10]:
+        console.print(f"  shape differs: {key} checkpoint {a} vs model {b}")
+    for title, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
+        if keys:
+            more = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
+            console.print(f"  {title}: {', '.join(keys[:8])}{more}")
+
+
+def _progress(console, enabled: bool):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled,
+                    transient=True)
+
+
+StepHook = Callable[[int, int, float], None]   # (epoch 1-based, step 0-based, loss) after each optimiser step
+
+
+# ------------------------------------------------------------------------------------------------------ train
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console=None,
+          on_step: StepHook | None = None) -> TrainResult:
+    """Train cfg.model on cfg.cache into cfg.out; with `resume`, continue from checkpoints/last.pt if present."""
+    from rich.console import Console
+
+    from .model import build_model
+
+    if cfg.cache is None:
+        raise ValueError("TrainConfig.cache is not set (the crop cache to train on)")
+    rt = setup_runtime(cfg)
+    console = console or Console(stderr=True)
+    say = console.print if rt.is_main else (lambda *a, **k: None)
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    last_path = ckpt_dir / "last.pt"
+    try:
+        _seed_all(cfg.seed)
+        if rt.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+        # data: train split, only the needed columns; class labels 0..q-1 from the train pids
+        columns = input_columns(cfg.model)
+        split = load_split(Path(cfg.cache), "train", columns)
+        labels, train_pids = relabel(split.pids)
+        sizes = input_sizes(list(columns), cfg.body_size, cfg.part_size)
+        dataset = ReidDataset(split, SampleTransform(sizes, cfg.augment), labels)
+        sampler = EpochSampler(labels, cfg.batch_size, cfg.sampler, cfg.instances_per_id, cfg.seed,
+                               rt.rank, rt.world_size)
+        loader = make_loader(dataset, cfg.batch_size, cfg.workers, sampler, train=True,
+                             pin_memory=rt.device.type == "cuda")
+
+        model = build_model(cfg.model, len(train_pids), tuple(cfg.body_size), tuple(cfg.part_size))
+        meta = {"model": cfg.model, "num_classes": len(train_pids), "body_size": list(cfg.body_size),
+                "part_size": list(cfg.part_size), "normalize": cfg.normalize, "input_columns": columns,
+                "train_pids": train_pids, "dataset": split.dataset, "cache": str(cfg.cache),
+                "config": to_dict(cfg), "result_hash": config_hash(result_config(cfg)),
+                "world_size": rt.world_size}
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+        scaler = torch.amp.GradScaler("cuda", enabled=rt.amp_dtype == torch.float16)
+
+        start_epoch = 0
+        ckpt = load_checkpoint(last_path) if resume and last_path.exists() else None
+        if ckpt is not None:
+            _check_resume_config(ckpt, cfg, last_path)
+            model.load_state_dict(ckpt["model"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            start_epoch = int(ckpt["epoch"])
+            set_rng_state(ckpt["rng"])
+            say(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
+        else:
+            if resume:
+                say(f"no checkpoint in {ckpt_dir}: starting from scratch")
+            if cfg.init_from is not None:
+                report = init_from_checkpoint(model, Path(cfg.init_from))
+                if rt.is_main:
+                    _print_init_report(console, report)
+                    atomic_write_text(out / "init_report.json", json.dumps(report.as_dict(), indent=1))
+        model.to(rt.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if ckpt is not None:  # after .to(): the momentum buffers follow the parameters' device
+            optimizer.load_state_dict(ckpt["optimizer"])
+        net: nn.Module = model
+        if rt.world_size > 1:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+
+        history: list[dict] = []
+        writer = None
+        if rt.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.json", json.dumps({"train": to_dict(cfg), "meta": {
+                k: v for k, v in meta.items() if k not in ("config", "train_pids")}}, indent=1))
+            metrics_path = out / "metrics.jsonl"
+            if ckpt is not None:
+                _rewrite_metrics(metrics_path, start_epoch)
+            elif metrics_path.exists():
+                metrics_path.unlink()
+            if cfg.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+                writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=start_epoch + 1 if ckpt else None)
+        if start_epoch >= cfg.epochs:
+            say(f"{out}: already trained for {start_epoch} epochs (asked {cfg.epochs})")
+        say(f"training {cfg.model} on {cfg.cache}: {len(split)} images, {len(train_pids)} identities, "
+            f"{cfg.epochs} epochs, batch {cfg.batch_size} x {rt.world_size} process(es), device {rt.device}"
+            + (f", amp {rt.amp_dtype}" if rt.amp_dtype else ""))
+
+        with _progress(console, progress and rt.is_main) as bar:
+            for epoch in range(start_epoch + 1, cfg.epochs + 1):
+                row = _run_epoch(cfg, rt, net, loader, sampler, optimizer, scaler, epoch, bar, on_step)
+                scheduler.step()
+                if rt.world_size > 1:
+                    sync_buffers(model)
+                if rt.is_main:
+                    history.append(row)
+                    _append_metrics(out / "metrics.jsonl", row)
+                    if writer is not None:
+                        for k in ("loss", "loss_intra", "loss_inter", "accuracy", "lr", "images_per_s"):
+                            writer.add_scalar(f"train/{k}", row[k], epoch)
+                        writer.flush()
+                    state = {"format": FORMAT, "epoch": epoch, "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                             "rng": rng_state(), "meta": meta}
+                    save_checkpoint(last_path, state)
+                    if cfg.keep_every and epoch % cfg.keep_every == 0:
+                        save_checkpoint(ckpt_dir / f"epoch-{epoch:03d}.pt", state)
+                    say(f"epoch {epoch}/{cfg.epochs}  loss {row['loss']:.4f} (intra {row['loss_intra']:.3f}, "
+                        f"inter {row['loss_inter']:.3f})  acc {row['accuracy']:.3f}  lr {row['lr']:.2g}  "
+                        f"{row['images_per_s']:.1f} img/s")
+        if rt.is_main:
+            save_checkpoint(out / "model.pt", {"format": FORMAT, "epoch": max(start_epoch, cfg.epochs),
+                                               "model": model.state_dict(), "meta": meta})
+            if writer is not None:
+                writer.close()
+        if rt.world_size > 1:
+            dist.barrier()
+        return TrainResult(out, model, max(start_epoch, cfg.epochs), history, rt.rank, rt.world_size)
+    finally:
+        if rt.created_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run_epoch(cfg: TrainConfig, rt: Runtime, net: nn.Module, loader, sampler: EpochSampler,
+               optimizer: torch.optim.Optimizer, scaler, epoch: int, bar, on_step: StepHook | None) -> dict:
+    """One pass over this rank's share of the epoch; returns the epoch's metrics (reduced over ranks)."""
+    net.train()
+    sampler.set_epoch(epoch)
+    lr = optimizer.param_groups[0]["lr"]
+    sums = torch.zeros(5, dtype=torch.float64)   # loss, intra, inter, correct, count
+    task = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(loader), loss=float("nan"), ips=0.0)
+    t0 = time.perf_counter()
+    for step, batch in enumerate(loader):
+        inputs = {}
+        for key, x in batch["inputs"].items():
+            x = normalize_batch(x.to(rt.device, non_blocking=True), cfg.normalize)
+            inputs[key] = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+        labels = batch["label"].to(rt.device, non_blocking=True)
+        with torch.autocast(rt.device.type, dtype=rt.amp_dtype or torch.float32, enabled=rt.amp_dtype is not None):
+            out = net(inputs)
+        loss, parts = eq11_loss(out.logits, labels, cfg.lambda_intra)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"loss is {value} at epoch {epoch} step {step} (lr {lr}); lower the learning "
+                                   f"rate or check the inputs")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        n = labels.shape[0]
+        correct = (out.logits[FUSED].detach().argmax(1) == labels).sum().item()
+        sums += torch.tensor([value * n, float(parts["intra"]) * n, float(parts["inter"]) * n, correct, n],
+                             dtype=torch.float64)
+        elapsed = time.perf_counter() - t0
+        bar.update(task, advance=1, loss=sums[0].item() / sums[4].item(),
+                   ips=sums[4].item() * rt.world_size / max(elapsed, 1e-9))
+        if on_step is not None:
+            on_step(epoch, step, value)
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
+    elapsed = time.perf_counter() - t0
+    bar.remove_task(task)
+    if rt.world_size > 1:
+        sums_dev = sums.to(rt.device) if rt.device.type == "cuda" else sums
+        dist.all_reduce(sums_dev)
+        sums = sums_dev.cpu()
+    count = max(sums[4].item(), 1.0)
+    return {"epoch": epoch, "loss": sums[0].item() / count, "loss_intra": sums[1].item() / count,
+            "loss_inter": sums[2].item() / count, "accuracy": sums[3].item() / count, "lr": lr,
+            "images": int(sums[4].item()), "time_s": elapsed, "images_per_s": sums[4].item() / max(elapsed, 1e-9)}

@@ -1,0 +1,109 @@
+"""Training: a short real run lowers the Eq. 11 loss; kill + --resume reaches bit-identical weights; init report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from reidtrain.checkpoint import CheckpointError, init_from_checkpoint, load_checkpoint, save_checkpoint
+from reidtrain.config import AugmentConfig, TrainConfig
+from reidtrain.model import build_model
+from reidtrain.train import eq11_loss, train
+from test_data import write_tiny_cache
+
+SMALL = dict(body_size=(64, 32), part_size=(16, 32), batch_size=4, workers=0, lr=0.02)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return write_tiny_cache(tmp_path_factory.mktemp("cache"), train_ids=3, per_id=4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_eq11_loss_weights_intra_and_inter():
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 2])
+    logits = {k: torch.randn(2, 3) for k in ("body", "head", "upper_body", "upper_leg", "lower_leg", "fused")}
+    ce = {k: torch.nn.functional.cross_entropy(v, labels) for k, v in logits.items()}
+    loss, parts = eq11_loss(logits, labels, 0.3)
+    intra = sum(ce[k] for k in ("body", "head", "upper_body", "upper_leg", "lower_leg"))
+    torch.testing.assert_close(loss, 0.3 * intra + ce["fused"])
+    torch.testing.assert_close(parts["inter"], ce["fused"])
+    with pytest.raises(KeyError, match="fused"):
+        eq11_loss({k: v for k, v in logits.items() if k != "fused"}, labels, 0.5)
+
+
+def test_training_lowers_the_loss_and_resume_is_exact(cache, tmp_path):
+    cfg = TrainConfig(cache=cache, out=tmp_path / "straight", model="intra-inter", epochs=3, seed=7,
+                      augment=AugmentConfig(pad=2, erasing=0.3), **SMALL)
+    straight = train(cfg, progress=False)
+    losses = [row["loss"] for row in straight.history]
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    assert all(0 < row["images_per_s"] and row["images"] == 12 for row in straight.history)
+
+    # what the run left: metrics per epoch, TensorBoard events, the last checkpoint, the final weights
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert list((tmp_path / "straight" / "tb").glob("events.out.tfevents.*"))
+    final = load_checkpoint(tmp_path / "straight" / "model.pt")
+    assert final["meta"]["model"] == "intra-inter" and final["meta"]["num_classes"] == 3
+    assert final["meta"]["train_pids"] == [1, 2, 3]
+
+    # the same run killed in the middle of epoch 3, then resumed: restarts epoch 3 from the epoch-2 checkpoint
+    killed_cfg = TrainConfig(**{**cfg.__dict__, "out": tmp_path / "killed"})
+
+    def kill(epoch: int, step: int, loss: float) -> None:
+        if epoch == 3 and step == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(killed_cfg, progress=False, on_step=kill)
+    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["epoch"] == 2
+    resumed = train(killed_cfg, resume=True, progress=False)
+    assert [row["epoch"] for row in resumed.history] == [3]
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resumed weights differ from the uninterrupted run: {different[:5]}"
+    rows = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[2]["loss"] == pytest.approx(losses[2], abs=0, rel=0)
+
+    # resuming with a different setting is refused, naming it; more epochs are allowed
+    changed = TrainConfig(**{**killed_cfg.__dict__, "lr": 0.5})
+    with pytest.raises(CheckpointError, match="lr"):
+        train(changed, resume=True, progress=False)
+
+
+def test_init_from_checkpoint_reports_what_matched(tmp_path):
+    source = build_model("intra-inter", 5, (64, 32), (16, 32))
+    save_checkpoint(tmp_path / "src.pt", {"model": {f"module.{k}": v for k, v in source.state_dict().items()}
+                                          | {"module.extra.weight": torch.zeros(2)}})
+    target = build_model("intra-inter", 3, (64, 32), (16, 32))
+    report = init_from_checkpoint(target, tmp_path / "src.pt")
+    classifier_keys = {k for k in target.state_dict() if k.startswith("classifier.") and k.endswith((".weight", ".bias"))}
+    assert {k for k, _, _ in report.shape_mismatched} == classifier_keys
+    assert report.unexpected == ["extra.weight"]
+    assert not report.missing
+    assert len(report.matched) == len(target.state_dict()) - len(classifier_keys)
+    key = "stem.0.weight"
+    assert torch.equal(target.state_dict()[key], source.state_dict()[key])
+    save_checkpoint(tmp_path / "other.pt", {"state_dict": {"foo": torch.zeros(1)}})
+    with pytest.raises(CheckpointError, match="none of its 1 tensors"):
+        init_from_checkpoint(target, tmp_path / "other.pt")
+    (tmp_path / "broken.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="broken.pt"):
+        load_checkpoint(tmp_path / "broken.pt")
