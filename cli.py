@@ -19,7 +19,8 @@ app = typer.Typer(
 
 COMMAND_MODULES = (
     "posecrop.commands_data",     # synth
-    "posecrop.commands_crop",     # crop, info, show, canonical
+    "posecrop.commands_crop",     # crop, info, show
+    "posecrop.commands_canonical",  # canonical fit, canonical eval
     "reidtrain.commands_model",   # model-info
     "reidtrain.commands_train",   # train, evaluate, extract, export, run, demo
     "benchmarks.commands",        # bench

@@ -1,15 +1,19 @@
 """Benchmark of reidtrain.metrics: vectorised CMC/mAP against the per-query reference loop, and memory at MSMT17 size.
 
-Entries returned by `run(quick)`:
-  1. eval-market-ranking   Market-1501 size (3,368 x 15,913, 768-d = the model's [E_g, E_l] size): ranking + CMC
-     + mAP from one precomputed distance matrix, `evaluate_market` vs `cmc_map_reference`, queries/s (higher is
-     better). The numbers are checked inside: identical CMC and first-match ranks, |mAP diff| <= 1e-12.
-  2. eval-market-end2end   the same from features (distances included) vs distances + reference loop (full mode).
-  3. eval-market-random    worst case for our candidate sort: unstructured random features (a useless model).
-  4. eval-msmt17-memory    MSMT17 size (11,659 x 82,161, 768-d) from features in a fresh subprocess: peak RSS
-     (MB, lower is better) against the 4 GB budget; wall time in notes.
-Quick mode evaluates the reference loop on 600 queries, the random case on 1,200 queries (its cost is linear in the queries; the ratio
-uses per-query throughput) and scales MSMT17 down by 4 in queries and gallery (said so in "notes").
+Entries returned by `run(quick)` ("ours" names):
+  1. "evaluate_market ranking (market)": Market-1501 size (3,368 x 15,913, 768-d = the model's [E_g, E_l] size):
+     ranking + CMC + mAP from one precomputed float32 distance matrix, `evaluate_market` vs the per-query loop
+     `cmc_map_reference`, in queries/s (higher is better). Checked inside: identical first-match ranks (hence
+     identical CMC), per-query AP equal within 1e-12 (float summation order), else AssertionError.
+  2. "evaluate_market from features (chunked distances)" (full mode only): the same end to end, distances
+     included, against pairwise_distance + the reference loop.
+  3. "evaluate_market ranking (random features)": the worst case for our candidate sort, unstructured random
+     features (a useless model: nearly every gallery image is ranked before some true match).
+  4. "evaluate_market peak RSS (msmt17-size)": MSMT17 size (11,659 x 82,161, 768-d) from features in a fresh
+     subprocess; peak resident memory (VmHWM, MB, lower is better) against the 4 GB budget; time in "notes".
+Quick mode times the reference loop on 600 queries (its cost is linear in the queries; ratios use per-query
+throughput), evaluates the random case on 1,200 queries, and scales MSMT17 down by 4 in queries and gallery;
+the notes say so.
 
 Features are random but structured like a trained ReID model: an identity centre plus a camera bias plus
 noise, with Market-like (750 ids, 6 cameras, 2,798 distractors of pid 0) and MSMT17-like (3,060 ids,

@@ -3,14 +3,16 @@
 pose-batched   `MMPoseSource.predict_coco17`: every image through the config's test pipeline, batches of
                `batch_size` through the model's data preprocessor and one `test_step` per batch (img/s, higher
                is better)
-  vs           `mmpose.apis.inference_topdown(model, image)` called once per image (whole image as the box),
-               same model object, same images, same thread count.
+  vs           `mmpose.apis.inference_topdown(model, image)` called once per image (whole image as the box) on
+               the model as mmpose's `init_model` builds it, loaded with the same weights; same images and
+               thread count. Our side also runs the network on NHWC (channels_last) tensors on CPU.
 
 Inputs are Market-size 128x64 (HxW): the real Market-1501 crops in ../shared/realdata resized to 64x128 (random
-images of that size when the samples are absent), repeated to 48 images (quick) or 256 (full). Random weights
+images of that size when the samples are absent), repeated to 32 images (quick) or 256 (full). Random weights
 (`checkpoint="random"`): the cost does not depend on the weights, and none can be downloaded here. Each side
-runs twice, interleaved, after one warm-up call; the faster run of each counts. The keypoints of both sides are
-compared and the largest difference is reported in the notes (they must agree: same computation, batched).
+runs once (quick) or twice interleaved (full, the faster run counts) after a warm-up call. The keypoints of both
+sides are compared: the notes give the share that agree within 0.5 px (random weights leave near-ties in the
+SimCC logits, so float-level differences between NHWC/NCHW kernels can move a few argmaxes).
 """
 from __future__ import annotations
 
@@ -52,7 +54,20 @@ def _time(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench_config(config: str | None, images: list[np.ndarray], batch_size: int, source_note: str) -> dict:
+def stock_mmpose_model(source):
+    """The same network as mmpose's own API builds it (``init_model``: NCHW tensors), with the source's weights."""
+    from mmpose.apis import init_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Can not load dataset_meta ..." - set below
+        model = init_model(str(source.config_path), checkpoint=None, device=source.device)
+    model.load_state_dict(source.model.state_dict())
+    model.dataset_meta = source.dataset_meta
+    return model.eval()
+
+
+def bench_config(config: str | None, images: list[np.ndarray], batch_size: int, source_note: str,
+                 rounds: int = 2) -> dict:
     import torch
 
     from posecrop.mmpose_compat import ensure_mmpose_importable
@@ -67,6 +82,7 @@ def bench_config(config: str | None, images: list[np.ndarray], batch_size: int, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
         source = MMPoseSource(config=config, checkpoint="random", batch_size=batch_size)
+    stock = stock_mmpose_model(source)
     items = [PoseBatchItem(ImageRecord(f"bench/{i:05d}.jpg", 0, 0, "train", "market"), im)
              for i, im in enumerate(images)]
     bgr = [np.ascontiguousarray(im[..., ::-1]) for im in images]  # what the source feeds mmpose (BGR)
@@ -78,33 +94,34 @@ def bench_config(config: str | None, images: list[np.ndarray], batch_size: int, 
     def reference() -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.cuda.amp.autocast.*", category=FutureWarning)
-            samples = [inference_topdown(source.model, im)[0] for im in bgr]
+            samples = [inference_topdown(stock, im)[0] for im in bgr]
         results["reference"] = np.stack([s.pred_instances.keypoints[0] for s in samples]).astype(np.float32)
 
     source.predict_coco17(items[:batch_size])  # warm-up
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.cuda.amp.autocast.*", category=FutureWarning)
-        inference_topdown(source.model, bgr[0])
+        inference_topdown(stock, bgr[0])
     t_ours, t_ref = [], []
-    for _ in range(2):
+    for _ in range(rounds):
         t_ours.append(_time(ours))
         t_ref.append(_time(reference))
     ours_ips, ref_ips = len(images) / min(t_ours), len(images) / min(t_ref)
-    diff = float(np.abs(results["ours"] - results["reference"]).max())
+    # Random weights leave near-ties in the SimCC logits, so float noise can move a few argmaxes: report agreement.
+    agree = float((np.abs(results["ours"] - results["reference"]).max(-1) <= 0.5).mean())
     info = source.describe()
     return {
         "stage": "pose",
-        "ours": f"MMPoseSource batched (batch {batch_size}), {Path(info['config']).stem}",
+        "ours": f"MMPoseSource batched (batch {batch_size}, {info['memory_format']}), {Path(info['config']).stem}",
         "ours_value": round(ours_ips, 2),
-        "reference": "mmpose inference_topdown per image",
+        "reference": "mmpose init_model + inference_topdown per image",
         "reference_value": round(ref_ips, 2),
         "unit": "img/s",
         "ratio": round(ours_ips / ref_ips, 3),
         "target": f">= {TARGET}",
-        "notes": (f"img/s, higher is better; {len(images)} images of 128x64 ({source_note}), random weights, "
-                  f"flip test {'on' if info['flip_test'] else 'off'}, {info['device']}, "
-                  f"{torch.get_num_threads()} torch threads; max |keypoint difference| ours vs reference "
-                  f"{diff:.3g} px"),
+        "notes": (f"img/s, higher is better; {len(images)} images of 128x64 ({source_note}), same random weights "
+                  f"on both sides, flip test {'on' if info['flip_test'] else 'off'}, {info['device']}, "
+                  f"{torch.get_num_threads()} torch threads, best of {rounds}; {100 * agree:.1f}% of keypoints "
+                  f"agree within 0.5 px"),
     }
 
 
@@ -112,12 +129,11 @@ def run(quick: bool = True) -> list[dict]:
     """Rows for the benchmark suite: the default config (quick), RTMPose-t and -s at two batch sizes (full)."""
     from posecrop.sources.mmpose_source import DEFAULT_CONFIG
 
-    n = 48 if quick else 256
-    images, note = market_images(n)
+    images, note = market_images(32 if quick else 256)
     plans = [(DEFAULT_CONFIG.stem, 16)] if quick else [
         ("rtmpose-t_coco17-256x192", 16), ("rtmpose-t_coco17-256x192", 64),
         ("rtmpose-s_coco17-256x192", 16), ("rtmpose-s_coco17-256x192", 64)]
-    return [bench_config(config, images, batch_size, note) for config, batch_size in plans]
+    return [bench_config(config, images, batch_size, note, rounds=1 if quick else 2) for config, batch_size in plans]
 
 
 if __name__ == "__main__":

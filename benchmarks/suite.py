@@ -111,8 +111,14 @@ def _child_main(argv: list[str]) -> None:
     rows = run_stage_inprocess(a.stage, a.quick)
     import resource
 
-    # The stage's own peak: the largest of this process and its (worker) children, ru_maxrss in KiB on Linux.
-    peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    # The stage's own peak: the largest of this process's high-water mark (VmHWM; ru_maxrss of a fresh child can
+    # report the parent's) and its worker children's ru_maxrss, in KiB.
+    hwm = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    peak_kb = max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     print("BENCH-JSON:" + json.dumps({"rows": rows, "peak_mb": round(peak_kb / 1024, 1)}), flush=True)
 
 

@@ -28,6 +28,10 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
         if fsync:
             with open(tmp_path, "rb") as f:
                 os.fsync(f.fileno())
+        # mkstemp creates 0600 files; give the result the mode a plain open() would (0666 less the umask).
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp_path, 0o666 & ~mask)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from .cache import CacheError, CacheLockedError
-        from .crop_stage import CropConfig, run_crop
+        from .crop_stage import CropConfig, WorkerPoolError, run_crop
         from .datasets import DatasetLayoutError
         from .sources import PoseReadError
         from .typedconfig import ConfigError, from_mapping, merge
@@ -155,7 +155,7 @@ def register(app: typer.Typer) -> None:
             summary = run_crop(cfg)
         except CacheLockedError as e:
             _fail(str(e), EXIT_LOCKED)
-        except (CacheError, DatasetLayoutError, PoseReadError, ValueError, OSError) as e:
+        except (CacheError, DatasetLayoutError, PoseReadError, WorkerPoolError, ValueError, OSError) as e:
             _fail(f"{type(e).__name__}: {e}")
         console.print(
             f"[bold]{summary.cache}[/] shard {summary.shard}: {summary.written} rows written "

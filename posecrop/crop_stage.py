@@ -223,12 +223,30 @@ class TaskResult:
 _WORKER: WorkerSettings | None = None
 
 
-def _init_worker(settings: WorkerSettings) -> None:
+def _init_worker(settings: WorkerSettings, watch_parent: bool = False) -> None:
     global _WORKER
-    import cv2
     cv2.setNumThreads(1)
     warnings.simplefilter("ignore")
     _WORKER = settings
+    if watch_parent:
+        _exit_with_parent()
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the main process dies (e.g. SIGKILL): an orphaned pool worker would otherwise wait
+    forever for tasks, since it holds both ends of the task queue itself."""
+    import threading
+    from multiprocessing import connection
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch() -> None:
+        connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _run_task(task: CropTask) -> TaskResult:
@@ -398,25 +416,43 @@ def _estimate(source: Any, records: list[ImageRecord], cfg: CropConfig, report: 
     return ok, np.stack(kp_list), np.stack(sc_list)
 
 
+class WorkerPoolError(RuntimeError):
+    """The worker processes keep dying without finishing any task (a broken environment, not a bad image)."""
+
+
 class _Pool:
-    """Worker processes with a bounded number of tasks in flight; survives a worker's death (see module doc)."""
+    """Worker processes with a bounded number of tasks in flight that survives a worker's death: the tasks lost
+    with a broken pool are re-run one image at a time, alone in a fresh pool, so a death is pinned on its image."""
+
+    MAX_DEATHS_WITHOUT_PROGRESS = 5
 
     def __init__(self, workers: int, settings: WorkerSettings) -> None:
         self.workers = workers
         self.settings = settings
         self.inflight: dict[cf.Future, CropTask] = {}
-        self.retry: list[CropTask] = []
         self.executor: cf.ProcessPoolExecutor | None = None
+        self.deaths_without_progress = 0
         self._local = workers == 0
-        if not self._local:
-            self._start()
-        else:
+        if self._local:
             _init_worker(settings)
+        else:
+            self._start()
 
     def _start(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.executor = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                               initargs=(self.settings,))
+                                               initargs=(self.settings, True))
+
+    def _restart(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)  # type: ignore[union-attr]
+        self.deaths_without_progress += 1
+        if self.deaths_without_progress > self.MAX_DEATHS_WITHOUT_PROGRESS:
+            raise WorkerPoolError(
+                f"the crop worker processes died {self.deaths_without_progress} times in a row without finishing a "
+                "task: not a bad image but the environment (out of memory? a main module the spawned workers cannot "
+                "import, e.g. code read from stdin?). Re-run with --workers 0 to see the error; finished rows are "
+                "kept")
+        self._start()
 
     def submit(self, task: CropTask) -> list[TaskResult]:
         """Queue a task; returns results that are ready (blocking while too many tasks are in flight)."""
@@ -430,35 +466,37 @@ class _Pool:
             return []
         done, _ = cf.wait(list(self.inflight), timeout=None if block else 0, return_when=cf.FIRST_COMPLETED)
         results: list[TaskResult] = []
-        broken = False
+        lost: list[CropTask] = []
         for fut in done:
-            task = self.inflight.pop(fut)
-            try:
-                results.append(fut.result())
-            except cf.process.BrokenProcessPool:
-                broken = True
-                self._lost(task, results)
-        if broken:
-            for fut, task in list(self.inflight.items()):
-                try:
-                    results.append(fut.result())
-                except cf.process.BrokenProcessPool:
-                    self._lost(task, results)
-            self.inflight.clear()
-            self.executor.shutdown(wait=True, cancel_futures=True)  # type: ignore[union-attr]
-            self._start()
-            for t in self.retry:
-                self.inflight[self.executor.submit(_run_task, t)] = t  # type: ignore[union-attr]
-            self.retry = []
+            self._harvest(fut, results, lost)
+        if lost:  # the pool is broken: every task still in flight is lost or already finished
+            for fut in list(self.inflight):
+                self._harvest(fut, results, lost)
+            self._restart()
+            results.extend(self._isolate(lost))
         return results
 
-    def _lost(self, task: CropTask, results: list[TaskResult]) -> None:
-        if len(task.records) > 1:
-            self.retry.extend(task.split())
-        else:
-            rec = task.records[0]
-            results.append(TaskResult([], [(rec, f"{rec.path}: the worker process died while processing this "
-                                                  "image (crashing decoder?)")]))
+    def _harvest(self, fut: cf.Future, results: list[TaskResult], lost: list[CropTask]) -> None:
+        task = self.inflight.pop(fut)
+        try:
+            results.append(fut.result())
+            self.deaths_without_progress = 0
+        except cf.process.BrokenProcessPool:
+            lost.append(task)
+
+    def _isolate(self, lost: list[CropTask]) -> list[TaskResult]:
+        """Re-run the images of lost tasks one by one, each alone in the pool."""
+        results = []
+        for single in (one for task in lost for one in task.split()):
+            try:
+                results.append(self.executor.submit(_run_task, single).result())  # type: ignore[union-attr]
+                self.deaths_without_progress = 0
+            except cf.process.BrokenProcessPool:
+                rec = single.records[0]
+                results.append(TaskResult([], [(rec, f"{rec.path}: the worker process died while processing this "
+                                                      "image (crashing decoder?)")]))
+                self._restart()
+        return results
 
     def drain(self) -> list[TaskResult]:
         out: list[TaskResult] = []

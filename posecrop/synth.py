@@ -103,7 +103,7 @@ class SynthConfig:
     seed: int = 0
     family_size: int = 3                         # identities per look-alike family
     # detector-like boxes
-    person_height: tuple[float, float] = (0.78, 1.0)  # person height / image height (gallery, train)
+    person_height: tuple[float, float] = (0.68, 1.0)  # person height / image height (gallery, train)
     box_shift: float = 0.07                      # std of the person's offset, fraction of image width/height
     cut_rate: float = 0.2                        # part of the head or the legs outside the box
     occlusion_rate: float = 0.12                 # a pole, railing or passer-by in front

@@ -394,13 +394,14 @@ def camera_look(cam: int, rng: np.random.Generator, jpeg_quality: tuple[int, int
             "bikes": (120, 120, 118), "road": (75, 78, 82)}[style]
     base = tuple(int(np.clip(b + d, 0, 255)) for b, d in zip(base, rng.integers(-25, 26, 3)))
     accent = tuple(int(v) for v in rng.integers(40, 230, 3))
-    cast = rng.choice([(1.12, 1.0, 0.82), (0.85, 0.97, 1.18), (0.95, 1.1, 0.9), (1.0, 1.0, 1.0), (1.08, 0.95, 1.05),
-                       (0.9, 0.92, 1.1)])
+    casts = [(1.08, 1.0, 0.88), (0.9, 0.98, 1.1), (0.96, 1.06, 0.94), (1.0, 1.0, 1.0), (1.05, 0.97, 1.03),
+             (0.93, 0.95, 1.07)]
+    cast = casts[(cam + int(rng.integers(len(casts)))) % len(casts)]
     gain = tuple(float(g * rng.uniform(0.95, 1.05)) for g in cast)
     return CameraLook(
         style=style, base=base, accent=accent, gain=gain,  # type: ignore[arg-type]
-        brightness=float(rng.uniform(0.65, 1.25)), contrast=float(rng.uniform(0.7, 1.1)),
-        gamma=float(rng.uniform(0.8, 1.25)), blur=float(rng.uniform(0.0, 0.9)), noise=float(rng.uniform(1.5, 7.0)),
+        brightness=float(rng.uniform(0.75, 1.15)), contrast=float(rng.uniform(0.8, 1.05)),
+        gamma=float(rng.uniform(0.85, 1.15)), blur=float(rng.uniform(0.0, 0.8)), noise=float(rng.uniform(1.5, 6.0)),
         jpeg_quality=int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1)),
     )
 
@@ -451,9 +452,9 @@ def scene_canvas(look: CameraLook, rng: np.random.Generator, size: tuple[int, in
             d.rectangle([x, 0, x + 18, H], fill=(210, 210, 200))
     # clutter: bins, signs, posters, far-away people-like blobs in clothing colours
     palette = list(SHIRT_COLOURS.values()) + list(TROUSER_COLOURS.values())
-    for _ in range(int(rng.integers(8, 16))):
+    for _ in range(int(rng.integers(6, 12))):
         x, y = rng.uniform(0, W), rng.uniform(0, H)
-        col = palette[int(rng.integers(len(palette)))] if rng.random() < 0.6 else look.accent
+        col = palette[int(rng.integers(len(palette)))] if rng.random() < 0.35 else look.accent
         kind = rng.integers(3)
         ww, hh = rng.uniform(15, 60), rng.uniform(20, 120)
         if kind == 0:

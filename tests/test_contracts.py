@@ -138,3 +138,11 @@ def test_cli_help_lists_commands_with_descriptions():
     assert out.returncode == 0, out.stderr
     for command in ("bench",):
         assert command in out.stdout
+
+
+def test_atomic_write_gives_normal_file_mode(tmp_path):
+    target = tmp_path / "report.png"
+    atomic_write_text(target, "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

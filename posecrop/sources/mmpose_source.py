@@ -181,6 +181,10 @@ class MMPoseSource:
         self.model.dataset_meta = self.dataset_meta
         self.model.cfg = cfg
         self.model.to(self.device)
+        # oneDNN's convolutions run markedly faster on NHWC tensors on CPU; the computation is the same.
+        self.channels_last = torch.device(self.device).type == "cpu"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.model.eval()
 
         from mmengine.dataset import Compose
@@ -311,6 +315,7 @@ class MMPoseSource:
             "person_box": "whole image",
             "keypoints": "COCO-17 -> COCO-18 (neck = shoulder mean, score = min shoulder score)",
             "device": self.device,
+            "memory_format": "channels_last" if self.channels_last else "contiguous",
             "batch_size": self.batch_size,
             "threads": torch.get_num_threads(),
             "compat": dict(self.compat),

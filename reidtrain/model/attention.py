@@ -18,8 +18,8 @@ Reading of Fig. 5 taken here (the figure is not reproduced in the text; DESIGN.m
 With this reading the attention paths add 53 % parameters and 17 % MACs to the base network (Table 12:
 +53 % / +19 %); the full model counts 11.1 M parameters / 2.40 G MACs at 384x192 against Table 12's
 10.4 M / 2.69 G (`python cli.py model-info`; how they are counted: `reidtrain.model.complexity`). The
-1x1 "mix" convolution is run literally on S * C although S * C has rank one per sample (the factorised
-form S * (W C) would save ~0.15 G MACs): Table 12 evidently counts it.
+1x1 "mix" convolution is run literally on S * C as the paper describes it, although S * C has rank one per
+sample and the factorised form S * (W C) would give the same m for ~0.15 G fewer MACs.
 """
 from __future__ import annotations
 

@@ -1,0 +1,252 @@
+"""Evaluation: features of the query / gallery splits, the protocol of the dataset, metrics and reports.
+
+    evaluate(EvalConfig) -> EvalOutcome      writes into the output folder (default RUN_DIR/eval):
+        metrics.json       R1/R5/R10/R20 and mAP in percent, the CMC curve, protocol, distance, counts
+        cmc.png            CMC curve (reports.plot_cmc)
+        ranked_list.png    the first queries and their top-k gallery images, right / wrong framed (Fig. 6)
+        attention-N.png    intra-attention maps of blocks 2-4 of the global and part branches (Fig. 7),
+                           for variants with intra-attention
+        summary.md/.html   one page with the table, the figures and the configuration
+    extract_features(...) -> Features        also behind `cli.py extract` (see reidtrain.export)
+
+Features are [E_g, E_l] (Eq. 9) of the model in eval mode, optionally averaged with those of the mirrored
+inputs. Protocol "auto": CUHK03 caches made with the classic (1,367/100) split use the single-gallery-shot
+CMC averaged over seeded repeats; everything else (Market-1501, DukeMTMC-reID, MSMT17, CUHK03 767/700,
+folder datasets) the Market-1501 protocol.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from posecrop.atomic import atomic_write_text
+from posecrop.typedconfig import to_dict
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import EvalConfig
+from .data import ReidDataset, SampleTransform, input_sizes, load_split, make_loader, normalize_batch
+
+SUMMARY_RANKS = (1, 5, 10, 20)
+
+
+# ------------------------------------------------------------------------------------------------ the model
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint file, or a run directory (its model.pt, else checkpoints/last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "model.pt", path / "checkpoints" / "last.pt"):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path}: no model.pt or checkpoints/last.pt in this run directory")
+    return path
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The training run directory a checkpoint belongs to (checkpoints/last.pt -> RUN_DIR)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def load_trained(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict, int]:
+    """Rebuild the model a training checkpoint describes; returns (model in eval mode, meta, epoch)."""
+    from .model import build_model
+
+    path = resolve_checkpoint(checkpoint)
+    ckpt = load_checkpoint(path)
+    meta = ckpt.get("meta")
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise CheckpointError(f"{path}: no model description ('meta') - not written by `cli.py train`")
+    model = build_model(meta["model"], int(meta["num_classes"]), tuple(meta["body_size"]), tuple(meta["part_size"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit model {meta['model']!r}: {e}") from e
+    return model.to(device).eval(), meta, int(ckpt.get("epoch", 0))
+
+
+def eval_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def eval_dataset(cache: Path, split: str, meta: dict) -> ReidDataset:
+    """One split with the model's input columns, resized to its input sizes, no augmentation."""
+    data = load_split(Path(cache), split, dict(meta["input_columns"]))
+    return ReidDataset(data, SampleTransform(input_sizes(list(data.images), meta["body_size"], meta["part_size"])))
+
+
+# ------------------------------------------------------------------------------------------------- features
+@dataclass
+class Features:
+    split: str
+    image_ids: list[str]
+    pids: np.ndarray
+    camids: np.ndarray
+    features: np.ndarray      # (N, D) float32: [E_g, E_l]
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, dataset: ReidDataset, normalize: str = "channel-mean",
+                     device: torch.device | str = "cpu", batch_size: int = 64, workers: int = 2,
+                     flip_average: bool = False, progress: bool = True, console=None) -> Features:
+    """[E_g, E_l] of every image of `dataset` in order (model in eval mode)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    model.eval()
+    device = torch.device(device)
+    loader = make_loader(dataset, batch_size, workers)
+    chunks = []
+    with Progress(TextColumn(f"[bold]features {dataset.data.split}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, disable=not progress, transient=True) as bar:
+        task = bar.add_task("", total=len(dataset))
+        for batch in loader:
+            inputs = {k: normalize_batch(v.to(device), normalize) for k, v in batch["inputs"].items()}
+            feats = model(inputs).features.float()
+            if flip_average:
+                feats = (feats + model({k: v.flip(-1) for k, v in inputs.items()}).features.float()) / 2
+            chunks.append(feats.cpu().numpy())
+            bar.update(task, advance=len(feats))
+    data = dataset.data
+    feats = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    return Features(data.split, list(data.image_ids), data.pids.copy(), data.camids.copy(), feats.astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------------------- protocol
+def choose_protocol(requested: str, cache: Path, dataset: str, num_query_ids: int) -> str:
+    """'market' or 'cuhk03-classic' (see the module docstring); `requested` other than 'auto' wins."""
+    if requested != "auto":
+        return requested
+    if not dataset.startswith("cuhk03"):
+        return "market"
+    from posecrop.cache import cache_settings
+    option = str(cache_settings(cache).get("dataset_options", {}).get("protocol", "auto"))
+    if option == "new":
+        return "market"
+    if option in ("classic", "folder"):
+        return "cuhk03-classic"
+    return "cuhk03-classic" if num_query_ids <= 200 else "market"  # classic: 100 test ids; new: 700
+
+
+def compute_result(cfg: EvalConfig, protocol: str, q: Features, g: Features):
+    """EvalResult of the protocol, with the configured distance and optional k-reciprocal re-ranking."""
+    from .metrics import evaluate_cuhk03_classic, evaluate_market
+
+    kwargs = dict(qf=q.features, gf=g.features, q_pids=q.pids, g_pids=g.pids, q_camids=q.camids,
+                  g_camids=g.camids, metric=cfg.distance)
+    if cfg.rerank:
+        from .rerank import k_reciprocal_rerank_features
+        qf, gf = q.features, g.features
+        if cfg.distance == "cosine":   # re-rank the cosine geometry: squared distances of unit vectors
+            qf = qf / np.maximum(np.linalg.norm(qf, axis=1, keepdims=True), 1e-12)
+            gf = gf / np.maximum(np.linalg.norm(gf, axis=1, keepdims=True), 1e-12)
+        distmat = k_reciprocal_rerank_features(qf, gf, cfg.rerank_k1, cfg.rerank_k2, cfg.rerank_lambda)
+        kwargs.update(qf=None, gf=None, distmat=distmat)
+    if protocol == "cuhk03-classic":
+        return evaluate_cuhk03_classic(repeats=cfg.repeats, seed=cfg.seed, **kwargs)
+    return evaluate_market(**kwargs)
+
+
+# -------------------------------------------------------------------------------------------------- reports
+@dataclass
+class EvalOutcome:
+    out: Path
+    metrics: dict
+    result: object                     # metrics.EvalResult
+    files: list[Path] = field(default_factory=list)
+
+
+def _display(dataset: ReidDataset, index: int) -> np.ndarray:
+    """The picture shown for an image: its whole-body input (body crop, or the whole box for baseline)."""
+    images = dataset.load(index)
+    return images.get("body", next(iter(images.values())))
+
+
+def ranked_list_figure(path: Path, q_ds: ReidDataset, g_ds: ReidDataset, q: Features, g: Features,
+                       metric: str, count: int, k: int, title: str) -> Path | None:
+    """Fig. 6 for the first `count` queries that have a true match in the gallery."""
+    from .metrics import pairwise_distance, top_k_gallery
+    from .reports import plot_ranked_list
+
+    other_cam = (q.pids[:, None] == g.pids[None, :]) & (q.camids[:, None] != g.camids[None, :])
+    chosen = np.flatnonzero(other_cam.any(axis=1))[:count]
+    if len(chosen) == 0:
+        return None
+    d = pairwise_distance(q.features[chosen], g.features, metric)
+    idx, correct = top_k_gallery(d, q.pids[chosen], g.pids, q.camids[chosen], g.camids, k=k)
+    gallery = [[_display(g_ds, int(j)) if j >= 0 else None for j in row] for row in idx]
+    return plot_ranked_list([_display(q_ds, int(i)) for i in chosen], {title: gallery}, {title: correct}, path,
+                            titles=[f"pid {q.pids[i]}" for i in chosen])
+
+
+@torch.no_grad()
+def attention_figures(out: Path, model: nn.Module, q_ds: ReidDataset, meta: dict, device: torch.device,
+                      count: int) -> list[Path]:
+    """Fig. 7 for the first `count` queries (variants with intra-attention only)."""
+    from .reports import plot_attention_maps
+
+    if count == 0 or len(q_ds) == 0:
+        return []
+    items = [q_ds[i] for i in range(min(count, len(q_ds)))]
+    inputs = {k: torch.stack([it["inputs"][k] for it in items]) for k in items[0]["inputs"]}
+    model.eval()
+    model({k: normalize_batch(v.to(device), meta["normalize"]) for k, v in inputs.items()})
+    maps = {b: m for b, m in model.attention_maps().items() if m}
+    if not maps:
+        return []
+    files = []
+    for i in range(len(items)):
+        crops = {k: inputs[k][i].permute(1, 2, 0).numpy() for k in inputs}
+        files.append(plot_attention_maps(crops, maps, out / f"attention-{i}.png", index=i,
+                                         size_hw=tuple(meta["body_size"])))
+    return files
+
+
+# ------------------------------------------------------------------------------------------------- evaluate
+def evaluate(cfg: EvalConfig, progress: bool = True, console=None) -> EvalOutcome:
+    """Evaluate cfg.checkpoint on cfg.cache (query vs gallery); write metrics and reports to cfg.out."""
+    from rich.console import Console
+
+    from .reports import plot_cmc, write_summary
+
+    if cfg.checkpoint is None or cfg.cache is None:
+        raise ValueError("EvalConfig needs a checkpoint and a cache")
+    console = console or Console(stderr=True)
+    device = eval_device(cfg.device)
+    checkpoint = resolve_checkpoint(Path(cfg.checkpoint))
+    model, meta, epoch = load_trained(checkpoint, device)
+    out = Path(cfg.out) if cfg.out is not None else run_dir_of(checkpoint) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    q_ds, g_ds = eval_dataset(cfg.cache, "query", meta), eval_dataset(cfg.cache, "gallery", meta)
+    feats = {}
+    for name, ds in (("query", q_ds), ("gallery", g_ds)):
+        feats[name] = extract_features(model, ds, meta["normalize"], device, cfg.batch_size, cfg.workers,
+                                       cfg.flip_average, progress, console)
+    q, g = feats["query"], feats["gallery"]
+    dataset = q_ds.data.dataset
+    protocol = choose_protocol(cfg.protocol, Path(cfg.cache), dataset, len(np.unique(q.pids)))
+    result = compute_result(cfg, protocol, q, g)
+    summary = result.summary(SUMMARY_RANKS)
+    metrics = {"model": meta["model"], "checkpoint": str(checkpoint), "epoch": epoch, "cache": str(cfg.cache),
+               "dataset": dataset, "protocol": protocol, "distance": cfg.distance, "rerank": cfg.rerank,
+               "flip_average": cfg.flip_average, **summary, "cmc": [float(v) for v in result.cmc],
+               "num_gallery": int(len(g.pids)), "notes": result.notes, "eval_config": to_dict(cfg)}
+    files = [out / "metrics.json"]
+    atomic_write_text(files[0], json.dumps(metrics, indent=1, default=str))
+    if cfg.reports:
+        label = meta["model"]
+        figures = [plot_cmc({label: result}, out / "cmc.png", title=f"CMC - {dataset} ({protocol} protocol)")]
+        ranked = ranked_list_figure(out / "ranked_list.png", q_ds, g_ds, q, g, cfg.distance, cfg.ranked_queries,
+                                    cfg.topk, label) if cfg.ranked_queries else None
+        figures += [ranked] if ranked is not None else []
+        figures += attention_figures(out, model, q_ds, meta, device, cfg.attention_samples)
+        summary_path = write_summary(out, {label: result}, figures,
+                                     {"eval": to_dict(cfg), "train": meta.get("config", {}), "epoch": epoch},
+                                     title=f"{label} on {dataset}: {protocol} protocol")
+        files += [Path(f) for f in figures] + [summary_path, summary_path.with_suffix(".html")]
+    return EvalOutcome(out, metrics, result, files)

@@ -1,0 +1,121 @@
+"""Exports: features to Parquet (`cli.py extract`) and the model to ONNX (`cli.py export`).
+
+Features file: one row per image - image_id, pid, camid, split, feature (fixed-size list<float32> of
+[E_g, E_l]); schema metadata key `reidtrain` (JSON) records the model, checkpoint, epoch, feature layout and
+normalisation. Readable with plain pyarrow / pandas / `datasets`; written atomically.
+
+ONNX: the graph takes one float32 input per model input key (in `model.input_keys` order: "body" for
+baseline, the five region crops otherwise), RGB in [0, 1], NCHW at the trained sizes, with a dynamic batch
+axis, and returns "features" (B, 768). The per-image normalisation of training is part of the graph.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from posecrop.atomic import atomic_path
+
+from .data import IMAGENET_MEAN, IMAGENET_STD
+from .evaluate import eval_dataset, eval_device, extract_features, load_trained, resolve_checkpoint
+
+FEATURES_METADATA_KEY = b"reidtrain"
+
+
+class ExportError(RuntimeError):
+    """An export could not be written or does not check out; the message names the file."""
+
+
+def extract_to_parquet(checkpoint: Path, cache: Path, out: Path, splits: Sequence[str] = ("query", "gallery"),
+                       flip_average: bool = False, batch_size: int = 64, workers: int = 2, device: str = "auto",
+                       progress: bool = True, console=None) -> Path:
+    """Features of `splits` of `cache` under the model of `checkpoint`, as one Parquet file at `out`."""
+    dev = eval_device(device)
+    checkpoint = resolve_checkpoint(Path(checkpoint))
+    model, meta, epoch = load_trained(checkpoint, dev)
+    tables = []
+    dim = None
+    for split in splits:
+        f = extract_features(model, eval_dataset(Path(cache), split, meta), meta["normalize"], dev, batch_size,
+                             workers, flip_average, progress, console)
+        dim = f.features.shape[1]
+        tables.append(pa.table({
+            "image_id": pa.array(f.image_ids, pa.string()),
+            "pid": pa.array(f.pids.astype(np.int32)),
+            "camid": pa.array(f.camids.astype(np.int16)),
+            "split": pa.array([split] * len(f.image_ids), pa.string()),
+            "feature": pa.FixedSizeListArray.from_arrays(pa.array(f.features.reshape(-1), pa.float32()), dim),
+        }))
+    table = pa.concat_tables(tables)
+    info = {"model": meta["model"], "checkpoint": str(checkpoint), "epoch": epoch, "cache": str(cache),
+            "splits": list(splits), "feature_dim": dim, "flip_average": flip_average,
+            "layout": "[E_g (256), E_l (4 x 128: head, upper_body, upper_leg, lower_leg)] (Eq. 9)",
+            "normalize": meta["normalize"], "body_size": meta["body_size"], "part_size": meta["part_size"]}
+    table = table.replace_schema_metadata({FEATURES_METADATA_KEY: json.dumps(info).encode()})
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    return Path(out)
+
+
+def read_features(path: Path) -> tuple[pa.Table, np.ndarray, dict]:
+    """(table without the feature column, features (N, D) float32, metadata) of a features file."""
+    table = pq.read_table(path)
+    if "feature" not in table.column_names:
+        raise ExportError(f"{path}: no 'feature' column - not a features file")
+    col = table.column("feature").combine_chunks()
+    feats = col.flatten().to_numpy().reshape(len(col), -1).astype(np.float32)
+    meta = json.loads((table.schema.metadata or {}).get(FEATURES_METADATA_KEY, b"{}"))
+    return table.drop_columns(["feature"]), feats, meta
+
+
+class InferenceModel(nn.Module):
+    """What the ONNX graph computes: RGB [0, 1] inputs -> normalisation of training -> features [E_g, E_l]."""
+
+    def __init__(self, model: nn.Module, normalize: str) -> None:
+        super().__init__()
+        self.model = model
+        self.keys = tuple(model.input_keys)
+        self.normalize = normalize
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize == "channel-mean":
+            return x - x.mean(dim=(2, 3), keepdim=True)
+        return (x - self.mean) / self.std
+
+    def forward(self, *images: torch.Tensor) -> torch.Tensor:
+        return self.model({k: self._norm(x) for k, x in zip(self.keys, images)}).features
+
+
+def export_onnx(checkpoint: Path, out: Path, opset: int = 18, check: bool = True, batch: int = 2) -> Path:
+    """Write the model of `checkpoint` as ONNX to `out` (atomic); check it with onnx.checker and compare its
+    output with PyTorch's when onnxruntime is installed."""
+    import onnx
+
+    model, meta, _ = load_trained(resolve_checkpoint(Path(checkpoint)), "cpu")
+    wrapper = InferenceModel(model, meta["normalize"]).eval()
+    sizes = {k: tuple(meta["body_size"]) if k == "body" else tuple(meta["part_size"]) for k in wrapper.keys}
+    example = tuple(torch.rand(batch, 3, *sizes[k]) for k in wrapper.keys)
+    names = list(wrapper.keys)
+    batch_dim = torch.export.Dim("batch", min=1, max=4096)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        try:
+            torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["features"],
+                              opset_version=opset, dynamo=True, external_data=False,
+                              dynamic_shapes={"images": tuple({0: batch_dim} for _ in names)})
+        except Exception as e:  # the exporter raises many types; say which model and file
+            raise ExportError(f"{out}: ONNX export of {meta['model']!r} failed: {type(e).__name__}: {e}") from e
+        if check:
+            try:
+                onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
+            except Exception as e:
+                raise ExportError(f"{out}: exported graph does not pass onnx.checker: {e}") from e
+    return out
