@@ -272,7 +272,8 @@ class CacheWriter:
             w.add(row) ...
 
     A row is a dict with the schema's columns: numpy arrays for keypoints (18, 2), scores (18,), joint_source (18,),
-    boxes (5, 4), outside (5,); image columns as {"bytes": ..., "path": ...}.
+    boxes (5, 4), outside (5,); image columns as {"bytes": ..., "path": ...}. `add_batch` takes the same columns for
+    many rows at once (see `rows_to_batch`): what the crop workers send, cheap to pickle and to turn into Arrow.
     """
 
     def __init__(self, cache: str | os.PathLike, settings: dict, shard: Shard = Shard(), rows_per_part: int = 1000,
@@ -290,7 +291,8 @@ class CacheWriter:
         self.done: set[str] = set()
         self.written = 0
         self.parts_written: list[Path] = []
-        self._buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        self._buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}  # batches
+        self._buffered: dict[str, int] = {s: 0 for s in SPLITS}
         self._seq = 0
         self._last_flush = time.monotonic()
 
@@ -344,39 +346,52 @@ class CacheWriter:
 
     # -- writing
     def add(self, row: dict) -> None:
-        split = row["split"]
-        if split not in SPLITS:
-            raise ValueError(f"{row.get('image_id')}: split {split!r} is not one of {SPLITS}")
-        check_relative_path(row["image_id"], "image_id")
-        self._buffers[split].append(row)
-        self.done.add(row["image_id"])
-        if len(self._buffers[split]) >= self.rows_per_part:
-            self._write_part(split)
-            if self.report is not None:
-                self.report.flush()
-        elif self.flush_seconds is not None and time.monotonic() - self._last_flush > self.flush_seconds:
+        self.add_batch(rows_to_batch([row]))
+
+    def add_batch(self, batch: dict) -> None:
+        """Buffer a batch of rows; every split whose buffer reaches rows_per_part is written as a part file."""
+        splits = batch["split"]
+        for image_id, split in zip(batch["image_id"], splits):
+            if split not in SPLITS:
+                raise ValueError(f"{image_id}: split {split!r} is not one of {SPLITS}")
+            check_relative_path(image_id, "image_id")
+        for split in SPLITS:
+            idx = [i for i, sp in enumerate(splits) if sp == split]
+            if not idx:
+                continue
+            self._buffers[split].append(batch if len(idx) == len(splits) else take_batch(batch, idx))
+            self._buffered[split] += len(idx)
+            while self._buffered[split] >= self.rows_per_part:
+                self._write_part(split, self.rows_per_part)
+                if self.report is not None:
+                    self.report.flush()
+        self.done.update(batch["image_id"])
+        if self.flush_seconds is not None and time.monotonic() - self._last_flush > self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
         """Write every non-empty buffer as a part file (and the pending report entries)."""
         for split in SPLITS:
-            if self._buffers[split]:
-                self._write_part(split)
+            if self._buffered[split]:
+                self._write_part(split, self._buffered[split])
         if self.report is not None:
             self.report.flush()
         self._last_flush = time.monotonic()
 
-    def _write_part(self, split: str) -> Path:
-        rows = self._buffers[split]
-        table = rows_to_table(rows, self.schema)
+    def _write_part(self, split: str, n: int) -> Path:
+        """Write the first n buffered rows of `split` as the next part file."""
+        merged = concat_batches(self._buffers[split])
+        total = batch_len(merged)
+        table = batch_to_table(take_batch(merged, range(n)) if n < total else merged, self.schema)
         path = self.cache / split / f"part-{self.shard.token}-{self._seq:06d}.parquet"
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, compression=_COMPRESSION,
                            use_dictionary=["dataset", "split"], write_statistics=_STATISTICS)
         self._seq += 1
-        self.written += len(rows)
+        self.written += n
         self.parts_written.append(path)
-        self._buffers[split] = []
+        self._buffers[split] = [take_batch(merged, range(n, total))] if n < total else []
+        self._buffered[split] = total - n
         self._last_flush = time.monotonic()
         return path
 
@@ -388,23 +403,78 @@ for _f in cache_schema().names:
         _COMPRESSION.setdefault(_f, "SNAPPY")
 
 
+_SCALAR_TYPES = {"pid": np.int32, "camid": np.int16, "width": np.int32, "height": np.int32, "beta": np.float32}
+_ARRAY_TYPES = {"keypoints": np.float32, "scores": np.float32, "joint_source": np.int8, "boxes": np.float32,
+                "outside": np.float32}
+_STRING_COLUMNS = ("image_id", "dataset", "split")
+
+
+def rows_to_batch(rows: Sequence[dict]) -> dict:
+    """Row dicts -> one batch: lists for strings, stacked numpy arrays for numbers, {"bytes": [...], "path": [...]}
+    for the image columns."""
+    batch: dict[str, Any] = {name: [r[name] for r in rows] for name in _STRING_COLUMNS}
+    for name, dtype in _SCALAR_TYPES.items():
+        batch[name] = np.array([r[name] for r in rows], dtype=dtype)
+    for name, dtype in _ARRAY_TYPES.items():
+        batch[name] = np.stack([np.asarray(r[name], dtype=dtype) for r in rows])
+    for name in IMAGE_COLUMNS:
+        batch[name] = {"bytes": [r[name]["bytes"] for r in rows], "path": [r[name]["path"] for r in rows]}
+    return batch
+
+
+def batch_len(batch: dict) -> int:
+    return len(batch["image_id"])
+
+
+def take_batch(batch: dict, index: Sequence[int] | range) -> dict:
+    """The rows `index` of a batch."""
+    idx = list(index)
+    out: dict[str, Any] = {}
+    for name, value in batch.items():
+        if isinstance(value, dict):
+            out[name] = {k: [v[i] for i in idx] for k, v in value.items()}
+        elif isinstance(value, np.ndarray):
+            out[name] = value[idx]
+        else:
+            out[name] = [value[i] for i in idx]
+    return out
+
+
+def concat_batches(batches: Sequence[dict]) -> dict:
+    if len(batches) == 1:
+        return batches[0]
+    out: dict[str, Any] = {}
+    for name, first in batches[0].items():
+        if isinstance(first, dict):
+            out[name] = {k: [x for b in batches for x in b[name][k]] for k in first}
+        elif isinstance(first, np.ndarray):
+            out[name] = np.concatenate([b[name] for b in batches])
+        else:
+            out[name] = [x for b in batches for x in b[name]]
+    return out
+
+
+def batch_to_table(batch: dict, schema: pa.Schema) -> pa.Table:
+    """A batch (see rows_to_batch) -> an Arrow table of the cache schema; stored paths are validated."""
+    cols: dict[str, pa.Array] = {}
+    for name in _STRING_COLUMNS:
+        cols[name] = pa.array(batch[name], type=pa.string())
+    for name, dtype in _SCALAR_TYPES.items():
+        cols[name] = pa.array(np.asarray(batch[name], dtype=dtype), type=schema.field(name).type)
+    for name, dtype in _ARRAY_TYPES.items():
+        cols[name] = _fixed_list(np.asarray(batch[name]), pa.from_numpy_dtype(dtype), schema.field(name).type)
+    for name in IMAGE_COLUMNS:
+        paths = batch[name]["path"]
+        for image_id, path in zip(batch["image_id"], paths):
+            check_relative_path(path, f"{image_id}: {name}.path")
+        cols[name] = pa.StructArray.from_arrays(
+            [pa.array(batch[name]["bytes"], pa.binary()), pa.array(paths, pa.string())], fields=list(IMAGE_STRUCT))
+    return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
 def rows_to_table(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
     """Rows (see CacheWriter) -> an Arrow table of the cache schema."""
-    cols: dict[str, pa.Array] = {}
-    for name in ("image_id", "dataset", "split", "pid", "camid", "width", "height"):
-        cols[name] = pa.array([r[name] for r in rows], type=schema.field(name).type)
-    for name, dtype in (("keypoints", pa.float32()), ("scores", pa.float32()), ("joint_source", pa.int8()),
-                        ("boxes", pa.float32()), ("outside", pa.float32())):
-        values = np.stack([np.asarray(r[name]) for r in rows])
-        cols[name] = _fixed_list(values, dtype, schema.field(name).type)
-    cols["beta"] = pa.array([float(r["beta"]) for r in rows], type=pa.float32())
-    for name in IMAGE_COLUMNS:
-        cols[name] = pa.StructArray.from_arrays(
-            [pa.array([r[name]["bytes"] for r in rows], pa.binary()),
-             pa.array([check_relative_path(r[name]["path"], f"{r['image_id']}: {name}.path") for r in rows],
-                      pa.string())],
-            fields=list(IMAGE_STRUCT))
-    return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
+    return batch_to_table(rows_to_batch(rows), schema)
 
 
 # ------------------------------------------------------------------------------------------------ readers

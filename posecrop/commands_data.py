@@ -17,16 +17,16 @@ def synth(
     preset: str = typer.Option("demo", "--preset", help="Size preset: 'demo' (40+40 identities, 6 cameras, "
                                "~1,140 images, ~15 s) or 'tiny' (3+3 identities, 3 cameras, ~60 images)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives byte-identical files."),
-    num_ids_train: Optional[int] = typer.Option(None, "--num-ids-train", help="Train identities [default: from the preset]."),
-    num_ids_test: Optional[int] = typer.Option(None, "--num-ids-test", help="Test (query/gallery) identities [default: from the preset]."),
-    num_cameras: Optional[int] = typer.Option(None, "--num-cameras", help="Cameras, 2-6 [default: from the preset]."),
+    num_ids_train: Optional[int] = typer.Option(None, "--num-ids-train", help="Train identities (default: from the preset)."),
+    num_ids_test: Optional[int] = typer.Option(None, "--num-ids-test", help="Test (query/gallery) identities (default: from the preset)."),
+    num_cameras: Optional[int] = typer.Option(None, "--num-cameras", help="Cameras, 2-6 (default: from the preset)."),
     images_per_camera: Optional[int] = typer.Option(None, "--images-per-camera",
-                                                    help="Train/gallery images per identity and camera [default: from the preset]."),
-    num_distractors: Optional[int] = typer.Option(None, "--num-distractors", help="Gallery distractors, pid 0000 [default: from the preset]."),
-    num_junk: Optional[int] = typer.Option(None, "--num-junk", help="Gallery junk images, pid -1 [default: from the preset]."),
+                                                    help="Train/gallery images per identity and camera (default: from the preset)."),
+    num_distractors: Optional[int] = typer.Option(None, "--num-distractors", help="Gallery distractors, pid 0000 (default: from the preset)."),
+    num_junk: Optional[int] = typer.Option(None, "--num-junk", help="Gallery junk images, pid -1 (default: from the preset)."),
     no_person_rate: Optional[float] = typer.Option(None, "--no-person-rate",
-                                                   help="Fraction of images whose keypoint file finds no person [default: 0.10]."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier synth dataset of another config in OUT."),
+                                                   help="Fraction of images whose keypoint file finds no person (default: 0.10)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier synth dataset of another config in OUT (off by default)."),
     preview: bool = typer.Option(True, "--preview/--no-preview", help="Write OUT/preview.png, a contact sheet of a few identities."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -42,11 +42,13 @@ def synth(
     console = Console()
     try:
         cfg = S.preset(preset)
-        cfg = merge(cfg, {"seed": seed, "num_ids_train": num_ids_train, "num_ids_test": num_ids_test,
-                          "num_cameras": num_cameras, "images_per_id_per_camera": images_per_camera,
-                          "num_distractors": num_distractors, "num_junk": num_junk})
-        if num_cameras is not None and num_cameras < cfg.cameras_per_id[1]:
-            cfg = merge(cfg, {"cameras_per_id": (min(cfg.cameras_per_id[0], num_cameras), num_cameras)})
+        overrides = {"seed": seed, "num_ids_train": num_ids_train, "num_ids_test": num_ids_test,
+                     "num_cameras": num_cameras, "images_per_id_per_camera": images_per_camera,
+                     "num_distractors": num_distractors, "num_junk": num_junk}
+        if num_cameras is not None:  # keep the preset's cameras-per-identity range inside the camera count
+            lo, hi = cfg.cameras_per_id
+            overrides["cameras_per_id"] = (min(lo, num_cameras), min(hi, num_cameras))
+        cfg = merge(cfg, overrides)
         if no_person_rate is not None:
             cfg = dataclasses.replace(cfg, faults=merge(cfg.faults, {"no_person_rate": no_person_rate}))
     except (ConfigError, ValueError) as e:

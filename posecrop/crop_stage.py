@@ -216,8 +216,15 @@ class CropTask:
 
 @dataclass
 class TaskResult:
-    rows: list[dict]
+    """What a worker sends back: the finished rows as one column batch (see posecrop.cache.rows_to_batch; None
+    when no image of the task succeeded) and the failed images with the reason."""
+
+    batch: dict | None
     failures: list[tuple[ImageRecord, str]]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.batch["image_id"]) if self.batch else 0
 
 
 _WORKER: WorkerSettings | None = None
@@ -285,10 +292,32 @@ def _boxes_per_pose(keypoints: np.ndarray, spec: RegionSpec, beta: float) -> lis
         return out
 
 
-def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
-    """Decode, repair, place the regions, crop and encode one batch of images (runs in a worker)."""
+def _repair(kp: np.ndarray, sc: np.ndarray, sizes_wh: np.ndarray, s: WorkerSettings
+            ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """Canonical repair of a batch; if the batch fails, pose by pose (a bad pose gets its reason)."""
     from .canonical import repair
 
+    try:
+        r = repair(kp, sc, s.bank, threshold=s.threshold, min_reliable=s.min_reliable, image_size=sizes_wh)
+        return r.keypoints, r.joint_source, [None] * len(kp)
+    except (ValueError, FloatingPointError):
+        pass
+    keypoints = np.zeros(kp.shape, np.float32)
+    source = np.zeros(sc.shape, np.int8)
+    errors: list[str | None] = []
+    for i in range(len(kp)):
+        try:
+            r = repair(kp[i:i + 1], sc[i:i + 1], s.bank, threshold=s.threshold, min_reliable=s.min_reliable,
+                       image_size=sizes_wh[i:i + 1])
+            keypoints[i], source[i] = r.keypoints[0], r.joint_source[0]
+            errors.append(None)
+        except (ValueError, FloatingPointError) as e:
+            errors.append(f"canonical repair failed ({e})")
+    return keypoints, source, errors
+
+
+def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
+    """Decode, repair, place the regions, crop and encode one batch of images (runs in a worker)."""
     failures: list[tuple[ImageRecord, str]] = []
     decoded, keep = [], []
     for i, rec in enumerate(task.records):
@@ -302,19 +331,16 @@ def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
         except OSError as e:
             failures.append((rec, f"{rec.path}: cannot read the image file ({e.strerror or e})"))
     if not keep:
-        return TaskResult([], failures)
+        return TaskResult(None, failures)
     records = [task.records[i] for i in keep]
     sizes_wh = np.array([[d.pixels.shape[1], d.pixels.shape[0]] for _, d in decoded], dtype=np.float64)
     kp_in, sc_in = task.keypoints[keep], task.scores[keep]
-    try:
-        fixed = repair(kp_in, sc_in, s.bank, threshold=s.threshold, min_reliable=s.min_reliable,
-                       image_size=sizes_wh)
-    except (ValueError, FloatingPointError) as e:  # one bad pose must not sink the batch: retry one by one
-        if len(keep) == 1:
-            return TaskResult([], failures + [(records[0], f"{records[0].path}: canonical repair failed ({e})")])
-        sub = [process_task(t, s) for t in CropTask([task.records[i] for i in keep], kp_in, sc_in).split()]
-        return TaskResult([r for t in sub for r in t.rows], failures + [f for t in sub for f in t.failures])
-    boxes = _boxes_per_pose(fixed.keypoints, s.spec, s.beta)
+    keypoints, joint_source, errors = _repair(kp_in, sc_in, sizes_wh, s)
+    repaired = [j for j, e in enumerate(errors) if e is None]
+    boxes: list[np.ndarray | str] = [e or "" for e in errors]
+    if repaired:
+        for j, b in zip(repaired, _boxes_per_pose(keypoints[repaired], s.spec, s.beta)):
+            boxes[j] = b
     placed = [j for j, b in enumerate(boxes) if not isinstance(b, str)]
     outside = np.zeros((len(records), len(REGION_NAMES)), np.float32)
     if placed:
@@ -322,7 +348,8 @@ def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
         outside[placed] = outside_fraction(stacked, sizes_wh[placed, 0, None], sizes_wh[placed, 1, None])
     scores = np.where(np.isfinite(sc_in), sc_in, 0.0).astype(np.float32)
     ext = EXTENSIONS[s.encoding]
-    rows = []
+    ok: list[int] = []
+    images: dict[str, dict[str, list]] = {name: {"bytes": [], "path": []} for name in (s.whole_column, *REGION_NAMES)}
     for j, rec in enumerate(records):
         data, img = decoded[j]
         b = boxes[j]
@@ -330,26 +357,33 @@ def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
             failures.append((rec, f"{rec.path}: {b}"))
             continue
         try:
-            h, w = img.pixels.shape[:2]
             crops = crop_regions(img.pixels, b, s.sizes, s.fill)  # type: ignore[arg-type]
             encoded = [encode_image(c, s.encoding, s.jpeg_quality, order="BGR")  # type: ignore[arg-type]
                        for c in crops]
         except (ValueError, OSError, MemoryError, cv2.error) as e:
             failures.append((rec, f"{rec.path}: cropping failed ({type(e).__name__}: {e})"))
             continue
-        height_h = float(b[0, 3] - b[0, 1])
-        row = {
-            "image_id": rec.path, "dataset": rec.dataset, "split": rec.split, "pid": rec.pid, "camid": rec.camid,
-            "width": w, "height": h,
-            "keypoints": fixed.keypoints[j], "scores": scores[j],
-            "joint_source": fixed.joint_source[j], "boxes": b,
-            "outside": outside[j], "beta": s.beta * height_h,
-            s.whole_column: {"bytes": data, "path": _whole_path(rec.path, img.extension)},
-        }
+        ok.append(j)
+        images[s.whole_column]["bytes"].append(data)
+        images[s.whole_column]["path"].append(_whole_path(rec.path, img.extension))
         for name, blob in zip(REGION_NAMES, encoded):
-            row[name] = {"bytes": blob, "path": _crop_path(rec.path, name, ext)}
-        rows.append(row)
-    return TaskResult(rows, failures)
+            images[name]["bytes"].append(blob)
+            images[name]["path"].append(_crop_path(rec.path, name, ext))
+    if not ok:
+        return TaskResult(None, failures)
+    box_arr = np.stack([boxes[j] for j in ok]).astype(np.float32)  # type: ignore[misc]
+    batch = {
+        "image_id": [records[j].path for j in ok], "dataset": [records[j].dataset for j in ok],
+        "split": [records[j].split for j in ok],
+        "pid": np.array([records[j].pid for j in ok], np.int32),
+        "camid": np.array([records[j].camid for j in ok], np.int16),
+        "width": sizes_wh[ok, 0].astype(np.int32), "height": sizes_wh[ok, 1].astype(np.int32),
+        "keypoints": keypoints[ok], "scores": scores[ok], "joint_source": joint_source[ok].astype(np.int8),
+        "boxes": box_arr, "outside": outside[ok],
+        "beta": (s.beta * (box_arr[:, 0, 3] - box_arr[:, 0, 1])).astype(np.float32),  # beta * H in pixels
+        **images,
+    }
+    return TaskResult(batch, failures)
 
 
 # ------------------------------------------------------------------------------------------------ main side
@@ -493,7 +527,7 @@ class _Pool:
                 self.deaths_without_progress = 0
             except cf.process.BrokenProcessPool:
                 rec = single.records[0]
-                results.append(TaskResult([], [(rec, f"{rec.path}: the worker process died while processing this "
+                results.append(TaskResult(None, [(rec, f"{rec.path}: the worker process died while processing this "
                                                       "image (crashing decoder?)")]))
                 self._restart()
         return results
@@ -549,14 +583,15 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
         def consume(results: list[TaskResult]) -> None:
             nonlocal failed
             for res in results:
-                for row in res.rows:
-                    writer.add(row)
-                    per_split[row["split"]] += 1
-                    joint_counts[:] += np.bincount(row["joint_source"], minlength=3)[:3]
+                if res.batch:
+                    writer.add_batch(res.batch)
+                    for split in res.batch["split"]:
+                        per_split[split] += 1
+                    joint_counts[:] += np.bincount(res.batch["joint_source"].ravel(), minlength=3)[:3]
                 for rec, reason in res.failures:
                     report.add("failed", rec.path, reason, rec.split)
                     failed += 1
-                progress.advance(len(res.rows) + len(res.failures))
+                progress.advance(res.num_rows + len(res.failures))
 
         progress = _Progress(cfg.progress, len(todo), f"crop {cfg.dataset} [{shard}]")
         pool = _Pool(workers, wsettings) if todo else None

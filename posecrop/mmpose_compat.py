@@ -262,7 +262,7 @@ def _register_cspnext_alias() -> str:
         return "real"
     from mmpose.models.backbones import CSPNeXt
 
-    # Lazily imports mmpose.models (already imported) instead of falling back to mmdet.utils.
+    # `locations` is what mmengine imports before a lookup here (without it, it would try mmdet.utils and log).
     alias = Registry("model", parent=ROOT_MODELS, scope="mmdet", locations=["mmpose.models"])
     setattr(alias, STANDIN_MARK, True)
     alias.register_module(name="CSPNeXt", module=CSPNeXt)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from posecrop.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
+from posecrop.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
 
 RGB = tuple[int, int, int]
 RENDER_SCALE = 3
@@ -133,10 +133,8 @@ def body_points(pose: Pose, look: Look) -> dict[str, np.ndarray]:
     p["r_eye"], p["l_eye"] = hc + v(-0.022, -0.002, 0.05), hc + v(0.022, -0.002, 0.05)
     p["r_ear"], p["l_ear"] = hc + v(-0.05, 0.006, -0.004), hc + v(0.05, 0.006, -0.004)
     p["backpack"] = v(0, 0.33, -0.1)
-    bag_side = 1.0
-    p["bag"] = v(bag_side * 0.13, 0.53, 0.0)
-    p["bag_strap_top"] = v(-bag_side * 0.08, 0.185, 0.0)
-    # the 3-D points are for a person of height 1; build scales x and z only through the offsets above
+    p["bag"] = v(0.13, 0.53, 0.0)  # shoulder bag at the left hip, strap from the right shoulder
+    p["bag_strap_top"] = v(-0.08, 0.185, 0.0)
     return p
 
 
@@ -145,12 +143,6 @@ def rotate(points: np.ndarray, yaw: float) -> np.ndarray:
     c, s = math.cos(yaw), math.sin(yaw)
     x, y, z = points[..., 0], points[..., 1], points[..., 2]
     return np.stack([x * c + z * s, y, -x * s + z * c], axis=-1)
-
-
-def joints_3d(pts: dict[str, np.ndarray]) -> np.ndarray:
-    from posecrop.keypoints import KEYPOINT_NAMES
-
-    return np.stack([pts[n] for n in KEYPOINT_NAMES])
 
 
 def face_visibility(yaw: float) -> np.ndarray:
@@ -361,10 +353,7 @@ def draw_person(canvas: Image.Image, pose: Pose, look: Look, place: Placement) -
 
     for _, _, fn in sorted(items, key=lambda t: (t[0], t[1])):
         fn()  # type: ignore[operator]
-    return render_to_output(np.stack([P[n] for n in _JOINT_NAMES]))
-
-
-from posecrop.keypoints import KEYPOINT_NAMES as _JOINT_NAMES  # noqa: E402
+    return render_to_output(np.stack([P[n] for n in KEYPOINT_NAMES]))
 
 
 # ---------------------------------------------------------------- cameras: scene and lighting
@@ -388,7 +377,9 @@ class CameraLook:
     jpeg_quality: int
 
 
-def camera_look(cam: int, rng: np.random.Generator, jpeg_quality: tuple[int, int]) -> CameraLook:
+def camera_look(cam: int, rng: np.random.Generator, jpeg_quality: tuple[int, int],
+                variation: float = 1.0) -> CameraLook:
+    """A camera's scene style and lighting; `variation` scales how far the lighting departs from neutral."""
     style = SCENE_STYLES[cam % len(SCENE_STYLES)]
     base = {"plaza": (170, 165, 155), "grass": (95, 140, 80), "wall": (150, 135, 120), "stairs": (140, 140, 145),
             "bikes": (120, 120, 118), "road": (75, 78, 82)}[style]
@@ -397,11 +388,15 @@ def camera_look(cam: int, rng: np.random.Generator, jpeg_quality: tuple[int, int
     casts = [(1.08, 1.0, 0.88), (0.9, 0.98, 1.1), (0.96, 1.06, 0.94), (1.0, 1.0, 1.0), (1.05, 0.97, 1.03),
              (0.93, 0.95, 1.07)]
     cast = casts[(cam + int(rng.integers(len(casts)))) % len(casts)]
-    gain = tuple(float(g * rng.uniform(0.95, 1.05)) for g in cast)
+    gain = tuple(float(1 + variation * (g * rng.uniform(0.95, 1.05) - 1)) for g in cast)
+
+    def vary(lo: float, hi: float) -> float:
+        return float(1 + variation * (rng.uniform(lo, hi) - 1))
+
     return CameraLook(
         style=style, base=base, accent=accent, gain=gain,  # type: ignore[arg-type]
-        brightness=float(rng.uniform(0.75, 1.15)), contrast=float(rng.uniform(0.8, 1.05)),
-        gamma=float(rng.uniform(0.85, 1.15)), blur=float(rng.uniform(0.0, 0.8)), noise=float(rng.uniform(1.5, 6.0)),
+        brightness=vary(0.75, 1.15), contrast=vary(0.8, 1.05), gamma=vary(0.85, 1.15),
+        blur=float(rng.uniform(0.0, 0.8)), noise=float(rng.uniform(1.5, 6.0)),
         jpeg_quality=int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1)),
     )
 

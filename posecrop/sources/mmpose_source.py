@@ -166,6 +166,7 @@ class MMPoseSource:
         self.cfg = cfg
         self.model = self._build_model(cfg)
         self.dataset_meta = _dataset_meta(cfg)
+        self._check_coco17("the config's dataset metainfo")
         self.checkpoint: str = RANDOM
         self.checkpoint_file: Path | None = None
         self.checkpoint_sha256: str | None = None
@@ -175,9 +176,7 @@ class MMPoseSource:
                           RandomWeightsWarning, stacklevel=2)
         else:
             self._load_weights(cfg, checkpoint)
-        if int(self.dataset_meta.get("num_keypoints", -1)) != 17:
-            raise PoseConfigError(f"{self.config_path}: expected a COCO-17 keypoint model, the dataset metainfo has "
-                                  f"{self.dataset_meta.get('num_keypoints')} keypoints")
+            self._check_coco17(f"the checkpoint {self.checkpoint}")
         self.model.dataset_meta = self.dataset_meta
         self.model.cfg = cfg
         self.model.to(self.device)
@@ -194,6 +193,11 @@ class MMPoseSource:
         self.pipeline = Compose(_test_pipeline(cfg, self.config_path))
 
     # ---------------------------------------------------------------------------------------- setup
+
+    def _check_coco17(self, where: str) -> None:
+        if int(self.dataset_meta.get("num_keypoints", -1)) != 17:
+            raise PoseConfigError(f"{self.config_path}: expected a COCO-17 keypoint model, {where} describes "
+                                  f"{self.dataset_meta.get('num_keypoints')} keypoints")
 
     def _read_config(self):
         from mmengine.config import Config
