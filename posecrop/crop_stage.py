@@ -8,9 +8,9 @@
 
 Nothing about one image can stop the run: unreadable / corrupt / truncated / empty / too-large images, missing
 keypoint files and impossible geometry are written to CACHE/crop_report.jsonl with the reason, and the run goes
-on. A worker process that dies (e.g. a crashing decoder) costs only its batch: the batch is retried image by image
-in a fresh pool, and the image that kills a worker again is reported. A killed run keeps every finished part file;
-re-running resumes.
+on. A worker process that dies (e.g. a crashing decoder) costs only its image: the tasks lost with the pool are
+re-run one image at a time, alone in a fresh pool, and the image that kills a worker there is reported. Workers end
+when the main process dies. A killed run keeps every finished part file; re-running resumes.
 
 Pose sources that read precomputed keypoints ("openpose-json", "posegan-csv") only need the image size, so the
 main process reads just the image header for them and hands them a zero-cost stand-in array of the image's shape
@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -39,6 +39,8 @@ from .records import SPLITS, ImageRecord
 from .regions import DEFAULT_REGION_JOINTS, REGION_NAMES, RegionGeometryError, RegionSpec, region_boxes
 
 # Worker processes import this module: it stays free of pyarrow (cache / schema are imported where used).
+if TYPE_CHECKING:
+    from .cache import RunReport
 
 PRECOMPUTED_SOURCES = ("openpose-json", "posegan-csv")
 REGION_DEFINITION = ("DESIGN.md section 2 (paper Eq. 1-2): top(R0)=top(R1)=2 min y(P1) - max y(P1); "
@@ -390,8 +392,6 @@ def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
 
 
 _NO_PIXELS = np.zeros((1, 1, 3), np.uint8)
-
-
 
 
 def _needs_pixels(source: Any) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from posecrop.cache import (CacheLockedError, Shard, ShardLock, cache_info, cache_settings, existing_image_ids,
+from posecrop.cache import (Shard, ShardLock, cache_info, cache_settings, existing_image_ids,
                             read_report, read_split)
 from posecrop.crop_stage import CropConfig, run_crop
 from posecrop.crops import outside_fraction
@@ -248,8 +247,9 @@ def test_same_shard_refused_clearly_other_shard_runs(synth, tmp_path):
                     "--no-progress")
         assert same.returncode == 3
         assert "shard 0/2" in same.stderr and "another process" in same.stderr and "lock file" in same.stderr
-        other = _cli("crop", "--root", str(synth), "--out", str(out), "--shard", "1/2", "--workers", "0",
-                     "--no-progress")
+        recipe = tmp_path / "recipe.toml"  # the other shard from a recipe: [crop] table, flags override it
+        recipe.write_text(f'[crop]\nroot = "{synth}"\nout = "{out}"\nshard = "0/2"\nworkers = 0\nbeta = 0.1\n')
+        other = _cli("crop", "--config", str(recipe), "--shard", "1/2", "--no-progress")
         assert other.returncode == 0, other.stderr
     finally:
         lock.release()
@@ -290,6 +290,7 @@ def _awkward_dataset(root: Path) -> dict[str, str]:
     add("bounding_box_train/0004_c2s1_000010_01.png", _encode(deep, "PNG"), full, "ok 16-bit")
     add("bounding_box_train/0005_c1s1_000011_01.jpg", _encode(person[:1, :1]), full, "ok 1x1")
     add("bounding_box_train/0005_c2s1_000012_01.jpg", jpg, None, "failed no keypoints")
+    add("bounding_box_train/0006_c1s1_000013_01.jpg", _encode(_person(120, 240)), full, "failed too large")
     add("query/0001_c3s1_000014_00.jpg", jpg, full, "0 missing")
     add("bounding_box_test/0007_c1s1_000015_01.jpg", jpg, _openpose(None), "no person")
     add("bounding_box_test/not_a_market_name.jpg", jpg, full, "skipped")
@@ -300,7 +301,8 @@ def test_bad_images_are_reported_and_poses_with_0_1_17_missing_joints(tmp_path):
     root = tmp_path / "data"
     expect = _awkward_dataset(root)
     out = tmp_path / "cache"
-    s = run_crop(CropConfig(dataset="market", root=root, out=out, workers=2, batch_size=3, progress=False))
+    s = run_crop(CropConfig(dataset="market", root=root, out=out, workers=2, batch_size=3, max_pixels=20_000,
+                            progress=False))
     failed = {k for k, v in expect.items() if v.startswith("failed")}
     written = {k for k, v in expect.items() if not v.startswith(("failed", "skipped"))}
     assert s.failed == len(failed) and s.skipped == 1 and s.written == len(written)
@@ -309,6 +311,7 @@ def test_bad_images_are_reported_and_poses_with_0_1_17_missing_joints(tmp_path):
     assert "truncated" in report["bounding_box_train/0002_c1s1_000004_01.jpg"]["reason"]
     assert "0 bytes" in report["bounding_box_train/0002_c1s1_000005_01.jpg"]["reason"]
     assert "keypoint file not found" in report["bounding_box_train/0005_c2s1_000012_01.jpg"]["reason"]
+    assert "too large" in report["bounding_box_train/0006_c1s1_000013_01.jpg"]["reason"]
     assert report["bounding_box_train/0005_c2s1_000012_01.jpg"]["split"] == "train"
 
     rows = _rows(out)

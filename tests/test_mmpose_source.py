@@ -375,6 +375,7 @@ def test_missing_config_names_the_file(tmp_path):
         MMPoseSource(config=tmp_path / "nope.py", checkpoint="random")
 
 
+@pytest.mark.filterwarnings("ignore:The metainfo config file", "ignore::DeprecationWarning")
 def test_non_topdown_or_non_coco17_configs_are_refused():
     import mmpose
 

@@ -19,7 +19,7 @@ With this reading the attention paths add 53 % parameters and 17 % MACs to the b
 +53 % / +19 %); the full model counts 11.1 M parameters / 2.40 G MACs at 384x192 against Table 12's
 10.4 M / 2.69 G (`python cli.py model-info`; how they are counted: `reidtrain.model.complexity`). The
 1x1 "mix" convolution is run literally on S * C as the paper describes it, although S * C has rank one per
-sample and the factorised form S * (W C) would give the same m for ~0.15 G fewer MACs.
+sample and the factorised form S * (W C) would give the same m for 0.17 G fewer MACs.
 """
 from __future__ import annotations
 

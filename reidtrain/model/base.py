@@ -11,8 +11,16 @@ Table 1, read with its garbled cells restored (global branch; part branches use 
     AP      global average pooling
     FC      reduce to 256 (body) / 128 (parts), then dropout 0.5 and the identity classifier
 
-Down-sampling is ResNet style: the first unit of a stage carries the stride (in its 3x3 convolution, as in
-torchvision's ResNet-50 "v1.5") and a 1x1 projection shortcut whenever stride or width changes.
+Readings taken where the paper is vague (they decide the Table 12 comparison, `python cli.py model-info`):
+- Down-sampling is ResNet style: the first unit of a stage carries the stride and a 1x1 projection shortcut
+  whenever stride or width changes. The stride sits in the 3x3 convolution (torchvision's "v1.5"); Keras'
+  layout (stride in the first 1x1) would cost ~0.04 G fewer MACs and the same parameters.
+- "S-1x2" of the part max-pool is stride 1 in height, 2 in width: a 96x192 part becomes 48x96 after Conv1 and
+  48x48 after the pool, so part feature maps are square (12x12 after Conv5x; the body ends at 24x12).
+- FC-reduce is Linear (no bias) + batch norm + ReLU; it is part of the feature extractor and counted, the
+  identity classifiers are not. Every convolution is followed by batch norm.
+With these the base network counts 7.27 M parameters and 2.05 G MACs at 384x192 / 96x192 (Table 12:
+6.8 M / 2.26 G).
 """
 from __future__ import annotations
 
