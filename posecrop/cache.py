@@ -4,6 +4,7 @@ Layout (see posecrop.schema):
     CACHE/<split>/part-<shard>-<seq>.parquet   e.g. part-000of001-000003.parquet; one folder per split
     CACHE/crop_report.jsonl                    skipped / failed images with the reason, one JSON object per line
     CACHE/.lock-<shard>                        lock file of the process writing that shard
+    CACHE/.lock-count-<n>, CACHE/.lock-counts  shard-count locks (writers at the same time use one count n)
 
 - Part files are written atomically (temporary file + rename, posecrop.atomic): a killed run never leaves a
   half-written part under its final name, and the next run removes the temporaries of its own shard.
@@ -11,7 +12,8 @@ Layout (see posecrop.schema):
   stage skips those images. A resumed run must use the same settings (checked; see `settings_mismatch`).
 - Shards: `--shard i/n` takes the images whose stable hash (blake2b of image_id) mod n is i. One lock file per
   shard (fcntl.flock, non-blocking): a second process on the same shard stops with CacheLockedError; different
-  shards write different file names and run side by side.
+  shards write different file names and run side by side. Shards of different counts overlap (0/1 owns all
+  of 0/2), so a writer is refused while another process writes the cache with another shard count.
 - Report: entries are appended in blocks (one locked write per flush, every line tagged with the run id), so a
   killed run keeps what it reported up to its last flush; a truncated last line is skipped by `read_report`.
 - Readers validate what they hand out: split names, and every image_id / image `path` must be a relative POSIX
@@ -57,6 +59,18 @@ class UnsafePathError(CacheError):
 
 class CacheLockedError(RuntimeError):
     """Another process holds the lock of the shard this process wants to write."""
+
+
+class CacheWriteError(OSError):
+    """A cache file cannot be written (disk full, file size limit, read-only); names the file. Nothing
+    half-written is left under a final name and the finished part files are kept: re-running resumes."""
+
+    def __init__(self, path: Path, error: OSError, what: str) -> None:
+        reason = error.strerror or str(error)
+        super().__init__(error.errno, f"{path}: cannot write {what} ({reason}); the part files already written "
+                                      "are kept and nothing half-written is left: make room (or fix the folder) "
+                                      "and re-run the same command to resume")
+        self.path = Path(path)
 
 
 # ------------------------------------------------------------------------------------------------ paths, shards
@@ -164,14 +178,57 @@ def settings_mismatch(old: dict, new: dict) -> list[str]:
 
 
 class ShardLock:
-    """An exclusive, non-blocking fcntl.flock on CACHE/.lock-<shard>; released on close or process death."""
+    """An exclusive, non-blocking fcntl.flock on CACHE/.lock-<shard>; released on close or process death.
+
+    Plus a shared flock on CACHE/.lock-count-<n> for the shard count n: shards of different counts overlap
+    (0/1 owns every image of 0/2), so a writer is refused while another process writes the cache with another
+    shard count (checked under the short exclusive lock CACHE/.lock-counts)."""
 
     def __init__(self, cache: Path, shard: Shard) -> None:
         self.path = Path(cache) / f".lock-{shard.token}"
         self.shard = shard
         self._fd: int | None = None
+        self._count_fd: int | None = None
 
     def acquire(self) -> None:
+        self._acquire_shard()
+        try:
+            self._acquire_count()
+        except BaseException:
+            self.release()
+            raise
+
+    def _acquire_count(self) -> None:
+        """Shared lock on this shard count's file, refused while a writer of another count holds its own."""
+        cache = self.path.parent
+        mutex = os.open(cache / ".lock-counts", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(mutex, fcntl.LOCK_EX)
+            for other in sorted(cache.glob(".lock-count-*")):
+                if other.name == f".lock-count-{self.shard.count:03d}":
+                    continue
+                fd = os.open(other, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as e:
+                    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        raise
+                    count = other.name.rsplit("-", 1)[-1].lstrip("0") or "0"
+                    raise CacheLockedError(
+                        f"cache {cache} is being written by another process with --shard i/{count}; shards of "
+                        f"different counts overlap, so every process filling one cache at the same time must use "
+                        f"the same count (this one: {self.shard}). Wait for it to finish (lock file {other})"
+                    ) from None
+                finally:
+                    os.close(fd)
+            fd = os.open(cache / f".lock-count-{self.shard.count:03d}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         0o644)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # nobody probes it now: the probing process holds the mutex
+            self._count_fd = fd
+        finally:
+            os.close(mutex)  # releases the mutex
+
+    def _acquire_shard(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -192,11 +249,13 @@ class ShardLock:
         self._fd = fd
 
     def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        for name in ("_count_fd", "_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                setattr(self, name, None)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -224,10 +283,20 @@ class RunReport:
         if not self.pending:
             return
         block = "".join(json.dumps(e, sort_keys=True) + "\n" for e in self.pending).encode("utf-8")
+        try:
+            self._append(block)
+        except OSError as e:
+            raise CacheWriteError(self.path, e, "the run report") from e
+        self.pending.clear()
+
+    def _append(self, block: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                block = b"\n" + block  # end the torn line of a killed run: it must not swallow our first entry
             view = memoryview(block)
             while view:
                 n = os.write(fd, view)
@@ -235,7 +304,6 @@ class RunReport:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self.pending.clear()
 
 
 def read_report(cache: str | os.PathLike) -> list[dict]:
@@ -384,9 +452,12 @@ class CacheWriter:
         total = batch_len(merged)
         table = batch_to_table(take_batch(merged, range(n)) if n < total else merged, self.schema)
         path = self.cache / split / f"part-{self.shard.token}-{self._seq:06d}.parquet"
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, compression=_COMPRESSION,
-                           use_dictionary=["dataset", "split"], write_statistics=_STATISTICS)
+        try:
+            with atomic_path(path) as tmp:
+                pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, compression=_COMPRESSION,
+                               use_dictionary=["dataset", "split"], write_statistics=_STATISTICS)
+        except OSError as e:
+            raise CacheWriteError(path, e, f"this part file of {n} rows") from e
         self._seq += 1
         self.written += n
         self.parts_written.append(path)

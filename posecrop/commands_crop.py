@@ -11,6 +11,7 @@ HELP_DEFAULTS = {"dataset": "market", "beta": 0.1, "threshold": 0.1, "min_reliab
                  "part_size": "96x192", "encoding": "jpeg", "jpeg_quality": 95, "fill": "mean", "shard": "0/1",
                  "batch_size": 32, "rows_per_part": 1000}
 EXIT_BAD_INPUT, EXIT_LOCKED = 1, 3
+MAX_LISTED = 10  # failed / skipped images printed after a run (all of them are in the report)
 
 
 def _d(name: str) -> str:
@@ -45,6 +46,24 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     from rich.console import Console
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _list_problems(cache: Path, run_id: str, limit: int = MAX_LISTED) -> None:
+    """Print the first `limit` failed / skipped images of run `run_id` (file and reason) to stderr."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from .cache import read_report
+
+    problems = [e for e in read_report(cache) if e.get("run") == run_id and e.get("status") in ("failed", "skipped")]
+    console = Console(stderr=True)
+    for e in problems[:limit]:
+        image_id, reason = str(e.get("image_id")), str(e.get("reason"))
+        line = reason if image_id in reason else f"{image_id}: {reason}"
+        console.print(f"[yellow]{escape(str(e['status']))}:[/] {escape(line)}", highlight=False, markup=True, soft_wrap=True)
+    if len(problems) > limit:
+        console.print(f"... and {len(problems) - limit} more in {cache / 'crop_report.jsonl'}", highlight=False,
+                      markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -163,6 +182,8 @@ def register(app: typer.Typer) -> None:
             f"{summary.failed} failed, {summary.skipped} skipped in {summary.seconds:.1f}s; "
             f"repaired joints {summary.repaired_joints:.1%}, fallback {summary.fallback_joints:.1%}."
             + (f" See {summary.report}" if summary.failed or summary.skipped else ""), highlight=False)
+        if summary.failed or summary.skipped:
+            _list_problems(cfg.out, summary.run_id)
 
     @app.command("info", help="Describe a crop cache: rows, identities and cameras per split, share of repaired / "
                               "fallback joints, boxes outside the image, the report, and how the cache was made.")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -238,6 +239,9 @@ def _init_worker(settings: WorkerSettings, watch_parent: bool = False) -> None:
     warnings.simplefilter("ignore")
     _WORKER = settings
     if watch_parent:
+        # Ctrl-C reaches the whole process group: the main process stops the pool (after saving the finished
+        # rows); a worker interrupted in the middle would only print a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         _exit_with_parent()
 
 

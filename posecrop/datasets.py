@@ -145,10 +145,12 @@ def _join(prefix: str, name: str) -> str:
 
 def _image_files(folder: Path, root: Path) -> list[tuple[str, str]]:
     """(name, path relative to root) of the image files directly inside `folder`, sorted by name. Hidden files
-    (atomic-write temporaries among them) and other extensions are ignored. Strings, not Paths: Market has 36k."""
+    (atomic-write temporaries among them) and other extensions are ignored; broken symbolic links are kept (so
+    that reading them fails and is reported). Strings, not Paths: Market has 36k."""
     prefix = _rel(folder, root)
     with os.scandir(folder) as it:
-        names = sorted(e.name for e in it if not e.name.startswith(".") and e.is_file()
+        names = sorted(e.name for e in it if not e.name.startswith(".")
+                       and (e.is_file() or (e.is_symlink() and not e.is_dir()))
                        and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
     return [(name, _join(prefix, name)) for name in names]
 
@@ -215,6 +217,7 @@ def _read_box_dataset(spec: _BoxDataset, root: Path, dataset: str) -> tuple[list
         if not files:
             raise DatasetLayoutError(f"{spec.title} layout under {base}: folder {folder} holds no images "
                                      f"({', '.join(IMAGE_EXTENSIONS)})")
+        before = len(skipped)
         for name, rel in files:
             m = spec.pattern.match(_bare_stem(name))
             if m is None:
@@ -227,6 +230,11 @@ def _read_box_dataset(spec: _BoxDataset, root: Path, dataset: str) -> tuple[list
             if pid == -1:  # junk boxes: excluded by the protocol
                 continue
             records.append(ImageRecord(rel, pid, cam - 1, split, dataset))
+        if len(skipped) - before == len(files):  # nothing usable: a broken split (or the wrong --dataset)
+            raise DatasetLayoutError(
+                f"{spec.title} layout under {base}: none of the {len(files)} images in folder {folder} can be "
+                f"used (expected names like {spec.name_format}; is this another dataset?):\n"
+                + _listing(skipped[before:]), skipped[before:])
     return records, skipped
 
 

@@ -149,7 +149,7 @@ def contact_sheet(cache: str | Path, out: str | Path, n: int = 8, split: str | N
     """Write a contact sheet PNG of `n` images sampled (seeded) from `split` (None: all splits) of a cache."""
     import pyarrow.compute as pc
 
-    from .cache import CacheError, cache_settings, open_cache
+    from .cache import CacheError, cache_settings, open_cache, validate_paths
     from .records import SPLITS
     from .schema import IMAGE_COLUMNS
 
@@ -163,6 +163,7 @@ def contact_sheet(cache: str | Path, out: str | Path, n: int = 8, split: str | N
     wanted = [ids[i] for i in chosen]
     cols = ["image_id", "pid", "camid", "keypoints", "joint_source", "boxes", "outside", *IMAGE_COLUMNS]
     table = ds.to_table(columns=cols, filter=pc.field("image_id").isin(wanted))
+    validate_paths(table, where=str(cache))  # a cache from elsewhere: refuse absolute or '..' paths
     rows = sorted(table.to_pylist(), key=lambda r: r["image_id"])
     s = cache_settings(cache)
     title = (f"{Path(cache).name}: {len(rows)} of {len(ids)} images   beta {s.get('beta')}   "

@@ -5,7 +5,7 @@
 - JPEG bytes stay in Arrow memory (zero-copy numpy views, shared by forked workers) and are decoded in
   `__getitem__` with OpenCV, so loading scales with DataLoader workers.
 - Augmentation (albumentations): one horizontal-flip decision (and one colour jitter) per sample, identical for
-  all five crops; padding-crop and random erasing drawn per crop. Every random draw of a sample comes from a
+  all five crops (one call with the parts as additional targets); padding-crop and random erasing per crop. Every random draw of a sample comes from a
   seed the sampler hands out with its index, so a sample's augmentation depends on (seed, epoch, position)
   only - not on worker count or process - which makes seeded runs and `--resume` reproducible.
 - Workers return uint8 CHW tensors (4x less inter-process traffic than float); `normalize_batch` turns them
@@ -150,25 +150,28 @@ def decode(encoded: np.ndarray, where: str) -> np.ndarray:
 class SampleTransform:
     """Resize each input to its size; with `augment`, the albumentations training augmentation.
 
-    shared (one decision per sample, same for every crop): horizontal flip, colour jitter - each crop runs the
-    same shape-independent pipeline from generators seeded identically.
-    per crop: padding-crop and random erasing, seeded by (sample seed, crop index).
+    shared (one decision per sample, the same for every crop): horizontal flip and colour jitter, one
+    albumentations call over all crops (the parts as additional image targets).
+    per crop: padding-crop and random erasing, drawn one crop after the other from the sample's generators.
+    All draws come from generators seeded by the sample seed: the same (index, seed) gives the same images.
     """
 
     def __init__(self, sizes: dict[str, tuple[int, int]], augment: AugmentConfig | None = None) -> None:
-        self.sizes = dict(sizes)
+        self.sizes = {k: (int(v[0]), int(v[1])) for k, v in sizes.items()}
         self.augment = augment
         self.shared: A.Compose | None = None
-        self.own: dict[str, A.Compose] = {}
+        self.own: dict[str, A.Compose | None] = {}
         if augment is None:
             return
+        keys = list(self.sizes)
         shared = []
         if augment.flip:
             shared.append(A.HorizontalFlip(p=0.5))
         if augment.color_jitter > 0:
             shared.append(A.ColorJitter(brightness=0.2, contrast=0.15, saturation=0.15, hue=0.0, p=augment.color_jitter))
-        self.shared = A.Compose(shared) if shared else None
-        body_h, body_w = self.sizes.get("body", next(iter(self.sizes.values())))
+        if shared:
+            self.shared = A.Compose(shared, additional_targets={k: "image" for k in keys[1:]}, is_check_shapes=False)
+        body_h, body_w = self.sizes.get("body", self.sizes[keys[0]])
         for key, (h, w) in self.sizes.items():
             own = []
             ph, pw = round(augment.pad * h / body_h), round(augment.pad * w / body_w)
@@ -182,19 +185,22 @@ class SampleTransform:
 
     def __call__(self, images: dict[str, np.ndarray], seed: int | None) -> dict[str, np.ndarray]:
         out = {}
-        for i, (key, img) in enumerate(images.items()):
+        for key, img in images.items():
             h, w = self.sizes[key]
-            if img.shape[:2] != (h, w):
-                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-            if self.augment is not None and seed is not None:
-                if self.shared is not None:
-                    self.shared.set_random_state(np.random.default_rng(seed), random.Random(seed))
-                    img = self.shared(image=img)["image"]
-                own = self.own.get(key)
-                if own is not None:
-                    own.set_random_state(np.random.default_rng([seed, i]), random.Random(seed * 8 + i + 1))
-                    img = own(image=img)["image"]
-            out[key] = img
+            out[key] = img if img.shape[:2] == (h, w) else cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        if self.augment is None or seed is None:
+            return out
+        rng, py_rng = np.random.default_rng(seed), random.Random(seed)
+        keys = list(out)
+        if self.shared is not None:
+            self.shared.set_random_state(rng, py_rng)
+            res = self.shared(image=out[keys[0]], **{k: out[k] for k in keys[1:]})
+            out = {keys[0]: res["image"], **{k: res[k] for k in keys[1:]}}
+        for key in keys:
+            own = self.own.get(key)
+            if own is not None:
+                own.set_random_state(rng, py_rng)
+                out[key] = own(image=out[key])["image"]
         return out
 
 

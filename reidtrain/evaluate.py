@@ -3,16 +3,18 @@
     evaluate(EvalConfig) -> EvalOutcome      writes into the output folder (default RUN_DIR/eval):
         metrics.json       R1/R5/R10/R20 and mAP in percent, the CMC curve, protocol, distance, counts
         cmc.png            CMC curve (reports.plot_cmc)
-        ranked_list.png    the first queries and their top-k gallery images, right / wrong framed (Fig. 6)
+        ranked_list.png    the first queries and their top-k gallery images, right / wrong framed (Fig. 6);
+        ranked.json        the same lists as image ids (recipes draw several models side by side from it)
         attention-N.png    intra-attention maps of blocks 2-4 of the global and part branches (Fig. 7),
                            for variants with intra-attention
         summary.md/.html   one page with the table, the figures and the configuration
     extract_features(...) -> Features        also behind `cli.py extract` (see reidtrain.export)
 
 Features are [E_g, E_l] (Eq. 9) of the model in eval mode, optionally averaged with those of the mirrored
-inputs. Protocol "auto": CUHK03 caches made with the classic (1,367/100) split use the single-gallery-shot
+inputs. The ranked lists use the plain distance (not the re-ranked one). Protocol "auto": CUHK03 caches made with the classic (1,367/100) split use the single-gallery-shot
 CMC averaged over seeded repeats; everything else (Market-1501, DukeMTMC-reID, MSMT17, CUHK03 767/700,
-folder datasets) the Market-1501 protocol.
+folder datasets) the Market-1501 protocol. A CUHK03 cache whose recorded reader option is "auto" is taken
+as classic when its query set has at most 200 identities (classic: 100, new: 700).
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from posecrop.typedconfig import to_dict
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import EvalConfig
-from .data import ReidDataset, SampleTransform, input_sizes, load_split, make_loader, normalize_batch
+from .data import (ReidDataset, SampleTransform, SplitData, decode, input_sizes, load_split, make_loader,
+                   normalize_batch)
 
 SUMMARY_RANKS = (1, 5, 10, 20)
 
@@ -161,27 +164,48 @@ class EvalOutcome:
     files: list[Path] = field(default_factory=list)
 
 
-def _display(dataset: ReidDataset, index: int) -> np.ndarray:
-    """The picture shown for an image: its whole-body input (body crop, or the whole box for baseline)."""
-    images = dataset.load(index)
-    return images.get("body", next(iter(images.values())))
+RANKED_FILE = "ranked.json"
 
 
-def ranked_list_figure(path: Path, q_ds: ReidDataset, g_ds: ReidDataset, q: Features, g: Features,
-                       metric: str, count: int, k: int, title: str) -> Path | None:
-    """Fig. 6 for the first `count` queries that have a true match in the gallery."""
+def decode_display(data: SplitData, index: int) -> np.ndarray:
+    """The decoded picture of row `index` of a split read with one image column."""
+    key = next(iter(data.images))
+    return decode(data.encoded(key, index), f"{data.cache}/{data.split} {data.image_ids[index]!r}")
+
+
+def ranked_lists(q: Features, g: Features, metric: str, count: int, k: int) -> dict:
+    """Top-k gallery images of the first `count` queries that have a true match (other camera) in the
+    gallery: {"queries", "query_pids", "gallery" (image ids, None where missing), "correct", "k"}."""
     from .metrics import pairwise_distance, top_k_gallery
-    from .reports import plot_ranked_list
 
     other_cam = (q.pids[:, None] == g.pids[None, :]) & (q.camids[:, None] != g.camids[None, :])
     chosen = np.flatnonzero(other_cam.any(axis=1))[:count]
     if len(chosen) == 0:
-        return None
+        return {"queries": [], "query_pids": [], "gallery": [], "correct": [], "k": k}
     d = pairwise_distance(q.features[chosen], g.features, metric)
     idx, correct = top_k_gallery(d, q.pids[chosen], g.pids, q.camids[chosen], g.camids, k=k)
-    gallery = [[_display(g_ds, int(j)) if j >= 0 else None for j in row] for row in idx]
-    return plot_ranked_list([_display(q_ds, int(i)) for i in chosen], {title: gallery}, {title: correct}, path,
-                            titles=[f"pid {q.pids[i]}" for i in chosen])
+    return {"queries": [q.image_ids[i] for i in chosen], "query_pids": [int(q.pids[i]) for i in chosen],
+            "gallery": [[g.image_ids[j] if j >= 0 else None for j in row] for row in idx.tolist()],
+            "correct": correct.tolist(), "k": k}
+
+
+def ranked_list_figure(path: Path, q_ds: ReidDataset, g_ds: ReidDataset, ranked: dict, title: str) -> Path | None:
+    """Fig. 6 from `ranked_lists`: each query, its top-k gallery images framed right / wrong."""
+    from .reports import plot_ranked_list
+
+    if not ranked["queries"]:
+        return None
+    q_index = {iid: i for i, iid in enumerate(q_ds.data.image_ids)}
+    g_index = {iid: i for i, iid in enumerate(g_ds.data.image_ids)}
+    gallery = [[_display(g_ds, g_index[iid]) if iid is not None else None for iid in row] for row in ranked["gallery"]]
+    return plot_ranked_list([_display(q_ds, q_index[iid]) for iid in ranked["queries"]], {title: gallery},
+                            {title: ranked["correct"]}, path, titles=[f"pid {p}" for p in ranked["query_pids"]])
+
+
+def _display(dataset: ReidDataset, index: int) -> np.ndarray:
+    """The picture shown for an image: its whole-body input (body crop, or the whole box for baseline)."""
+    images = dataset.load(index)
+    return images.get("body", next(iter(images.values())))
 
 
 @torch.no_grad()
@@ -241,9 +265,11 @@ def evaluate(cfg: EvalConfig, progress: bool = True, console=None) -> EvalOutcom
     if cfg.reports:
         label = meta["model"]
         figures = [plot_cmc({label: result}, out / "cmc.png", title=f"CMC - {dataset} ({protocol} protocol)")]
-        ranked = ranked_list_figure(out / "ranked_list.png", q_ds, g_ds, q, g, cfg.distance, cfg.ranked_queries,
-                                    cfg.topk, label) if cfg.ranked_queries else None
-        figures += [ranked] if ranked is not None else []
+        ranked = ranked_lists(q, g, cfg.distance, cfg.ranked_queries, cfg.topk)
+        atomic_write_text(out / RANKED_FILE, json.dumps(ranked))
+        files.append(out / RANKED_FILE)
+        figure = ranked_list_figure(out / "ranked_list.png", q_ds, g_ds, ranked, label)
+        figures += [figure] if figure is not None else []
         figures += attention_figures(out, model, q_ds, meta, device, cfg.attention_samples)
         summary_path = write_summary(out, {label: result}, figures,
                                      {"eval": to_dict(cfg), "train": meta.get("config", {}), "epoch": epoch},

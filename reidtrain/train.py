@@ -205,7 +205,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
         raise ValueError("TrainConfig.cache is not set (the crop cache to train on)")
     rt = setup_runtime(cfg)
     console = console or Console(stderr=True)
-    say = console.print if rt.is_main else (lambda *a, **k: None)
+    say = (lambda *a, **k: console.print(*a, soft_wrap=True, **k)) if rt.is_main else (lambda *a, **k: None)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     last_path = ckpt_dir / "last.pt"

@@ -197,6 +197,19 @@ def test_intra_attention_block_applies_eq7_to_its_two_paths():
     assert torch.allclose(block.last_map, m.mean(dim=1, keepdim=True))
 
 
+def test_attention_masks_start_unsaturated():
+    model = build_model("intra", NUM_CLASSES, body_size=(128, 64), part_size=(32, 64)).train()
+    masks = []
+    hooks = [mod.register_forward_hook(lambda mod, i, o: masks.append(o[0].detach()))
+             for mod in model.modules() if isinstance(mod, AttentionHeads)]
+    model({k: torch.randn(4, 3, *((128, 64) if k == "body" else (32, 64))) for k in model.input_keys})
+    for h in hooks:
+        h.remove()
+    assert len(masks) == 15
+    for m in masks:
+        assert ((m < 0.01) | (m > 0.99)).float().mean() < 0.5    # gradients reach the attention paths
+
+
 def test_attention_path_pools_and_upsamples_symmetrically():
     path = AttentionPath(8, 4, pools=2)
     assert len(path.encoder) == 2 and len(path.decoder) == 1

@@ -235,7 +235,7 @@ class MMPoseSource:
         return revert_sync_batchnorm(model)
 
     def _load_weights(self, cfg, checkpoint: str | os.PathLike | None) -> None:
-        from mmengine.runner import CheckpointLoader
+        import torch
 
         if checkpoint is None:
             source = cfg.get("load_from") or metafile_weights(self.config_path)
@@ -246,14 +246,14 @@ class MMPoseSource:
         else:
             source = str(Path(checkpoint).expanduser()) if not _is_url(str(checkpoint)) else str(checkpoint)
 
-        if _is_url(source):
-            import torch
-
+        if _is_url(source):  # downloaded once into torch's hub folder (where mmengine's loader puts it too)
             local = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(source).path).name
             previous = socket.getdefaulttimeout()
             socket.setdefaulttimeout(self.download_timeout)  # fail fast when the host is unreachable
             try:
-                ckpt = CheckpointLoader.load_checkpoint(source, map_location="cpu")
+                if not local.is_file():
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    torch.hub.download_url_to_file(source, str(local), progress=False)  # temp file + move
             except (OSError, http.client.HTTPException) as exc:
                 raise PoseCheckpointError(
                     f"could not download the mmpose checkpoint {source} ({type(exc).__name__}: {exc}). Without "
@@ -265,13 +265,13 @@ class MMPoseSource:
             local = Path(source)
             if not local.is_file():
                 raise PoseCheckpointError(f"{local}: checkpoint file not found")
-            import torch
-
-            try:
-                with torch.serialization.safe_globals(_numpy_safe_globals()):
-                    ckpt = CheckpointLoader.load_checkpoint(str(local), map_location="cpu")
-            except Exception as exc:  # noqa: BLE001 - unpickling errors come in several types
-                raise PoseCheckpointError(f"{local}: cannot read the checkpoint: {exc}") from exc
+        # weights_only explicitly, for downloaded files too: mmengine's loader leaves it to torch's default (False
+        # for URLs; for files an environment variable, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, turns it off)
+        try:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                ckpt = torch.load(str(local), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - unpickling errors come in several types
+            raise PoseCheckpointError(f"{local}: cannot read the checkpoint: {exc}") from exc
 
         state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(state, dict):

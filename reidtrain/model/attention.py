@@ -44,6 +44,12 @@ class AttentionHeads(nn.Module):
         self.channel = nn.Conv2d(channels, channels, 1)
         self.mix = nn.Conv2d(channels, channels, 1)
 
+    def reset_parameters(self) -> None:
+        """PyTorch's default (fan-in, uniform) init: He init of these three convolutions saturates the sigmoid
+        (> 90 % of m below 0.01 or above 0.99 at init), the default keeps m spread around 0.5."""
+        for conv in (self.spatial, self.channel, self.mix):
+            conv.reset_parameters()
+
     def forward(self, attention_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A (B, c, h, w) -> (m (B, c, h, w) in [0, 1], S (B, 1, h, w), C (B, c, 1, 1))."""
         s = self.spatial(attention_features)                                    # Eq. 6

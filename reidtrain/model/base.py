@@ -37,7 +37,8 @@ UNITS_PER_STAGE = 3
 STEM_CHANNELS = 32
 
 
-def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int | tuple[int, int] = 1, relu: bool = True) -> nn.Sequential:
+def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int | tuple[int, int] = 1,
+            relu: bool = True) -> nn.Sequential:
     """Convolution (no bias) + batch norm (+ ReLU)."""
     layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False),
                                nn.BatchNorm2d(out_ch)]
@@ -62,7 +63,8 @@ class Bottleneck(nn.Module):
         return self.relu(self.expand(self.conv(self.reduce(x))) + self.shortcut(x))
 
 
-def residual_stage(in_ch: int, mid_ch: int, out_ch: int, units: int = UNITS_PER_STAGE, stride: int = 1) -> nn.Sequential:
+def residual_stage(in_ch: int, mid_ch: int, out_ch: int, units: int = UNITS_PER_STAGE,
+                   stride: int = 1) -> nn.Sequential:
     """`units` bottlenecks; the first one changes width / resolution."""
     return nn.Sequential(*[Bottleneck(in_ch if i == 0 else out_ch, mid_ch, out_ch, stride if i == 0 else 1)
                            for i in range(units)])

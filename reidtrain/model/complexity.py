@@ -10,10 +10,11 @@ Counting convention (calibrated on Table 12's own rows, see below):
   parameters too; running statistics are buffers and not counted).
 
 Calibration: Table 12 lists ResNet-50 at 5.58 G "FLOPs" and 23.5 M parameters. 23.5 M is exactly ResNet-50
-without its 1000-way classifier, and 5.58 G is its convolution MAC count at 384x192 (the paper's input size):
-6.01 G for the stride-in-3x3 ("v1.5", torchvision) layout and 5.67 G (1.5 % above the table) for the
-stride-in-1x1 layout of the original ResNet and of Keras, the framework the paper used. The AlexNet (1.07 G) and VGG-16 (22.8 G) rows are likewise their 224x224 MACs scaled to 384x192. So
-Table 12's "FLOPs" are multiply-accumulates without classifiers at 384x192, which is what `count` reports.
+without its 1000-way classifier, and 5.58 G is, within 1.5 %, its convolution MAC count at 384x192 (the
+paper's input size): 5.67 G for the stride-in-1x1 layout of the original ResNet and of Keras (the framework
+the paper used), 6.01 G for torchvision's stride-in-3x3 ("v1.5") layout. The AlexNet (1.07 G) and VGG-16
+(22.8 G) rows are likewise their 224x224 MACs scaled to 384x192. So Table 12's "FLOPs" are
+multiply-accumulates without classifiers at 384x192, which is what `count` reports.
 """
 from __future__ import annotations
 

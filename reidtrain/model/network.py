@@ -22,7 +22,7 @@ from torch import nn
 
 from posecrop.regions import REGION_NAMES
 
-from .attention import InterAttention, IntraAttentionBlock
+from .attention import AttentionHeads, InterAttention, IntraAttentionBlock
 from .base import (GLOBAL_SPEC, PART_SPEC, BranchSpec, Embedding, IdentityClassifier, init_conv_weights,
                    residual_stage, stem)
 
@@ -119,6 +119,9 @@ class FiveBranchNet(nn.Module):
         self.classifier = nn.ModuleDict(
             {k: IdentityClassifier(d, num_classes, dropout) for k, d in dims.items()} if num_classes else {})
         init_conv_weights(self)
+        for module in self.modules():
+            if isinstance(module, AttentionHeads):
+                module.reset_parameters()
 
     # -- inputs -------------------------------------------------------------------------------------------
     def example_inputs(self, batch: int = 1, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

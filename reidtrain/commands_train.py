@@ -1,0 +1,290 @@
+"""`python cli.py train | evaluate | extract | export | run | demo` (torch and the stages load inside the commands).
+
+Configuration: defaults <- a TOML file (--config: its [train] / [eval] table or top-level keys; a recipe works)
+<- the flags given. Multi-GPU / multi-node: `torchrun --nproc_per_node N cli.py train ...`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .config import MODEL_CHOICES, AugmentConfig, EvalConfig, TrainConfig
+
+_T, _E, _A = TrainConfig(), EvalConfig(), AugmentConfig()
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "demo.toml"
+EXIT_BAD_INPUT = 1
+
+
+def _d(value) -> str:
+    if isinstance(value, tuple):
+        value = "x".join(str(v) for v in value)
+    return f" (default: {value})"
+
+
+def _size(text: Optional[str], option: str) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"expected HEIGHTxWIDTH such as 384x192, got {text!r}", param_hint=option) from None
+    return h, w
+
+
+def _fail(message: str) -> None:
+    from rich.console import Console
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _table_from(path: Optional[Path], table: str) -> dict:
+    """The [table] of a TOML file, or its top-level keys when it has no such table."""
+    if path is None:
+        return {}
+    import tomllib
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        _fail(f"{path}: config file not found")
+    except tomllib.TOMLDecodeError as e:
+        _fail(f"{path}: not valid TOML ({e})")
+    if table in data:
+        return dict(data[table])
+    return {k: v for k, v in data.items() if not isinstance(v, dict) or k == "augment"}
+
+
+def _expected_errors():
+    from posecrop.cache import CacheError
+    from posecrop.typedconfig import ConfigError
+
+    from .checkpoint import CheckpointError
+    from .export import ExportError
+    return (ConfigError, CheckpointError, CacheError, ExportError, FileNotFoundError)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train", help="Train a model on a crop cache (Eq. 11 loss, SGD, lr step schedule of Sec. 4.1). "
+                               "Checkpoint every epoch (RUN/checkpoints/last.pt, atomic); --resume continues a killed "
+                               "run exactly. Multi-GPU: torchrun --nproc_per_node N cli.py train ...")
+    def train_cmd(
+        cache: Optional[Path] = typer.Option(None, "--cache", help="Crop cache folder (from `crop`)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Run folder: checkpoints, metrics.jsonl, tb/, model.pt."
+                                           + _d(_T.out)),
+        config: Optional[Path] = typer.Option(None, "--config", help="TOML file: its [train] table (a recipe works) or "
+                                              "top-level TrainConfig keys; flags override it."),
+        model: Optional[str] = typer.Option(None, "--model", help=f"Variant: {', '.join(MODEL_CHOICES)}." + _d(_T.model)),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs." + _d(_T.epochs)),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step and process."
+                                                 + _d(_T.batch_size)),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Initial SGD learning rate." + _d(_T.lr)),
+        lr_step: Optional[int] = typer.Option(None, "--lr-step", help="Divide the lr by 10 every this many epochs."
+                                              + _d(_T.lr_step)),
+        lambda_intra: Optional[float] = typer.Option(None, "--lambda", help="Weight of the five intra losses in Eq. 11."
+                                                     + _d(_T.lambda_intra)),
+        body_size: Optional[str] = typer.Option(None, "--body-size", help="Whole-body input HEIGHTxWIDTH."
+                                                + _d(_T.body_size)),
+        part_size: Optional[str] = typer.Option(None, "--part-size", help="Body-part input HEIGHTxWIDTH."
+                                                + _d(_T.part_size)),
+        sampler: Optional[str] = typer.Option(None, "--sampler", help="'random' or 'identity' (P x K batches)."
+                                              + _d(_T.sampler)),
+        instances_per_id: Optional[int] = typer.Option(None, "--instances-per-id", help="K of the identity sampler."
+                                                       + _d(_T.instances_per_id)),
+        normalize: Optional[str] = typer.Option(None, "--normalize", help="'channel-mean' (each image minus its own "
+                                                "channel means, Sec. 4.1) or 'imagenet'." + _d(_T.normalize)),
+        flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flip (one decision for "
+                                            "all five crops)." + _d(_A.flip)),
+        pad: Optional[int] = typer.Option(None, "--pad", help="Padding-crop pixels (0 = off)." + _d(_A.pad)),
+        erasing: Optional[float] = typer.Option(None, "--erasing", help="Random-erasing probability (0 = off)."
+                                                + _d(_A.erasing)),
+        workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes." + _d(_T.workers)),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of initialisation, data order, augmentation."
+                                           + _d(_T.seed)),
+        device: Optional[str] = typer.Option(None, "--device", help="'auto', 'cpu', 'cuda', 'cuda:1'." + _d(_T.device)),
+        amp: Optional[str] = typer.Option(None, "--amp", help="'auto' (bf16/fp16 on CUDA, off on CPU), 'off', 'bf16', "
+                                          "'fp16'." + _d(_T.amp)),
+        channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
+                                                     help="channels_last memory format (faster convs on GPUs)."
+                                                     + _d(_T.channels_last)),
+        init_from: Optional[Path] = typer.Option(None, "--init-from", help="Initialise from this checkpoint (tensors "
+                                                 "matching by name and shape; the rest is reported)."),
+        keep_every: Optional[int] = typer.Option(None, "--keep-every", help="Also keep checkpoints/epoch-NNN.pt every "
+                                                 "N epochs (0 = only last.pt)." + _d(_T.keep_every)),
+        tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard",
+                                                   help="Write TensorBoard scalars to RUN/tb." + _d(_T.tensorboard)),
+        resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/last.pt (restarts the "
+                                    "epoch a kill interrupted; same settings required)."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    ) -> None:
+        from posecrop.typedconfig import from_mapping, merge
+
+        errors = _expected_errors()
+        try:
+            base = from_mapping(TrainConfig, _table_from(config, "train"))
+            aug = merge(base.augment, {"flip": flip, "pad": pad, "erasing": erasing})
+            cfg = merge(base, {"cache": cache, "out": out, "model": model, "epochs": epochs, "batch_size": batch_size,
+                               "lr": lr, "lr_step": lr_step, "lambda_intra": lambda_intra,
+                               "body_size": _size(body_size, "--body-size"), "augment": aug,
+                               "part_size": _size(part_size, "--part-size"), "sampler": sampler,
+                               "instances_per_id": instances_per_id, "normalize": normalize, "workers": workers,
+                               "seed": seed, "device": device, "amp": amp, "channels_last": channels_last,
+                               "init_from": init_from, "keep_every": keep_every, "tensorboard": tensorboard})
+            if cfg.cache is None:
+                _fail("--cache is required (or `cache` in the --config file)")
+            from .train import train
+            result = train(cfg, resume=resume, progress=progress)
+        except errors as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail(f"interrupted; finished epochs are in {cfg.out}/checkpoints/last.pt - continue with --resume")
+        if result.rank == 0:
+            typer.echo(f"trained {cfg.model} for {result.epochs_done} epochs: {result.final}")
+
+    @app.command("evaluate", help="CMC rank-1/5/10/20 and mAP of a trained model on the query/gallery splits "
+                                  "(Market/Duke protocol, or CUHK03 classic single-gallery-shot with seeded repeats); "
+                                  "writes metrics.json, cmc.png, ranked_list.png, attention-N.png, summary.md/html.")
+    def evaluate_cmd(
+        checkpoint: Path = typer.Argument(..., help="model.pt / last.pt, or a training run folder."),
+        cache: Optional[Path] = typer.Option(None, "--cache", help="Crop cache (default: the one it was trained on)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/eval)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="TOML file: its [eval] table or top-level keys."),
+        distance: Optional[str] = typer.Option(None, "--distance", help="'euclidean' or 'cosine'." + _d(_E.distance)),
+        rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help="k-reciprocal re-ranking (not used "
+                                              "in the paper)." + _d(_E.rerank)),
+        flip_average: Optional[bool] = typer.Option(None, "--flip-average/--no-flip-average",
+                                                    help="Average features with the mirrored inputs'."
+                                                    + _d(_E.flip_average)),
+        protocol: Optional[str] = typer.Option(None, "--protocol", help="'auto' (from the dataset), 'market' or "
+                                               "'cuhk03-classic'." + _d(_E.protocol)),
+        repeats: Optional[int] = typer.Option(None, "--repeats", help="CUHK03 classic: gallery samplings averaged."
+                                              + _d(_E.repeats)),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the CUHK03 gallery samplings." + _d(_E.seed)),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward." + _d(_E.batch_size)),
+        workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers." + _d(_E.workers)),
+        device: Optional[str] = typer.Option(None, "--device", help="'auto', 'cpu', 'cuda'." + _d(_E.device)),
+        ranked_queries: Optional[int] = typer.Option(None, "--ranked-queries", help="Queries in ranked_list.png."
+                                                     + _d(_E.ranked_queries)),
+        topk: Optional[int] = typer.Option(None, "--topk", help="Gallery images per query in ranked_list.png."
+                                           + _d(_E.topk)),
+        reports: Optional[bool] = typer.Option(None, "--reports/--no-reports", help="Write the PNG reports and the "
+                                               "summary page." + _d(_E.reports)),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    ) -> None:
+        from rich.console import Console
+
+        from posecrop.typedconfig import from_mapping, merge
+
+        errors = _expected_errors()
+        try:
+            cfg = merge(from_mapping(EvalConfig, _table_from(config, "eval")), {
+                "checkpoint": checkpoint, "cache": cache, "out": out, "distance": distance, "rerank": rerank,
+                "flip_average": flip_average, "protocol": protocol, "repeats": repeats, "seed": seed,
+                "batch_size": batch_size, "workers": workers, "device": device, "ranked_queries": ranked_queries,
+                "topk": topk, "reports": reports})
+            from .evaluate import evaluate, load_trained, resolve_checkpoint
+            if cfg.cache is None:
+                _, meta, _ = load_trained(resolve_checkpoint(checkpoint))
+                cfg = merge(cfg, {"cache": meta["cache"]})
+            outcome = evaluate(cfg, progress=progress)
+        except errors as e:
+            _fail(str(e))
+        from .recipe import results_table
+        console = Console()
+        console.print(results_table(f"{outcome.metrics['dataset']}", {outcome.metrics["model"]: outcome.metrics}))
+        console.print(f"reports in {outcome.out}")
+
+    @app.command("extract", help="Features [E_g, E_l] of cache splits to one Parquet file (image_id, pid, camid, split, "
+                                 "feature).")
+    def extract_cmd(
+        checkpoint: Path = typer.Argument(..., help="model.pt / last.pt, or a training run folder."),
+        out: Path = typer.Option(..., "--out", help="Features Parquet file to write (atomic)."),
+        cache: Optional[Path] = typer.Option(None, "--cache", help="Crop cache (default: the one it was trained on)."),
+        splits: str = typer.Option("query,gallery", "--splits", help="Comma-separated splits to extract."),
+        flip_average: bool = typer.Option(False, "--flip-average/--no-flip-average",
+                                          help="Average with the features of the mirrored inputs."),
+        batch_size: int = typer.Option(64, "--batch-size", help="Images per forward."),
+        workers: int = typer.Option(2, "--workers", help="DataLoader workers."),
+        device: str = typer.Option("auto", "--device", help="'auto', 'cpu', 'cuda'."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    ) -> None:
+        from posecrop.records import SPLITS
+        names = [s.strip() for s in splits.split(",") if s.strip()]
+        bad = [s for s in names if s not in SPLITS]
+        if bad or not names:
+            raise typer.BadParameter(f"splits must be among {', '.join(SPLITS)}, got {splits!r}", param_hint="--splits")
+        errors = _expected_errors()
+        try:
+            from .evaluate import load_trained, resolve_checkpoint
+            from .export import extract_to_parquet, read_features
+            if cache is None:
+                cache = Path(load_trained(resolve_checkpoint(checkpoint))[1]["cache"])
+            path = extract_to_parquet(checkpoint, cache, out, names, flip_average, batch_size, workers, device,
+                                      progress)
+            table, feats, _ = read_features(path)
+        except errors as e:
+            _fail(str(e))
+        typer.echo(f"wrote {table.num_rows} features of dimension {feats.shape[1]} to {path}")
+
+    @app.command("export", help="Export a trained model to ONNX (inputs: RGB in [0,1] per input crop, NCHW, dynamic "
+                                "batch; output: features), checked with onnx.checker and against PyTorch.")
+    def export_cmd(
+        checkpoint: Path = typer.Argument(..., help="model.pt / last.pt, or a training run folder."),
+        out: Path = typer.Option(..., "--out", help="ONNX file to write (atomic)."),
+        opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+        exporter: str = typer.Option("torchscript", "--exporter", help="'torchscript' (seconds) or 'dynamo' "
+                                     "(torch.export based, minutes on a CPU)."),
+        verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the graph once and compare with PyTorch."),
+    ) -> None:
+        errors = _expected_errors()
+        try:
+            from .export import export_onnx
+            info = export_onnx(checkpoint, out, opset, exporter, verify)
+        except errors + (ValueError,) as e:
+            _fail(str(e))
+        dev = info["max_rel_deviation"]
+        typer.echo(f"wrote {info['path']}: inputs {info['inputs']}, output features ({info['feature_dim']})"
+                   + (f"; max relative deviation from PyTorch {dev:.1e}" if dev is not None else ""))
+
+    @app.command("run", help="Run a recipe (pipelines/*.toml): synth (synthetic recipes) -> crop -> train -> evaluate for every model "
+                             "of the recipe, skipping stages whose outputs are up to date; prints the results table.")
+    def run_cmd(
+        recipe: Path = typer.Argument(..., help="Recipe TOML file, e.g. pipelines/market.toml."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: out/<recipe name>)."),
+        model: Optional[List[str]] = typer.Option(None, "--model", help="Only this model of the recipe (repeatable)."),
+        set_: Optional[List[str]] = typer.Option(None, "--set", help="Override TABLE.KEY=VALUE (TOML value, "
+                                                 "repeatable), e.g. --set train.epochs=5 --set dataset.root=/data/m."),
+        force: bool = typer.Option(False, "--force", help="Rerun every stage even when up to date."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    ) -> None:
+        _run(recipe, out, model, set_ or [], force, progress)
+
+    @app.command("demo", help="The whole pipeline on the built-in synthetic dataset (pipelines/demo.toml), on the CPU "
+                              "in a few minutes: synth -> crop -> train baseline and intra-inter -> evaluate; prints "
+                              "their results side by side.")
+    def demo_cmd(
+        out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder."),
+        force: bool = typer.Option(False, "--force", help="Rerun every stage even when up to date."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    ) -> None:
+        _run(DEMO_RECIPE, out, None, [], force, progress)
+
+
+def _run(recipe_path: Path, out: Optional[Path], models: Optional[List[str]], overrides: List[str], force: bool,
+         progress: bool) -> None:
+    from rich.console import Console
+
+    errors = _expected_errors()
+    try:
+        from .recipe import load_recipe, run_recipe
+        recipe = load_recipe(recipe_path, overrides)
+        result = run_recipe(recipe, out, force, models, progress, Console(stderr=True))
+    except errors as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; finished stages and epochs are kept - run the same command again to continue")
+    from .recipe import results_table
+    console = Console()
+    console.print(results_table(recipe.name, result.results))
+    console.print(f"outputs in {result.out}: results.md, summary.html, cmc.png, ranked_list.png; "
+                  f"per model runs/<model>/ (checkpoints, metrics.jsonl, tb/, eval/)")

@@ -1,0 +1,418 @@
+"""Recipes: one TOML file describes a whole experiment; `run` chains synth -> crop -> train -> evaluate.
+
+Tables (every key optional; unknown keys and wrong types are rejected naming the key):
+
+    [recipe]   name, description
+    [dataset]  name (a posecrop dataset reader: market, duke, cuhk03-labeled, ...), root, options
+    [synth]    only for the synthetic dataset: preset ("demo" / "tiny") plus SynthConfig fields; the dataset is
+               generated into OUT/data and read as Market-1501 layout
+    [crop]     CropConfig fields (beta, sizes, pose source, ...) but not dataset / root / out
+    [model]    names = the variants to train and evaluate one after the other (e.g. the Table 6 ablation)
+    [train]    TrainConfig fields but not cache / out / model; body_size / part_size default to [crop]'s sizes
+    [eval]     EvalConfig fields but not checkpoint / cache / out
+
+Layout of a run (OUT, default out/<recipe file stem>):
+
+    OUT/data/                    synthetic dataset ([synth] recipes only)
+    OUT/cache/                   the crop cache
+    OUT/runs/<model>/            training run of each model (reidtrain.train), its evaluation in eval/
+    OUT/results.json, results.md the results table of all models; cmc.png, ranked_list.png and
+    OUT/summary.md / .html       the one-page summary comparing them
+    OUT/.stages/<stage>.json     what each stage was run with
+
+Up-to-date skipping: a stage's key is the hash of its configuration and of the keys of the stages it reads
+from. A stage whose record says "done" with the current key and whose outputs exist is skipped; one that
+was interrupted with the same key resumes (crop and train resume by themselves); one recorded with another
+key (the recipe changed upstream) has its outputs removed and runs again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from posecrop.atomic import atomic_write_text
+from posecrop.typedconfig import ConfigError, from_mapping, merge, to_dict
+
+from .config import MODEL_CHOICES, EvalConfig, TrainConfig, config_hash, result_config
+
+TABLES = ("recipe", "dataset", "synth", "crop", "model", "train", "eval")
+RESERVED = {"crop": ("dataset", "root", "out"), "train": ("cache", "out", "model"),
+            "eval": ("checkpoint", "cache", "out")}
+STAGE_DIR = ".stages"
+
+
+class RecipeError(ConfigError):
+    """A recipe file is unreadable or says something invalid; the message names the file and the key."""
+
+
+@dataclass
+class RecipeInfo:
+    name: str = ""
+    description: str = ""
+
+
+@dataclass
+class DatasetSection:
+    name: str = "market"
+    root: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelSection:
+    names: list[str] = field(default_factory=lambda: ["intra-inter"])
+
+    def __post_init__(self) -> None:
+        bad = [n for n in self.names if n not in MODEL_CHOICES]
+        if bad or not self.names or len(set(self.names)) != len(self.names):
+            raise ValueError(f"names must be distinct model variants of {list(MODEL_CHOICES)}, got {self.names}")
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: typed sections; `synth`, `crop`, `train`, `eval` are the TOML tables, already checked
+    against their configs (the run fills in the paths)."""
+
+    path: Path
+    info: RecipeInfo
+    dataset: DatasetSection
+    synth: dict | None
+    crop: dict
+    models: list[str]
+    train: dict
+    eval: dict
+    raw: dict
+
+    @property
+    def name(self) -> str:
+        return self.info.name or self.path.stem
+
+
+def _section(cls, data: Any, table: str, where: Path):
+    if not isinstance(data, Mapping):
+        raise RecipeError(f"{where}: [{table}] must be a table, got {type(data).__name__}")
+    try:
+        return from_mapping(cls, data, prefix=f"{table}.")
+    except ConfigError as e:
+        raise RecipeError(f"{where}: {e}") from e
+
+
+def _check_reserved(table: str, data: Mapping, where: Path) -> None:
+    for key in RESERVED.get(table, ()):
+        if key in data:
+            hint = "[dataset] / --out" if table == "crop" else "the recipe runner and [model] names"
+            raise RecipeError(f"{where}: key {table}.{key} is set by `run` ({hint}); remove it from the recipe")
+
+
+def synth_config(table: Mapping[str, Any], where: Path):
+    """SynthConfig from a [synth] table: the named preset ("demo" / "tiny") with the other keys applied."""
+    from posecrop import synth as S
+
+    data = dict(table)
+    name = data.pop("preset", "demo")
+    try:
+        base = S.preset(name)
+    except ValueError as e:
+        raise RecipeError(f"{where}: synth.preset: {e}") from e
+    current = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    return _section(type(base), {**current, **data}, "synth", where)
+
+
+def parse_recipe(data: Mapping[str, Any], path: Path) -> Recipe:
+    """Check a recipe mapping (as read from TOML) section by section."""
+    from posecrop.crop_stage import CropConfig
+
+    unknown = [k for k in data if k not in TABLES]
+    if unknown:
+        raise RecipeError(f"{path}: unknown table or key {unknown[0]!r} (recipe tables: {', '.join(TABLES)})")
+    for table in ("crop", "train", "eval"):
+        _check_reserved(table, data.get(table, {}), path)
+    info = _section(RecipeInfo, data.get("recipe", {}), "recipe", path)
+    dataset = _section(DatasetSection, data.get("dataset", {}), "dataset", path)
+    synth = data.get("synth")
+    if synth is not None:
+        synth_config(synth, path)  # validates
+        if dataset.name != "market":
+            raise RecipeError(f"{path}: dataset.name must be 'market' with [synth] (the synthetic data has "
+                              f"Market-1501's layout), got {dataset.name!r}")
+    crop = dict(data.get("crop", {}))
+    _section(CropConfig, crop, "crop", path)
+    models = _section(ModelSection, data.get("model", {}), "model", path).names
+    train = dict(data.get("train", {}))
+    _section(TrainConfig, train, "train", path)
+    ev = dict(data.get("eval", {}))
+    _section(EvalConfig, ev, "eval", path)
+    if synth is None and dataset.root is None:
+        raise RecipeError(f"{path}: dataset.root is required (the dataset folder), unless the recipe has [synth]")
+    return Recipe(Path(path), info, dataset, dict(synth) if synth is not None else None, crop, models, train, ev,
+                  dict(data))
+
+
+def set_override(data: dict, assignment: str) -> None:
+    """Apply 'table.key=value' (value in TOML syntax; bare words are strings) to a recipe mapping."""
+    key, sep, value = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise RecipeError(f"--set expects TABLE.KEY=VALUE (e.g. train.epochs=5), got {assignment!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {assignment!r}: {p!r} is not a table")
+    node[parts[-1]] = parsed
+
+
+def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read and check a recipe TOML file; `overrides` are 'table.key=value' assignments applied first."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: not valid TOML ({e})") from e
+    for assignment in overrides:
+        set_override(data, assignment)
+    return parse_recipe(data, path)
+
+
+# ---------------------------------------------------------------------------------------------- stage records
+@dataclass
+class Stage:
+    """One step of a run: its key, its output paths, and the function that produces them."""
+
+    name: str
+    key: str
+    outputs: list[Path]
+    action: Any          # callable(resume: bool) -> dict (a summary for the record)
+    clean: list[Path] = field(default_factory=list)   # removed when the stage reruns under another key
+
+
+def _record_path(out: Path, stage: str) -> Path:
+    return out / STAGE_DIR / f"{stage.replace('/', '-')}.json"
+
+
+def _read_record(out: Path, stage: str) -> dict:
+    path = _record_path(out, stage)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def run_stage(out: Path, stage: Stage, force: bool, say) -> str:
+    """Run `stage` unless it is up to date; returns 'skipped', 'resumed' or 'ran'."""
+    record = _read_record(out, stage.name)
+    same_key = record.get("key") == stage.key
+    if not force and same_key and record.get("state") == "done" and all(p.exists() for p in stage.outputs):
+        say(f"[green]up to date[/]  {stage.name}")
+        return "skipped"
+    resume = same_key and not force
+    if not resume:
+        for p in stage.clean:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    say(f"[bold]{'resuming' if resume and record else 'running'}[/]  {stage.name}")
+    atomic_write_text(_record_path(out, stage.name), json.dumps({"key": stage.key, "state": "running",
+                                                                 "started": time.time()}))
+    t0 = time.perf_counter()
+    summary = stage.action(resume)
+    atomic_write_text(_record_path(out, stage.name), json.dumps(
+        {"key": stage.key, "state": "done", "seconds": round(time.perf_counter() - t0, 2),
+         "outputs": [str(p) for p in stage.outputs], "summary": summary}, indent=1, default=str))
+    return "resumed" if resume and record else "ran"
+
+
+# ------------------------------------------------------------------------------------------------------ run
+CROP_BOOKKEEPING = ("workers", "progress", "flush_seconds", "rows_per_part", "batch_size", "out", "root")
+EVAL_BOOKKEEPING = ("workers", "device", "batch_size", "checkpoint", "cache", "out")
+
+
+@dataclass
+class RunResult:
+    out: Path
+    results: dict[str, dict]            # model -> metrics (R1.. in percent)
+    stages: dict[str, str]              # stage -> skipped / ran / resumed
+    files: list[Path] = field(default_factory=list)
+
+
+def plan_configs(recipe: Recipe, out: Path):
+    """The concrete configs of every stage for output folder `out`."""
+    from posecrop.crop_stage import CropConfig
+
+    root = out / "data" if recipe.synth is not None else Path(recipe.dataset.root)
+    crop = from_mapping(CropConfig, {**recipe.crop, "dataset": recipe.dataset.name, "root": str(root),
+                                     "dataset_options": {**recipe.dataset.options,
+                                                         **recipe.crop.get("dataset_options", {})},
+                                     "out": str(out / "cache")})
+    trains, evals = {}, {}
+    for model in recipe.models:
+        t = {"body_size": list(crop.body_size), "part_size": list(crop.part_size), **recipe.train,
+             "cache": str(out / "cache"), "out": str(out / "runs" / model), "model": model}
+        trains[model] = from_mapping(TrainConfig, t)
+        evals[model] = from_mapping(EvalConfig, {**recipe.eval, "checkpoint": str(out / "runs" / model / "model.pt"),
+                                                 "cache": str(out / "cache"),
+                                                 "out": str(out / "runs" / model / "eval")})
+    synth = synth_config(recipe.synth, recipe.path) if recipe.synth is not None else None
+    return synth, crop, trains, evals
+
+
+def run_recipe(recipe: Recipe, out: Path | None = None, force: bool = False, models: list[str] | None = None,
+               progress: bool = True, console=None) -> RunResult:
+    """Run every stage of `recipe` that is not up to date, then write and print the results table."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    say = console.print
+    out = Path(out) if out is not None else Path("out") / recipe.path.stem
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = models or recipe.models
+    unknown = [m for m in chosen if m not in recipe.models]
+    if unknown:
+        raise RecipeError(f"{recipe.path}: models {unknown} are not in the recipe's [model] names {recipe.models}")
+    synth_cfg, crop_cfg, trains, evals = plan_configs(recipe, out)
+    atomic_write_text(out / "recipe.toml", recipe.path.read_text(encoding="utf-8"))
+    stages: dict[str, str] = {}
+    t_start = time.perf_counter()
+
+    upstream = ""
+    if synth_cfg is not None:
+        from posecrop import synth as S
+        key = config_hash({"synth": to_dict(synth_cfg)})
+
+        def do_synth(resume: bool) -> dict:
+            return dataclasses.asdict(S.generate(synth_cfg, out / "data", progress=progress, overwrite=True))
+
+        stages["synth"] = run_stage(out, Stage("synth", key, [out / "data" / S.INFO_FILE], do_synth,
+                                               [out / "data"]), force, say)
+        upstream = key
+
+    crop_key = config_hash({"crop": {k: v for k, v in to_dict(crop_cfg).items() if k not in CROP_BOOKKEEPING},
+                            "root": str(crop_cfg.root) if synth_cfg is None else "synth", "upstream": upstream})
+
+    def do_crop(resume: bool) -> dict:
+        from posecrop.crop_stage import run_crop
+        summary = run_crop(dataclasses.replace(crop_cfg, progress=progress))
+        if summary.written + summary.already_done == 0:
+            raise RecipeError(f"crop stage wrote no rows into {crop_cfg.out} (see {crop_cfg.out}/crop_report.jsonl)")
+        return summary.as_dict()
+
+    stages["crop"] = run_stage(out, Stage("crop", crop_key, [out / "cache" / "train", out / "cache" / "query",
+                                                              out / "cache" / "gallery"], do_crop, [out / "cache"]),
+                               force, say)
+    results: dict[str, dict] = {}
+    for model in chosen:
+        tcfg, ecfg = trains[model], evals[model]
+        train_key = config_hash({"train": result_config(tcfg), "epochs": tcfg.epochs, "crop": crop_key})
+
+        def do_train(resume: bool, tcfg=tcfg) -> dict:
+            from .train import train
+            result = train(tcfg, resume=resume, progress=progress, console=console)
+            return {"epochs": result.epochs_done, "last": result.history[-1] if result.history else None}
+
+        run_dir = out / "runs" / model
+        stages[f"train/{model}"] = run_stage(out, Stage(f"train/{model}", train_key, [run_dir / "model.pt"],
+                                                        do_train, [run_dir]), force, say)
+        eval_key = config_hash({"eval": {k: v for k, v in to_dict(ecfg).items() if k not in EVAL_BOOKKEEPING},
+                                "train": train_key})
+
+        def do_eval(resume: bool, ecfg=ecfg) -> dict:
+            from .evaluate import evaluate
+            outcome = evaluate(ecfg, progress=progress, console=console)
+            return {k: outcome.metrics.get(k) for k in ("R1", "R5", "R10", "R20", "mAP")}
+
+        stages[f"eval/{model}"] = run_stage(out, Stage(f"eval/{model}", eval_key, [run_dir / "eval" / "metrics.json"],
+                                                       do_eval, [run_dir / "eval"]), force, say)
+        results[model] = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    files = write_results(out, recipe, results)
+    say(f"finished in {time.perf_counter() - t_start:.0f} s; results in {out / 'results.md'}, "
+        f"summary {out / 'summary.html'}")
+    return RunResult(out, results, stages, files)
+
+
+# ------------------------------------------------------------------------------------------------- results
+RESULT_COLUMNS = ("R1", "R5", "R10", "R20", "mAP")
+
+
+def results_table(title: str, results: Mapping[str, Mapping[str, Any]]):
+    """A rich Table: one row per model, CMC ranks and mAP in percent (side by side)."""
+    from rich.table import Table
+
+    table = Table(title=f"{title}: CMC / mAP (%)")
+    table.add_column("model")
+    for c in RESULT_COLUMNS:
+        table.add_column(c, justify="right")
+    table.add_column("protocol")
+    table.add_column("epochs", justify="right")
+    for model, m in results.items():
+        table.add_row(model, *["-" if m.get(c) is None else f"{m[c]:.2f}" for c in RESULT_COLUMNS],
+                      str(m.get("protocol", "")), str(m.get("epoch", "")))
+    return table
+
+
+def write_results(out: Path, recipe: Recipe, results: Mapping[str, Mapping[str, Any]]) -> list[Path]:
+    """results.json / results.md, a CMC plot of all models, the ranked lists side by side, summary page."""
+    import numpy as np
+
+    from .reports import plot_cmc, write_summary
+
+    files = [out / "results.json", out / "results.md"]
+    atomic_write_text(files[0], json.dumps({"recipe": recipe.name, "models": results}, indent=1, default=str))
+    lines = [f"# {recipe.name}", "", recipe.info.description, "",
+             "| model | " + " | ".join(RESULT_COLUMNS) + " | protocol | epochs |",
+             "|---|" + "---:|" * len(RESULT_COLUMNS) + "---|---:|"]
+    for model, m in results.items():
+        cells = ["-" if m.get(c) is None else f"{m[c]:.2f}" for c in RESULT_COLUMNS]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {m.get('protocol', '')} | {m.get('epoch', '')} |")
+    atomic_write_text(files[1], "\n".join(lines) + "\n")
+    if not results:
+        return files
+    figures = [plot_cmc({k: {"cmc": np.asarray(v["cmc"]), "mAP": None if v.get("mAP") is None else v["mAP"] / 100}
+                         for k, v in results.items()}, out / "cmc.png", title=f"CMC - {recipe.name}")]
+    ranked = _ranked_side_by_side(out, results)
+    if ranked is not None:
+        figures.append(ranked)
+    summary = write_summary(out, {k: {c: v.get(c) for c in RESULT_COLUMNS} for k, v in results.items()}, figures,
+                            {"recipe": recipe.raw}, title=f"{recipe.name}: results")
+    return files + figures + [summary, summary.with_suffix(".html")]
+
+
+def _ranked_side_by_side(out: Path, results: Mapping[str, Mapping[str, Any]]) -> Path | None:
+    """Fig. 6 across models: the same queries, each model's top-k (from its eval/ranked.json)."""
+    from .data import load_split
+    from .evaluate import RANKED_FILE, decode_display
+    from .reports import plot_ranked_list
+
+    lists = {}
+    for model in results:
+        path = out / "runs" / model / "eval" / RANKED_FILE
+        if path.is_file():
+            lists[model] = json.loads(path.read_text())
+    if not lists:
+        return None
+    queries = next(iter(lists.values()))["queries"]
+    lists = {m: r for m, r in lists.items() if r["queries"] == queries}
+    if not queries:
+        return None
+    cache = out / "cache"
+    q = load_split(cache, "query", {"image": "whole"})
+    g = load_split(cache, "gallery", {"image": "whole"})
+    q_index = {iid: i for i, iid in enumerate(q.image_ids)}
+    g_index = {iid: i for i, iid in enumerate(g.image_ids)}
+    gallery = {m: [[decode_display(g, g_index[iid]) if iid else None for iid in row] for row in r["gallery"]]
+               for m, r in lists.items()}
+    return plot_ranked_list([decode_display(q, q_index[iid]) for iid in queries], gallery,
+                            {m: r["correct"] for m, r in lists.items()}, out / "ranked_list.png",
+                            titles=[f"pid {p}" for p in next(iter(lists.values()))["query_pids"]])

@@ -1,0 +1,315 @@
+"""Fault suite of the training stage and the recipe runner (issue 7): a `train` killed anywhere resumes to the
+weights and metrics of an uninterrupted seeded run; checkpoints are read with weights_only (a malicious pickle
+never runs); recipes with unknown keys, wrong types or paths of their own are refused naming the key.
+
+fault                                          outcome                                                data lost
+SIGKILL mid-epoch                              --resume restarts that epoch from last.pt              the epoch
+SIGKILL while last.pt is being written         the previous last.pt is intact, --resume from it       the epoch
+Ctrl-C (SIGINT) mid-epoch                      exit 1 naming last.pt and --resume                     the epoch
+  ... then --resume to the end                 model.pt and metrics equal to an uninterrupted run     none
+malicious pickle as last.pt / --init-from /    refused (CheckpointError naming the file), its code    none
+  evaluate checkpoint                          never runs, even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
+truncated checkpoint                           refused naming the file                                none
+recipe: unknown key / wrong type / reserved    `run` exits 1 naming the key before writing anything   none
+  path key / model name with '..'
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import faultkit as fk
+
+SIZES = ("--body-size", "64x32", "--part-size", "16x32")
+EPOCHS = 3
+TRAIN_FLAGS = ("--epochs", str(EPOCHS), "--batch-size", "4", "--workers", "0", "--seed", "11", "--device", "cpu",
+               "--lr", "0.02", "--no-tensorboard", "--no-progress", *SIZES)
+TIMING = ("time_s", "images_per_s")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1): the same kernels, the same numbers
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A real crop cache of 12 training images (2 identities) at small input sizes."""
+    tmp = tmp_path_factory.mktemp("train-cache")
+    root = fk.synth_market(tmp / "data")
+    out = tmp / "cache"
+    r = fk.cli("crop", "--root", root, "--out", out, "--workers", "0", "--limit", "12", "--no-progress", *SIZES)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(fk.part_ids(out)) == 12
+    return out
+
+
+def _metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def _epoch_of(path: Path) -> int:
+    from reidtrain.checkpoint import load_checkpoint
+    return int(load_checkpoint(path)["epoch"])
+
+
+def _train(cache: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "cli.py", "train", "--cache", str(cache), "--out", str(out),
+                             *TRAIN_FLAGS, *extra], cwd=fk.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=fk._env(None), start_new_session=True)
+
+
+def _stop_when(proc: subprocess.Popen, condition, rng: random.Random, tries: int = 2000) -> bool:
+    """Stop `proc` at random moments until `condition()` holds while it is stopped; True when caught."""
+    for _ in range(tries):
+        time.sleep(rng.uniform(0.0, 0.02))
+        if not fk.stop(proc):
+            return False
+        if condition():
+            return True
+        fk.resume(proc)
+    return False
+
+
+@pytest.fixture(scope="module")
+def interrupted(cache, tmp_path_factory) -> dict:
+    """One training run interrupted three times (seeded moments) and resumed after each; plus the same run
+    uninterrupted, in this process."""
+    from posecrop.typedconfig import from_mapping
+    from reidtrain.config import TrainConfig
+    from reidtrain.train import train
+
+    tmp = tmp_path_factory.mktemp("train-faults")
+    rng = random.Random(5)
+    run = tmp / "killed"
+    ckpt = run / "checkpoints" / "last.pt"
+    left: set[str] = set()  # temporaries of earlier kills (train does not remove them, see the xfail below)
+    temporaries = lambda: [t for t in (run / "checkpoints").glob(".last.pt.*.tmp") if t.name not in left]  # noqa
+    events: dict = {}
+
+    # 1. SIGKILL in the middle of an epoch (after the first checkpoint, not while writing one)
+    p = _train(cache, run)
+    fk.wait_for(ckpt.exists, p, timeout=300)
+    mid_epoch = lambda: not temporaries() and len(_metrics(run)) == _epoch_of(ckpt) < EPOCHS  # noqa: E731
+    assert _stop_when(p, mid_epoch, rng), "the run ended before it could be killed mid-epoch"
+    events["kill_mid_epoch_after"] = _epoch_of(ckpt)
+    fk.kill(p)
+
+    # 2. SIGKILL while last.pt is being written (a temporary next to it exists)
+    p = _train(cache, run, "--resume")
+    assert _stop_when(p, lambda: bool(temporaries()), rng), "never caught writing a checkpoint"
+    events["kill_in_save_after"] = _epoch_of(ckpt)  # the previous checkpoint is complete and loads
+    events["temporaries_at_kill"] = [t.name for t in temporaries()]
+    fk.kill(p)
+    left.update(events["temporaries_at_kill"])
+
+    # 3. Ctrl-C in the middle of an epoch
+    p = _train(cache, run, "--resume")
+    fk.wait_for(lambda: len(_metrics(run)) >= 1 and not temporaries(), p, timeout=300)
+    assert _stop_when(p, mid_epoch, rng)
+    events["ctrl_c_after"] = _epoch_of(ckpt)
+    fk.resume(p)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    events["ctrl_c"] = (p.returncode, " ".join(err.split()))
+
+    # 4. resume to the end
+    p = _train(cache, run, "--resume")
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    events["final_stderr"] = err
+
+    cfg = from_mapping(TrainConfig, {"cache": str(cache), "out": str(tmp / "straight"), "epochs": EPOCHS,
+                                     "batch_size": 4, "workers": 0, "seed": 11, "device": "cpu", "lr": 0.02,
+                                     "tensorboard": False, "body_size": [64, 32], "part_size": [16, 32]})
+    train(cfg, progress=False)
+    return {"run": run, "straight": tmp / "straight", **events}
+
+
+def test_killed_and_resumed_training_equals_the_uninterrupted_run(interrupted):
+    from reidtrain.checkpoint import load_checkpoint
+
+    run, straight = interrupted["run"], interrupted["straight"]
+    assert interrupted["kill_mid_epoch_after"] >= 1 and interrupted["kill_in_save_after"] >= 1
+    assert interrupted["temporaries_at_kill"]
+    code, msg = interrupted["ctrl_c"]
+    assert code == 1 and "interrupted" in msg and "last.pt" in msg and "--resume" in msg, msg
+    assert "resuming" in interrupted["final_stderr"]
+
+    a, b = load_checkpoint(straight / "model.pt"), load_checkpoint(run / "model.pt")
+    assert a["epoch"] == b["epoch"] == EPOCHS
+    differ = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert not differ, f"{len(differ)} tensors differ from the uninterrupted run, e.g. {differ[:3]}"
+    assert _metrics(run) == _metrics(straight)  # loss, accuracy, lr of every epoch (timings aside)
+    assert [r["epoch"] for r in _metrics(run)] == list(range(1, EPOCHS + 1))
+
+
+@pytest.mark.xfail(strict=True, reason="reidtrain/train.py never removes the temporary of a checkpoint write "
+                                       "killed half-way (checkpoints/.last.pt.*.tmp, as large as a checkpoint)")
+def test_a_resumed_run_leaves_no_half_written_checkpoint(interrupted):
+    assert not list((interrupted["run"] / "checkpoints").glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def _evil_checkpoint(path: Path, marker: Path) -> Path:
+    """A torch checkpoint whose pickle creates `marker` when loaded without weights_only."""
+    code = ("import sys, torch\n"
+            "class Evil:\n"
+            "    def __reduce__(self):\n"
+            f"        return (open, ({str(marker)!r}, 'w'))\n"
+            f"torch.save({{'format': 'reidtrain-checkpoint-v1', 'epoch': 1, 'model': {{}}, 'meta': Evil()}}, "
+            f"{str(path)!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert path.is_file() and not marker.exists()
+    return path
+
+
+def test_a_malicious_checkpoint_is_refused_and_never_runs(cache, tmp_path, monkeypatch):
+    from reidtrain.checkpoint import CheckpointError, init_from_checkpoint, load_checkpoint
+    from reidtrain.evaluate import load_trained
+    from reidtrain.model import build_model
+
+    marker = tmp_path / "owned"
+    evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
+    # the environment variable that turns torch.load's default to weights_only=False must not matter
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    for load in (lambda: load_checkpoint(evil), lambda: load_trained(evil),
+                 lambda: init_from_checkpoint(build_model("baseline", 2, (64, 32), (16, 32)), evil)):
+        with pytest.raises(CheckpointError, match=f"{evil}.*not a loadable checkpoint"):
+            load()
+        assert not marker.exists()
+
+    # the commands: a resumed run whose last.pt was replaced, and --init-from
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    os.link(evil, run / "checkpoints" / "last.pt")
+    env = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    resumed = fk.cli("train", "--cache", cache, "--out", run, *TRAIN_FLAGS, "--resume", env=env, timeout=300)
+    assert resumed.returncode == 1, resumed.stdout + resumed.stderr[-2000:]
+    assert "last.pt: not a loadable checkpoint" in " ".join(resumed.stderr.split())
+    assert "Traceback" not in resumed.stderr and not marker.exists()
+    init = fk.cli("train", "--cache", cache, "--out", tmp_path / "run2", *TRAIN_FLAGS, "--init-from", evil,
+                  env=env, timeout=300)
+    assert init.returncode == 1 and "not a loadable checkpoint" in init.stderr, init.stderr[-2000:]
+    assert not marker.exists() and not (tmp_path / "run2" / "model.pt").exists()
+
+
+def test_a_truncated_checkpoint_is_refused_naming_the_file(interrupted, tmp_path):
+    from reidtrain.checkpoint import CheckpointError, load_checkpoint
+    from reidtrain.evaluate import load_trained
+
+    data = (interrupted["run"] / "model.pt").read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    for load in (load_checkpoint, load_trained):
+        with pytest.raises(CheckpointError, match=f"{cut}"):
+            load(cut)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=f"{empty}"):
+        load_checkpoint(empty)
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+
+RECIPE = """
+[dataset]
+name = "market"
+root = "{root}"
+
+[crop]
+body_size = [64, 32]
+part_size = [16, 32]
+workers = 0
+
+[model]
+names = ["baseline"]
+
+[train]
+epochs = 1
+batch_size = 4
+workers = 0
+tensorboard = false
+"""
+
+
+BAD_RECIPES = [
+    ("[train]\nepochs = 1\nlearning_rate = 0.1\n", "learning_rate"),
+    ("[train]\nepochs = '1'\n", "epochs"),
+    ("[crop]\nbeta = [0.1]\n", "beta"),
+    ("[crop]\nout = '/tmp/elsewhere'\n", "crop.out"),
+    ("[train]\nout = '../../elsewhere'\n", "train.out"),
+    ("[eval]\nout = '/'\n", "eval.out"),
+    ("[model]\nnames = ['../../etc']\n", "names"),
+    ("[reciepe]\nname = 'x'\n", "reciepe"),
+]
+
+
+def _bad_recipe(tmp_path: Path, edit: str) -> Path:
+    table = edit.split("]")[0] + "]"
+    text = RECIPE.format(root=tmp_path / "data")
+    if table in text:  # the edited table replaces the recipe's own
+        start = text.index(table)
+        end = text.find("\n[", start + 1)
+        text = text[:start] + (text[end + 1:] if end != -1 else "")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(text + "\n" + edit)
+    return recipe
+
+
+@pytest.mark.parametrize("edit, named", BAD_RECIPES)
+def test_a_bad_recipe_is_refused_naming_the_key(tmp_path, edit, named):
+    from reidtrain.recipe import RecipeError, load_recipe
+
+    recipe = _bad_recipe(tmp_path, edit)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe)
+    assert str(recipe) in str(e.value) and named in str(e.value).replace("'", "")
+
+
+@pytest.mark.parametrize("edit, named", [BAD_RECIPES[0], BAD_RECIPES[4]])
+def test_run_refuses_a_bad_recipe_before_writing_anything(tmp_path, edit, named):
+    recipe = _bad_recipe(tmp_path, edit)
+    out = tmp_path / "out"
+    r = fk.cli("run", recipe, "--out", out, "--no-progress", timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr[-2000:]
+    msg = " ".join(r.stderr.split()).replace("'", "")
+    assert str(recipe) in msg and named in msg and "Traceback" not in msg, msg
+    assert not out.exists() and not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="reidtrain/recipe.py run_stage removes a stage's outputs whenever its "
+                                       "record is missing - also a cache or run folder the recipe did not make")
+def test_run_does_not_delete_a_cache_it_did_not_make(tmp_path):
+    """A user's existing OUT/cache (e.g. hours of `crop`), then `run recipe --out OUT`: it must be resumed or
+    refused, never deleted."""
+    root = fk.synth_market(tmp_path / "data")
+    out = tmp_path / "out"
+    mine = out / "cache" / "my-notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("hours of work")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(root=root))
+    p = subprocess.Popen([sys.executable, "cli.py", "run", str(recipe), "--out", str(out), "--no-progress"],
+                         cwd=fk.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=fk._env(None))
+    try:  # the crop stage starts within seconds; stop the run there (training is not needed to see it)
+        fk.wait_for(lambda: (out / ".stages" / "crop.json").exists() or not mine.exists(), p, timeout=300)
+        time.sleep(0.2)
+    finally:
+        fk.kill(p)
+    assert mine.exists(), "run deleted OUT/cache, which it had not made"

@@ -1,0 +1,171 @@
+"""Recipes: checking (unknown keys / wrong types named), the shipped pipelines, and a real end-to-end run
+(synth -> crop -> train -> evaluate) that skips up-to-date stages, plus extract / export of its model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from reidtrain.recipe import RecipeError, load_recipe, run_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINES = REPO / "pipelines"
+
+TINY = """
+[recipe]
+name = "tiny"
+
+[dataset]
+name = "market"
+
+[synth]
+preset = "tiny"
+
+[crop]
+body_size = [64, 32]
+part_size = [16, 32]
+workers = 0
+
+[model]
+names = ["intra-inter"]
+
+[train]
+epochs = 1
+batch_size = 4
+workers = 0
+tensorboard = false
+
+[eval]
+workers = 0
+attention_samples = 1
+ranked_queries = 2
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("edit, named", [
+    ("[train]\nepochs = 1\nfoo = 3\n", "train.foo"),
+    ("[train]\nepochs = 'ten'\n", "train.epochs"),
+    ("[train]\naugment = { flip = 1 }\n", "train.augment.flip"),
+    ("[eval]\ndistance = 'manhattan'\n", "eval.distance"),
+    ("[crop]\nbeta = 'wide'\n", "crop.beta"),
+    ("[crop]\nout = 'x'\n", "crop.out"),
+    ("[train]\ncache = 'x'\n", "train.cache"),
+    ("[model]\nnames = ['resnet']\n", "model"),
+    ("[synth]\nnum_ids_train = 'many'\n", "num_ids_train"),
+    ("[trian]\nepochs = 1\n", "trian"),
+])
+def test_recipe_rejects_unknown_keys_and_wrong_types_naming_them(tmp_path, edit, named):
+    base = TINY
+    table = edit.split("]")[0] + "]"
+    if table in base:  # replace that table of the tiny recipe
+        start = base.index(table)
+        end = base.find("\n[", start + 1)
+        base = base[:start] + base[end + 1:] if end != -1 else base[:start]
+    pattern = r"\.'?".join(named.split("."))  # typedconfig writes unknown keys as train.'foo'
+    with pytest.raises(RecipeError, match=pattern) as info:
+        load_recipe(_write(tmp_path, base + "\n" + edit))
+    assert str(tmp_path / "recipe.toml") in str(info.value)
+
+
+def test_recipe_needs_a_dataset_root_without_synth(tmp_path):
+    with pytest.raises(RecipeError, match="dataset.root"):
+        load_recipe(_write(tmp_path, "[dataset]\nname = 'market'\n"))
+    with pytest.raises(RecipeError, match="TABLE.KEY=VALUE"):
+        load_recipe(_write(tmp_path, TINY), ["epochs=3"])
+    recipe = load_recipe(_write(tmp_path, TINY), ["train.epochs=3", "eval.distance=cosine"])
+    assert recipe.train["epochs"] == 3 and recipe.eval["distance"] == "cosine"
+
+
+def test_shipped_recipes_carry_the_papers_settings():
+    names = {p.stem for p in PIPELINES.glob("*.toml")}
+    assert {"market", "duke", "cuhk03-labeled", "cuhk03-detected", "ablation-market", "demo"} <= names
+    recipes = {name: load_recipe(PIPELINES / f"{name}.toml") for name in names}
+    for name in ("market", "duke"):
+        assert recipes[name].train["lambda_intra"] == 0.1 and recipes[name].crop["beta"] == pytest.approx(3 / 48)
+    for name in ("cuhk03-labeled", "cuhk03-detected"):
+        r = recipes[name]
+        assert r.train["lambda_intra"] == 0.2 and r.crop["beta"] == pytest.approx(3 / 48)
+        assert r.dataset.name == name and r.dataset.options["protocol"] == "classic"
+        assert r.eval["protocol"] == "cuhk03-classic"
+    ablation = recipes["ablation-market"]
+    assert ablation.models == ["baseline", "aligned", "intra", "inter", "intra-inter"]
+    assert ablation.train["lambda_intra"] == 0.5
+    for name in ("market", "duke", "cuhk03-labeled", "ablation-market"):
+        t = recipes[name].train
+        assert (t["epochs"], t["lr"], t["lr_step"], t["batch_size"]) == (100, 0.01, 40, 32)
+        assert recipes[name].crop["body_size"] == [384, 192] and recipes[name].crop["part_size"] == [96, 192]
+    demo = recipes["demo"]
+    assert demo.synth is not None and demo.models == ["baseline", "intra-inter"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("recipe")
+    recipe = load_recipe(_write(tmp, TINY))
+    out = tmp / "out"
+    first = run_recipe(recipe, out, progress=False)
+    return recipe, out, first
+
+
+@pytest.mark.slow
+def test_run_chains_the_stages_and_writes_the_reports(tiny_run):
+    recipe, out, first = tiny_run
+    assert first.stages == {"synth": "ran", "crop": "ran", "train/intra-inter": "ran", "eval/intra-inter": "ran"}
+    assert sorted(p.name for p in (out / "cache").iterdir() if p.is_dir()) == ["gallery", "query", "train"]
+    run = out / "runs" / "intra-inter"
+    assert (run / "model.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["protocol"] == "market" and 0.0 <= metrics["R1"] <= 100.0 and metrics["mAP"] is not None
+    assert len(metrics["cmc"]) == 20 and metrics["cmc"] == sorted(metrics["cmc"])
+    for name in ("cmc.png", "ranked_list.png", "attention-0.png", "summary.md", "summary.html", "ranked.json"):
+        assert (run / "eval" / name).stat().st_size > 0, name
+    for name in ("results.md", "results.json", "cmc.png", "ranked_list.png", "summary.html"):
+        assert (out / name).stat().st_size > 0, name
+    assert "intra-inter" in (out / "results.md").read_text()
+    with open(run / "eval" / "cmc.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # nothing changed: every stage is up to date
+    again = run_recipe(recipe, out, progress=False)
+    assert set(again.stages.values()) == {"skipped"}
+    assert again.results["intra-inter"]["R1"] == metrics["R1"]
+    # an evaluation setting changed: only the evaluation reruns
+    cosine = load_recipe(recipe.path, ["eval.distance=cosine"])
+    third = run_recipe(cosine, out, progress=False)
+    assert third.stages["eval/intra-inter"] == "ran"
+    assert {k: v for k, v in third.stages.items() if k != "eval/intra-inter"} == {
+        "synth": "skipped", "crop": "skipped", "train/intra-inter": "skipped"}
+    assert json.loads((run / "eval" / "metrics.json").read_text())["distance"] == "cosine"
+
+
+@pytest.mark.slow
+def test_extract_and_export_the_trained_model(tiny_run, tmp_path):
+    from reidtrain.export import export_onnx, extract_to_parquet, read_features
+
+    _, out, _ = tiny_run
+    run = out / "runs" / "intra-inter"
+    path = extract_to_parquet(run, out / "cache", tmp_path / "features.parquet", workers=0, progress=False)
+    table, feats, meta = read_features(path)
+    n_query = pq.read_metadata(next((out / "cache" / "query").glob("*.parquet"))).num_rows
+    assert table.column_names == ["image_id", "pid", "camid", "split"]
+    assert feats.shape == (table.num_rows, 768) and feats.dtype == np.float32 and np.isfinite(feats).all()
+    assert table.column("split").to_pylist().count("query") == n_query
+    assert meta["model"] == "intra-inter" and meta["feature_dim"] == 768
+
+    import onnx
+    info = export_onnx(run / "model.pt", tmp_path / "model.onnx")
+    graph = onnx.load(str(tmp_path / "model.onnx"))
+    assert [i.name for i in graph.graph.input] == ["body", "head", "upper_body", "upper_leg", "lower_leg"]
+    assert [o.name for o in graph.graph.output] == ["features"]
+    assert info["max_rel_deviation"] < 1e-3
