@@ -1,7 +1,7 @@
 """Benchmark of the training data loader: the Parquet crop cache vs a torchreid-style loader of JPEG files.
 
 loader   reidtrain.data (one Parquet cache, JPEG bytes in Arrow memory decoded with OpenCV in the workers, uint8
-         batches, per-image channel-mean normalisation of the batch in the main process) - samples/s, higher is
+         batches, channel-mean normalisation of the batch in the main process) - samples/s, higher is
          better; a sample = the five crops of one image
   vs     a torchreid-style loader: the same five crops as individual JPEG files, each opened and decoded with PIL
          in `__getitem__`, turned into float tensors and normalised per image in the worker (ToTensor + Normalize,
@@ -115,7 +115,7 @@ def run(quick: bool = True) -> list[dict]:
 
     from reidtrain.config import AugmentConfig
     from reidtrain.data import (EpochSampler, ReidDataset, SampleTransform, input_columns, load_split, make_loader,
-                                normalize_batch, relabel)
+                                normalize_inputs, relabel)
 
     torch.set_num_threads(1)
     n, workers, batch, epochs = (192, 2, 32, 2) if quick else (1024, 4, 32, 3)
@@ -134,8 +134,7 @@ def run(quick: bool = True) -> list[dict]:
                          persistent_workers=True)
 
         def consume_ours(b):
-            for v in b["inputs"].values():
-                normalize_batch(v, "channel-mean")
+            normalize_inputs(b["inputs"], "channel-mean")
 
         def consume_ref(b):
             for v in b["inputs"].values():

@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         cache: Optional[Path] = typer.Option(None, "--cache", help="Crop cache folder (from `crop`)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Run folder: checkpoints, metrics.jsonl, tb/, model.pt."
                                            + _d(_T.out)),
-        config: Optional[Path] = typer.Option(None, "--config", help="TOML file: its [train] table (a recipe works) or "
+        config: Optional[Path] = typer.Option(None, "--config", help="TOML file: its 'train' table (a recipe works) or "
                                               "top-level TrainConfig keys; flags override it."),
         model: Optional[str] = typer.Option(None, "--model", help=f"Variant: {', '.join(MODEL_CHOICES)}." + _d(_T.model)),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs." + _d(_T.epochs)),
@@ -99,6 +99,8 @@ def register(app: typer.Typer) -> None:
         erasing: Optional[float] = typer.Option(None, "--erasing", help="Random-erasing probability (0 = off)."
                                                 + _d(_A.erasing)),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes." + _d(_T.workers)),
+        threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (0 = torch's default)."
+                                              + _d(_T.threads)),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of initialisation, data order, augmentation."
                                            + _d(_T.seed)),
         device: Optional[str] = typer.Option(None, "--device", help="'auto', 'cpu', 'cuda', 'cuda:1'." + _d(_T.device)),
@@ -128,7 +130,7 @@ def register(app: typer.Typer) -> None:
                                "body_size": _size(body_size, "--body-size"), "augment": aug,
                                "part_size": _size(part_size, "--part-size"), "sampler": sampler,
                                "instances_per_id": instances_per_id, "normalize": normalize, "workers": workers,
-                               "seed": seed, "device": device, "amp": amp, "channels_last": channels_last,
+                               "threads": threads, "seed": seed, "device": device, "amp": amp, "channels_last": channels_last,
                                "init_from": init_from, "keep_every": keep_every, "tensorboard": tensorboard})
             if cfg.cache is None:
                 _fail("--cache is required (or `cache` in the --config file)")
@@ -148,7 +150,7 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path = typer.Argument(..., help="model.pt / last.pt, or a training run folder."),
         cache: Optional[Path] = typer.Option(None, "--cache", help="Crop cache (default: the one it was trained on)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/eval)."),
-        config: Optional[Path] = typer.Option(None, "--config", help="TOML file: its [eval] table or top-level keys."),
+        config: Optional[Path] = typer.Option(None, "--config", help="TOML file: its 'eval' table or top-level keys."),
         distance: Optional[str] = typer.Option(None, "--distance", help="'euclidean' or 'cosine'." + _d(_E.distance)),
         rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help="k-reciprocal re-ranking (not used "
                                               "in the paper)." + _d(_E.rerank)),
@@ -254,10 +256,12 @@ def register(app: typer.Typer) -> None:
         model: Optional[List[str]] = typer.Option(None, "--model", help="Only this model of the recipe (repeatable)."),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Override TABLE.KEY=VALUE (TOML value, "
                                                  "repeatable), e.g. --set train.epochs=5 --set dataset.root=/data/m."),
+        jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="Models trained at the same time, each in "
+                                           "its own process (default: the recipe's 'jobs' in its 'recipe' table, else 1)."),
         force: bool = typer.Option(False, "--force", help="Rerun every stage even when up to date."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
-        _run(recipe, out, model, set_ or [], force, progress)
+        _run(recipe, out, model, set_ or [], force, progress, jobs)
 
     @app.command("demo", help="The whole pipeline on the built-in synthetic dataset (pipelines/demo.toml), on the CPU "
                               "in a few minutes: synth -> crop -> train baseline and intra-inter -> evaluate; prints "
@@ -267,18 +271,18 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Rerun every stage even when up to date."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
-        _run(DEMO_RECIPE, out, None, [], force, progress)
+        _run(DEMO_RECIPE, out, None, [], force, progress, None)
 
 
 def _run(recipe_path: Path, out: Optional[Path], models: Optional[List[str]], overrides: List[str], force: bool,
-         progress: bool) -> None:
+         progress: bool, jobs: Optional[int]) -> None:
     from rich.console import Console
 
     errors = _expected_errors()
     try:
         from .recipe import load_recipe, run_recipe
         recipe = load_recipe(recipe_path, overrides)
-        result = run_recipe(recipe, out, force, models, progress, Console(stderr=True))
+        result = run_recipe(recipe, out, force, models, progress, Console(stderr=True), jobs)
     except errors as e:
         _fail(str(e))
     except KeyboardInterrupt:

@@ -57,7 +57,9 @@ class TrainConfig:
     The loss is Eq. 11: L = lambda_intra * sum_j CE_intra^j (the five branch classifiers) + CE_inter (fused).
     Optimiser: SGD with momentum 0.9 and weight decay 5e-4 (the paper names SGD only; 0.9 / 5e-4 are the usual
     ReID values), lr 0.01 divided by 10 every 40 epochs, 100 epochs, batch 32 (per process under DDP: the global
-    batch is batch_size * world_size). Inputs are normalised by each image's own channel means (Sec. 4.1);
+    batch is batch_size * world_size). `threads`: torch intra-op threads (0 = torch's default); 1 is often
+    fastest for small inputs on a busy CPU. Inputs are normalised by subtracting the channel means of the
+    sample's whole-body image (Sec. 4.1), the same means for its part crops (data.normalize_inputs);
     `normalize = "imagenet"` uses the ImageNet mean/std instead (for ImageNet-initialised weights).
     """
 
@@ -80,6 +82,7 @@ class TrainConfig:
     normalize: Normalize = "channel-mean"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     workers: int = 4
+    threads: int = 0
     seed: int = 0
     device: str = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
@@ -100,14 +103,14 @@ class TrainConfig:
         if self.sampler == "identity" and (self.instances_per_id < 1 or self.batch_size % self.instances_per_id):
             raise ValueError(f"identity sampler: batch_size ({self.batch_size}) must be a multiple of "
                              f"instances_per_id ({self.instances_per_id})")
-        if self.workers < 0 or self.keep_every < 0:
-            raise ValueError("workers and keep_every must be >= 0")
+        if self.workers < 0 or self.keep_every < 0 or self.threads < 0:
+            raise ValueError("workers, threads and keep_every must be >= 0")
 
 
 # Fields that change what a training run computes: a resume or an up-to-date check must see the same values.
 # (epochs may grow on resume; workers / device / amp / out / tensorboard / keep_every do not change the result
 # on CPU, or are bookkeeping.)
-RESULT_FIELDS_EXCLUDED = ("out", "workers", "device", "tensorboard", "keep_every", "epochs")
+RESULT_FIELDS_EXCLUDED = ("out", "workers", "threads", "device", "tensorboard", "keep_every", "epochs")
 
 
 def result_config(cfg: TrainConfig) -> dict:
@@ -148,6 +151,7 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 64
     workers: int = 2
+    threads: int = 0
     device: str = "auto"
     ranked_queries: int = 4
     topk: int = 5
@@ -157,5 +161,5 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.repeats < 1 or self.topk < 1:
             raise ValueError("batch_size, repeats and topk must be >= 1")
-        if self.workers < 0 or self.ranked_queries < 0 or self.attention_samples < 0:
-            raise ValueError("workers, ranked_queries and attention_samples must be >= 0")
+        if min(self.workers, self.threads, self.ranked_queries, self.attention_samples) < 0:
+            raise ValueError("workers, threads, ranked_queries and attention_samples must be >= 0")

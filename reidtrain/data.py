@@ -8,8 +8,9 @@
   all five crops (one call with the parts as additional targets); padding-crop and random erasing per crop. Every random draw of a sample comes from a
   seed the sampler hands out with its index, so a sample's augmentation depends on (seed, epoch, position)
   only - not on worker count or process - which makes seeded runs and `--resume` reproducible.
-- Workers return uint8 CHW tensors (4x less inter-process traffic than float); `normalize_batch` turns them
-  into floats on the training device: by default minus each image's own channel means (Sec. 4.1).
+- Workers return uint8 CHW tensors (4x less inter-process traffic than float); `normalize_inputs` turns them
+  into floats on the training device: by default minus the channel means of the sample's whole-body image
+  (Sec. 4.1: "normalized by subtracting its channel means"), the same means for its four part crops.
 """
 from __future__ import annotations
 
@@ -160,7 +161,7 @@ class SampleTransform:
         self.sizes = {k: (int(v[0]), int(v[1])) for k, v in sizes.items()}
         self.augment = augment
         self.shared: A.Compose | None = None
-        self.own: dict[str, A.Compose | None] = {}
+        self.own: dict[str, list] = {}
         if augment is None:
             return
         keys = list(self.sizes)
@@ -181,7 +182,7 @@ class SampleTransform:
                         A.RandomCrop(height=h, width=w)]
             if augment.erasing > 0:
                 own.append(A.Erasing(p=augment.erasing, fill="random"))
-            self.own[key] = A.Compose(own) if own else None
+            self.own[key] = own   # called one by one: a Compose per crop costs more than the transforms
 
     def __call__(self, images: dict[str, np.ndarray], seed: int | None) -> dict[str, np.ndarray]:
         out = {}
@@ -197,10 +198,11 @@ class SampleTransform:
             res = self.shared(image=out[keys[0]], **{k: out[k] for k in keys[1:]})
             out = {keys[0]: res["image"], **{k: res[k] for k in keys[1:]}}
         for key in keys:
-            own = self.own.get(key)
-            if own is not None:
-                own.set_random_state(rng, py_rng)
-                out[key] = own(image=out[key])["image"]
+            img = out[key]
+            for transform in self.own.get(key, ()):
+                transform.set_random_state(rng, py_rng)
+                img = transform(image=img)["image"]
+            out[key] = img
         return out
 
 
@@ -208,16 +210,30 @@ def to_chw_uint8(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
 
-def normalize_batch(x: torch.Tensor, mode: str = "channel-mean") -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 in [0, 1] minus each image's own channel means (Sec. 4.1), or ImageNet mean/std."""
+def normalize_batch(x: torch.Tensor, mode: str = "channel-mean", mean: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 in [0, 1] minus the channel means (Sec. 4.1), or ImageNet mean/std.
+
+    channel-mean: `mean` (B, 3, 1, 1) when given (see `normalize_inputs`), else each image's own means."""
     x = x.float().div_(255.0)
     if mode == "channel-mean":
-        return x - x.mean(dim=(2, 3), keepdim=True)
+        return x - (x.mean(dim=(2, 3), keepdim=True) if mean is None else mean)
     if mode == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        m = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return (x - m) / std
     raise ValueError(f"unknown normalisation {mode!r} (channel-mean or imagenet)")
+
+
+def normalize_inputs(inputs: dict[str, torch.Tensor], mode: str = "channel-mean") -> dict[str, torch.Tensor]:
+    """Normalise the uint8 inputs of a batch of samples. channel-mean: every input minus the channel means of
+    the sample's whole-body input ("body": the body crop, or the whole box for baseline) - the means of the
+    person image (Sec. 4.1). Each part keeps its colour relative to the body: subtracting a part crop's own
+    means would erase the colour of the clothes it shows."""
+    if mode != "channel-mean":
+        return {k: normalize_batch(v, mode) for k, v in inputs.items()}
+    ref = inputs["body"] if "body" in inputs else next(iter(inputs.values()))
+    mean = ref.float().div_(255.0).mean(dim=(2, 3), keepdim=True)
+    return {k: normalize_batch(v, mode, mean) for k, v in inputs.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- dataset

@@ -32,7 +32,7 @@ from posecrop.typedconfig import to_dict
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import EvalConfig
 from .data import (ReidDataset, SampleTransform, SplitData, decode, input_sizes, load_split, make_loader,
-                   normalize_batch)
+                   normalize_inputs)
 
 SUMMARY_RANKS = (1, 5, 10, 20)
 
@@ -109,7 +109,7 @@ def extract_features(model: nn.Module, dataset: ReidDataset, normalize: str = "c
                   TimeRemainingColumn(), console=console, disable=not progress, transient=True) as bar:
         task = bar.add_task("", total=len(dataset))
         for batch in loader:
-            inputs = {k: normalize_batch(v.to(device), normalize) for k, v in batch["inputs"].items()}
+            inputs = normalize_inputs({k: v.to(device) for k, v in batch["inputs"].items()}, normalize)
             feats = model(inputs).features.float()
             if flip_average:
                 feats = (feats + model({k: v.flip(-1) for k, v in inputs.items()}).features.float()) / 2
@@ -174,12 +174,14 @@ def decode_display(data: SplitData, index: int) -> np.ndarray:
 
 
 def ranked_lists(q: Features, g: Features, metric: str, count: int, k: int) -> dict:
-    """Top-k gallery images of the first `count` queries that have a true match (other camera) in the
-    gallery: {"queries", "query_pids", "gallery" (image ids, None where missing), "correct", "k"}."""
+    """Top-k gallery images of the first `count` queries (one per identity) that have a true match (other
+    camera) in the gallery: {"queries", "query_pids", "gallery" (image ids, None where missing), "correct", "k"}."""
     from .metrics import pairwise_distance, top_k_gallery
 
     other_cam = (q.pids[:, None] == g.pids[None, :]) & (q.camids[:, None] != g.camids[None, :])
-    chosen = np.flatnonzero(other_cam.any(axis=1))[:count]
+    valid = np.flatnonzero(other_cam.any(axis=1))
+    _, first = np.unique(q.pids[valid], return_index=True)      # one query per identity, in query order
+    chosen = valid[np.sort(first)][:count]
     if len(chosen) == 0:
         return {"queries": [], "query_pids": [], "gallery": [], "correct": [], "k": k}
     d = pairwise_distance(q.features[chosen], g.features, metric)
@@ -219,7 +221,7 @@ def attention_figures(out: Path, model: nn.Module, q_ds: ReidDataset, meta: dict
     items = [q_ds[i] for i in range(min(count, len(q_ds)))]
     inputs = {k: torch.stack([it["inputs"][k] for it in items]) for k in items[0]["inputs"]}
     model.eval()
-    model({k: normalize_batch(v.to(device), meta["normalize"]) for k, v in inputs.items()})
+    model(normalize_inputs({k: v.to(device) for k, v in inputs.items()}, meta["normalize"]))
     maps = {b: m for b, m in model.attention_maps().items() if m}
     if not maps:
         return []
@@ -241,6 +243,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True, console=None) -> EvalOutcom
     if cfg.checkpoint is None or cfg.cache is None:
         raise ValueError("EvalConfig needs a checkpoint and a cache")
     console = console or Console(stderr=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = eval_device(cfg.device)
     checkpoint = resolve_checkpoint(Path(cfg.checkpoint))
     model, meta, epoch = load_trained(checkpoint, device)

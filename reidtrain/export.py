@@ -85,13 +85,14 @@ class InferenceModel(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        if self.normalize == "channel-mean":
-            return x - x.mean(dim=(2, 3), keepdim=True)
-        return (x - self.mean) / self.std
-
     def forward(self, *images: torch.Tensor) -> torch.Tensor:
-        return self.model({k: self._norm(x) for k, x in zip(self.keys, images)}).features
+        inputs = dict(zip(self.keys, images))
+        if self.normalize == "channel-mean":   # the body image's channel means, for every input (data.normalize_inputs)
+            mean = inputs.get("body", images[0]).mean(dim=(2, 3), keepdim=True)
+            inputs = {k: x - mean for k, x in inputs.items()}
+        else:
+            inputs = {k: (x - self.mean) / self.std for k, x in inputs.items()}
+        return self.model(inputs).features
 
 
 def export_onnx(checkpoint: Path, out: Path, opset: int = 17, exporter: str = "torchscript",

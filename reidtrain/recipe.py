@@ -55,6 +55,11 @@ class RecipeError(ConfigError):
 class RecipeInfo:
     name: str = ""
     description: str = ""
+    jobs: int = 1       # models trained at the same time (separate processes; meant for CPUs with spare cores)
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
 
 
 @dataclass
@@ -210,34 +215,101 @@ def _read_record(out: Path, stage: str) -> dict:
         return {}
 
 
-def run_stage(out: Path, stage: Stage, force: bool, say) -> str:
-    """Run `stage` unless it is up to date; returns 'skipped', 'resumed' or 'ran'."""
+def stage_plan(out: Path, stage: Stage, force: bool) -> str:
+    """'skip' (done with this key, outputs present), 'resume' (interrupted with this key) or 'fresh'."""
     record = _read_record(out, stage.name)
-    same_key = record.get("key") == stage.key
-    if not force and same_key and record.get("state") == "done" and all(p.exists() for p in stage.outputs):
-        say(f"[green]up to date[/]  {stage.name}")
-        return "skipped"
-    resume = same_key and not force
-    if not resume:
+    same_key = record.get("key") == stage.key and not force
+    if same_key and record.get("state") == "done" and all(p.exists() for p in stage.outputs):
+        return "skip"
+    return "resume" if same_key and record else "fresh"
+
+
+def begin_stage(out: Path, stage: Stage, plan: str, say) -> None:
+    """Clean the outputs of a stage recorded under another key, note that it is running."""
+    if plan == "fresh":
         for p in stage.clean:
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    say(f"[bold]{'resuming' if resume and record else 'running'}[/]  {stage.name}")
+    say(f"[bold]{'resuming' if plan == 'resume' else 'running'}[/]  {stage.name}")
     atomic_write_text(_record_path(out, stage.name), json.dumps({"key": stage.key, "state": "running",
                                                                  "started": time.time()}))
-    t0 = time.perf_counter()
-    summary = stage.action(resume)
+
+
+def finish_stage(out: Path, stage: Stage, summary: Any, seconds: float) -> None:
     atomic_write_text(_record_path(out, stage.name), json.dumps(
-        {"key": stage.key, "state": "done", "seconds": round(time.perf_counter() - t0, 2),
+        {"key": stage.key, "state": "done", "seconds": round(seconds, 2),
          "outputs": [str(p) for p in stage.outputs], "summary": summary}, indent=1, default=str))
-    return "resumed" if resume and record else "ran"
+
+
+def run_stage(out: Path, stage: Stage, force: bool, say) -> str:
+    """Run `stage` unless it is up to date; returns 'skipped', 'resumed' or 'ran'."""
+    plan = stage_plan(out, stage, force)
+    if plan == "skip":
+        say(f"[green]up to date[/]  {stage.name}")
+        return "skipped"
+    begin_stage(out, stage, plan, say)
+    t0 = time.perf_counter()
+    summary = stage.action(plan == "resume")
+    finish_stage(out, stage, summary, time.perf_counter() - t0)
+    return "resumed" if plan == "resume" else "ran"
+
+
+def _train_summary(result) -> dict:
+    return {"epochs": result.epochs_done, "last": result.history[-1] if result.history else None}
+
+
+def train_in_process(cfg_dict: dict, resume: bool) -> dict:
+    """Train in a child process (parallel models): no progress bars, one console line per epoch."""
+    from rich.console import Console
+
+    from .train import train
+    cfg = from_mapping(TrainConfig, cfg_dict)
+    return _train_summary(train(cfg, resume=resume, progress=False, console=Console(stderr=True)))
+
+
+def run_trainings(out: Path, stages: list[tuple[Stage, TrainConfig]], force: bool, jobs: int, progress: bool,
+                  console, say) -> dict[str, str]:
+    """The train stages of all models: one after the other, or `jobs` at a time in spawned processes."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    from .train import train
+
+    status: dict[str, str] = {}
+    todo = []
+    for stage, cfg in stages:
+        plan = stage_plan(out, stage, force)
+        if plan == "skip":
+            say(f"[green]up to date[/]  {stage.name}")
+            status[stage.name] = "skipped"
+        else:
+            todo.append((stage, cfg, plan))
+    if jobs <= 1 or len(todo) <= 1:
+        for stage, cfg, plan in todo:
+            begin_stage(out, stage, plan, say)
+            t0 = time.perf_counter()
+            result = train(cfg, resume=plan == "resume", progress=progress, console=console)
+            finish_stage(out, stage, _train_summary(result), time.perf_counter() - t0)
+            status[stage.name] = "resumed" if plan == "resume" else "ran"
+        return status
+    with cf.ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
+                                mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {}
+        for stage, cfg, plan in todo:
+            begin_stage(out, stage, plan, say)
+            futures[pool.submit(train_in_process, to_dict(cfg), plan == "resume")] = (stage, plan, time.perf_counter())
+        for fut in cf.as_completed(futures):
+            stage, plan, t0 = futures[fut]
+            finish_stage(out, stage, fut.result(), time.perf_counter() - t0)
+            status[stage.name] = "resumed" if plan == "resume" else "ran"
+    return status
 
 
 # ------------------------------------------------------------------------------------------------------ run
 CROP_BOOKKEEPING = ("workers", "progress", "flush_seconds", "rows_per_part", "batch_size", "out", "root")
-EVAL_BOOKKEEPING = ("workers", "device", "batch_size", "checkpoint", "cache", "out")
+EVAL_BOOKKEEPING = ("workers", "threads", "device", "batch_size", "checkpoint", "cache", "out")
 
 
 @dataclass
@@ -270,8 +342,10 @@ def plan_configs(recipe: Recipe, out: Path):
 
 
 def run_recipe(recipe: Recipe, out: Path | None = None, force: bool = False, models: list[str] | None = None,
-               progress: bool = True, console=None) -> RunResult:
-    """Run every stage of `recipe` that is not up to date, then write and print the results table."""
+               progress: bool = True, console=None, jobs: int | None = None) -> RunResult:
+    """Run every stage of `recipe` that is not up to date, then write the results table and summary.
+
+    jobs: models trained at the same time (default: the recipe's [recipe] jobs)."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
@@ -312,21 +386,16 @@ def run_recipe(recipe: Recipe, out: Path | None = None, force: bool = False, mod
     stages["crop"] = run_stage(out, Stage("crop", crop_key, [out / "cache" / "train", out / "cache" / "query",
                                                               out / "cache" / "gallery"], do_crop, [out / "cache"]),
                                force, say)
+    train_keys = {m: config_hash({"train": result_config(trains[m]), "epochs": trains[m].epochs, "crop": crop_key})
+                  for m in chosen}
+    train_stages = [(Stage(f"train/{m}", train_keys[m], [out / "runs" / m / "model.pt"], None, [out / "runs" / m]),
+                     trains[m]) for m in chosen]
+    stages.update(run_trainings(out, train_stages, force, jobs or recipe.info.jobs, progress, console, say))
     results: dict[str, dict] = {}
     for model in chosen:
-        tcfg, ecfg = trains[model], evals[model]
-        train_key = config_hash({"train": result_config(tcfg), "epochs": tcfg.epochs, "crop": crop_key})
-
-        def do_train(resume: bool, tcfg=tcfg) -> dict:
-            from .train import train
-            result = train(tcfg, resume=resume, progress=progress, console=console)
-            return {"epochs": result.epochs_done, "last": result.history[-1] if result.history else None}
-
-        run_dir = out / "runs" / model
-        stages[f"train/{model}"] = run_stage(out, Stage(f"train/{model}", train_key, [run_dir / "model.pt"],
-                                                        do_train, [run_dir]), force, say)
+        ecfg, run_dir = evals[model], out / "runs" / model
         eval_key = config_hash({"eval": {k: v for k, v in to_dict(ecfg).items() if k not in EVAL_BOOKKEEPING},
-                                "train": train_key})
+                                "train": train_keys[model]})
 
         def do_eval(resume: bool, ecfg=ecfg) -> dict:
             from .evaluate import evaluate

@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from posecrop.atomic import atomic_write_text
+from posecrop.atomic import atomic_write_text, is_temporary
 from posecrop.regions import REGION_NAMES
 from posecrop.typedconfig import to_dict
 
@@ -39,7 +39,7 @@ from .checkpoint import (FORMAT, CheckpointError, InitReport, init_from_checkpoi
                          save_checkpoint, set_rng_state)
 from .config import TrainConfig, config_hash, result_config
 from .data import (EpochSampler, ReidDataset, SampleTransform, input_columns, input_sizes, load_split, make_loader,
-                   normalize_batch, relabel)
+                   normalize_inputs, relabel)
 
 FUSED = "fused"
 
@@ -209,6 +209,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     last_path = ckpt_dir / "last.pt"
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
         _seed_all(cfg.seed)
         if rt.device.type == "cuda":
@@ -269,6 +271,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
         writer = None
         if rt.is_main:
             out.mkdir(parents=True, exist_ok=True)
+            for folder in (out, ckpt_dir):  # leftovers of writes a kill interrupted (as large as a checkpoint)
+                for leftover in (folder.glob(".*.tmp") if folder.is_dir() else ()):
+                    if is_temporary(leftover):
+                        leftover.unlink(missing_ok=True)
             atomic_write_text(out / "config.json", json.dumps({"train": to_dict(cfg), "meta": {
                 k: v for k, v in meta.items() if k not in ("config", "train_pids")}}, indent=1))
             metrics_path = out / "metrics.jsonl"
@@ -278,7 +284,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
                 metrics_path.unlink()
             if cfg.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
-                writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=start_epoch + 1 if ckpt else None)
+                writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=start_epoch + 1)  # drops redone epochs
         if start_epoch >= cfg.epochs:
             say(f"{out}: already trained for {start_epoch} epochs (asked {cfg.epochs})")
         say(f"training {cfg.model} on {cfg.cache}: {len(split)} images, {len(train_pids)} identities, "
@@ -305,7 +311,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
                     save_checkpoint(last_path, state)
                     if cfg.keep_every and epoch % cfg.keep_every == 0:
                         save_checkpoint(ckpt_dir / f"epoch-{epoch:03d}.pt", state)
-                    say(f"epoch {epoch}/{cfg.epochs}  loss {row['loss']:.4f} (intra {row['loss_intra']:.3f}, "
+                    say(f"{cfg.model} epoch {epoch}/{cfg.epochs}  loss {row['loss']:.4f} (intra {row['loss_intra']:.3f}, "
                         f"inter {row['loss_inter']:.3f})  acc {row['accuracy']:.3f}  lr {row['lr']:.2g}  "
                         f"{row['images_per_s']:.1f} img/s")
         if rt.is_main:
@@ -331,10 +337,10 @@ def _run_epoch(cfg: TrainConfig, rt: Runtime, net: nn.Module, loader, sampler: E
     task = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(loader), loss=float("nan"), ips=0.0)
     t0 = time.perf_counter()
     for step, batch in enumerate(loader):
-        inputs = {}
-        for key, x in batch["inputs"].items():
-            x = normalize_batch(x.to(rt.device, non_blocking=True), cfg.normalize)
-            inputs[key] = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+        inputs = normalize_inputs({k: x.to(rt.device, non_blocking=True) for k, x in batch["inputs"].items()},
+                                  cfg.normalize)
+        if cfg.channels_last:
+            inputs = {k: x.contiguous(memory_format=torch.channels_last) for k, x in inputs.items()}
         labels = batch["label"].to(rt.device, non_blocking=True)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype or torch.float32, enabled=rt.amp_dtype is not None):
             out = net(inputs)

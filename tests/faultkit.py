@@ -259,18 +259,16 @@ def resume(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGCONT)
 
 
-_MAXRSS = ("import resource, runpy, sys\n"
-           "sys.argv = ['cli.py', *sys.argv[1:]]\n"
-           "try:\n"
-           "    runpy.run_path('cli.py', run_name='__main__')\n"
-           "finally:\n"
-           "    kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,\n"
-           "             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-           "    print(f'MAXRSS_KB {kb}', file=sys.stderr)\n")
+# A small Python process runs the command as its child and reports the children's peak RSS: measured in the
+# caller itself, ru_maxrss would include the caller's size (Linux keeps the peak across fork + exec).
+_MAXRSS = ("import resource, subprocess, sys\n"
+           "rc = subprocess.run([sys.executable, 'cli.py', *sys.argv[1:]]).returncode\n"
+           "print(f'MAXRSS_KB {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr)\n"
+           "sys.exit(rc)\n")
 
 
 def cli_maxrss(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
-    """`python cli.py ARGS` plus the peak resident memory in MB of the command (its own or a worker's)."""
+    """`python cli.py ARGS` plus the peak resident memory in MB of the command (or of one of its workers)."""
     proc = subprocess.run([sys.executable, "-c", _MAXRSS, *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env=_env(None))
     kb = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("MAXRSS_KB ")]

@@ -16,7 +16,7 @@ from posecrop.schema import IMAGE_COLUMNS, cache_schema
 from reidtrain.config import AugmentConfig
 from posecrop.cache import CacheError
 from reidtrain.data import (CacheReadError, EpochSampler, ReidDataset, SampleTransform, input_columns, input_sizes,
-                            load_split, make_loader, normalize_batch, relabel)
+                            load_split, make_loader, normalize_batch, normalize_inputs, relabel)
 
 CROP_SIZES = {"whole": (80, 40), "body": (64, 32), "head": (16, 32), "upper_body": (16, 32),
               "upper_leg": (16, 32), "lower_leg": (16, 32)}
@@ -168,6 +168,13 @@ def test_channel_mean_normalisation():
     torch.testing.assert_close(z[0, 0], (x[0, 0].float() / 255 - 0.485) / 0.229)
     with pytest.raises(ValueError, match="normalisation"):
         normalize_batch(x, "nope")
+    # a sample's parts are normalised with the means of its whole-body image: their colour survives
+    inputs = {"body": x, "head": torch.full((2, 3, 2, 4), 200, dtype=torch.uint8)}
+    out = normalize_inputs(inputs)
+    torch.testing.assert_close(out["body"], y)
+    body_mean = (x.float() / 255).mean(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(out["head"], 200 / 255 - body_mean.expand(2, 3, 2, 4))
+    assert normalize_inputs(inputs, "imagenet")["head"].shape == (2, 3, 2, 4)
 
 
 def test_samplers_are_seeded_sharded_and_identity_balanced():

@@ -18,6 +18,7 @@ PIPELINES = REPO / "pipelines"
 TINY = """
 [recipe]
 name = "tiny"
+jobs = 2
 
 [dataset]
 name = "market"
@@ -31,7 +32,7 @@ part_size = [16, 32]
 workers = 0
 
 [model]
-names = ["intra-inter"]
+names = ["baseline", "intra-inter"]
 
 [train]
 epochs = 1
@@ -121,7 +122,8 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_run_chains_the_stages_and_writes_the_reports(tiny_run):
     recipe, out, first = tiny_run
-    assert first.stages == {"synth": "ran", "crop": "ran", "train/intra-inter": "ran", "eval/intra-inter": "ran"}
+    assert first.stages == {"synth": "ran", "crop": "ran", "train/baseline": "ran", "train/intra-inter": "ran",
+                            "eval/baseline": "ran", "eval/intra-inter": "ran"}  # the two trainings ran in parallel
     assert sorted(p.name for p in (out / "cache").iterdir() if p.is_dir()) == ["gallery", "query", "train"]
     run = out / "runs" / "intra-inter"
     assert (run / "model.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()
@@ -130,9 +132,13 @@ def test_run_chains_the_stages_and_writes_the_reports(tiny_run):
     assert len(metrics["cmc"]) == 20 and metrics["cmc"] == sorted(metrics["cmc"])
     for name in ("cmc.png", "ranked_list.png", "attention-0.png", "summary.md", "summary.html", "ranked.json"):
         assert (run / "eval" / name).stat().st_size > 0, name
+    base = out / "runs" / "baseline" / "eval"
+    assert (base / "ranked_list.png").is_file() and not list(base.glob("attention-*.png"))  # no intra-attention
+    assert json.loads((base / "metrics.json").read_text())["model"] == "baseline"
     for name in ("results.md", "results.json", "cmc.png", "ranked_list.png", "summary.html"):
         assert (out / name).stat().st_size > 0, name
-    assert "intra-inter" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert "| baseline |" in table and "| intra-inter |" in table
     with open(run / "eval" / "cmc.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -143,9 +149,9 @@ def test_run_chains_the_stages_and_writes_the_reports(tiny_run):
     # an evaluation setting changed: only the evaluation reruns
     cosine = load_recipe(recipe.path, ["eval.distance=cosine"])
     third = run_recipe(cosine, out, progress=False)
-    assert third.stages["eval/intra-inter"] == "ran"
-    assert {k: v for k, v in third.stages.items() if k != "eval/intra-inter"} == {
-        "synth": "skipped", "crop": "skipped", "train/intra-inter": "skipped"}
+    assert third.stages["eval/intra-inter"] == third.stages["eval/baseline"] == "ran"
+    assert {k: v for k, v in third.stages.items() if not k.startswith("eval/")} == {
+        "synth": "skipped", "crop": "skipped", "train/baseline": "skipped", "train/intra-inter": "skipped"}
     assert json.loads((run / "eval" / "metrics.json").read_text())["distance"] == "cosine"
 
 

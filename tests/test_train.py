@@ -72,7 +72,10 @@ def test_training_lowers_the_loss_and_resume_is_exact(cache, tmp_path):
     with pytest.raises(Killed):
         train(killed_cfg, progress=False, on_step=kill)
     assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["epoch"] == 2
+    leftover = tmp_path / "killed" / "checkpoints" / ".last.pt.abc123.tmp"  # a checkpoint write killed half-way
+    leftover.write_bytes(b"half a checkpoint")
     resumed = train(killed_cfg, resume=True, progress=False)
+    assert not leftover.exists()
     assert [row["epoch"] for row in resumed.history] == [3]
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
