@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -20,22 +20,27 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     final name after a crash of the process; for many small files whose writer syncs once at the end)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
+    tmp_path: Path | None = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    try:  # the name is known before the file exists: an interrupt (Ctrl-C) at any point cannot leak it
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            tmp_path = None  # another writer's (a 64-bit random name: practically never): not ours to remove
+            raise
+        os.close(fd)
         yield tmp_path
         if fsync:
             with open(tmp_path, "rb") as f:
                 os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the result the mode a plain open() would (0666 less the umask).
+        # the temporary is created 0600; give the result the mode a plain open() would (0666 less the umask).
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp_path, 0o666 & ~mask)
         os.replace(tmp_path, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+        if tmp_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()
         raise
 
 

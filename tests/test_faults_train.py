@@ -97,7 +97,7 @@ def interrupted(cache, tmp_path_factory) -> dict:
     rng = random.Random(5)
     run = tmp / "killed"
     ckpt = run / "checkpoints" / "last.pt"
-    left: set[str] = set()  # temporaries of earlier kills (train does not remove them, see the xfail below)
+    left: set[str] = set()  # temporaries of earlier kills (until the next run removes them)
     temporaries = lambda: [t for t in (run / "checkpoints").glob(".last.pt.*.tmp") if t.name not in left]  # noqa
     events: dict = {}
 
@@ -164,10 +164,10 @@ def test_killed_and_resumed_training_equals_the_uninterrupted_run(interrupted):
     assert [r["epoch"] for r in _metrics(run)] == list(range(1, EPOCHS + 1))
 
 
-@pytest.mark.xfail(strict=True, reason="reidtrain/train.py never removes the temporary of a checkpoint write "
-                                       "killed half-way (checkpoints/.last.pt.*.tmp, as large as a checkpoint)")
 def test_a_resumed_run_leaves_no_half_written_checkpoint(interrupted):
-    assert not list((interrupted["run"] / "checkpoints").glob(".*.tmp"))
+    """The temporary of the checkpoint write killed half-way (as large as a checkpoint) is gone after --resume."""
+    assert interrupted["temporaries_at_kill"]
+    assert not list(interrupted["run"].rglob("*.tmp"))
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
