@@ -89,8 +89,8 @@ class FileCropDataset:
         index, seed = item
         images = {k: np.asarray(Image.open(self.files / k / f"{index:06d}.jpg").convert("RGB")) for k in SIZES}
         images = self.transform(images, seed)
-        tensors = {k: torch.from_numpy(((v.astype(np.float32) / 255.0 - self.mean) / self.std).transpose(2, 0, 1).copy())
-                   for k, v in images.items()}
+        tensors = {k: torch.from_numpy(((v.astype(np.float32) / 255.0 - self.mean) / self.std)
+                                       .transpose(2, 0, 1).copy()) for k, v in images.items()}
         return {"inputs": tensors, "label": int(self.labels[index])}
 
 
@@ -149,7 +149,8 @@ def run(quick: bool = True) -> list[dict]:
         shutil.rmtree(tmp, ignore_errors=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + \
         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return [{"stage": "loader", "ours": "Parquet cache loader (reidtrain.data)", "ours_value": round(results["ours"], 1),
+    return [{"stage": "loader", "ours": "Parquet cache loader (reidtrain.data)",
+             "ours_value": round(results["ours"], 1),
              "reference": "torchreid-style loader (one JPEG file per crop, PIL, float tensors per image)",
              "reference_value": round(results["ref"], 1), "unit": "samples/s (5 crops each)",
              "ratio": round(results["ours"] / max(results["ref"], 1e-9), 2), "target": ">= 3",

@@ -74,7 +74,8 @@ def register(app: typer.Typer) -> None:
                                            + _d(_T.out)),
         config: Optional[Path] = typer.Option(None, "--config", help="TOML file: its 'train' table (a recipe works) or "
                                               "top-level TrainConfig keys; flags override it."),
-        model: Optional[str] = typer.Option(None, "--model", help=f"Variant: {', '.join(MODEL_CHOICES)}." + _d(_T.model)),
+        model: Optional[str] = typer.Option(None, "--model", help=f"Variant: {', '.join(MODEL_CHOICES)}."
+                                            + _d(_T.model)),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs." + _d(_T.epochs)),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step and process."
                                                  + _d(_T.batch_size)),
@@ -130,7 +131,8 @@ def register(app: typer.Typer) -> None:
                                "body_size": _size(body_size, "--body-size"), "augment": aug,
                                "part_size": _size(part_size, "--part-size"), "sampler": sampler,
                                "instances_per_id": instances_per_id, "normalize": normalize, "workers": workers,
-                               "threads": threads, "seed": seed, "device": device, "amp": amp, "channels_last": channels_last,
+                               "threads": threads, "seed": seed, "device": device, "amp": amp,
+                               "channels_last": channels_last,
                                "init_from": init_from, "keep_every": keep_every, "tensorboard": tensorboard})
             if cfg.cache is None:
                 _fail("--cache is required (or `cache` in the --config file)")
@@ -196,8 +198,8 @@ def register(app: typer.Typer) -> None:
         console.print(results_table(f"{outcome.metrics['dataset']}", {outcome.metrics["model"]: outcome.metrics}))
         console.print(f"reports in {outcome.out}")
 
-    @app.command("extract", help="Features [E_g, E_l] of cache splits to one Parquet file (image_id, pid, camid, split, "
-                                 "feature).")
+    @app.command("extract", help="Features [E_g, E_l] of cache splits to one Parquet file (image_id, pid, camid, "
+                                 "split, feature).")
     def extract_cmd(
         checkpoint: Path = typer.Argument(..., help="model.pt / last.pt, or a training run folder."),
         out: Path = typer.Option(..., "--out", help="Features Parquet file to write (atomic)."),
@@ -234,8 +236,8 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path = typer.Argument(..., help="model.pt / last.pt, or a training run folder."),
         out: Path = typer.Option(..., "--out", help="ONNX file to write (atomic)."),
         opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
-        exporter: str = typer.Option("torchscript", "--exporter", help="'torchscript' (seconds) or 'dynamo' "
-                                     "(torch.export based, minutes on a CPU)."),
+        exporter: str = typer.Option("auto", "--exporter", help="'torchscript' (seconds), 'dynamo' (torch.export "
+                                     "based, slower) or 'auto' (torchscript, dynamo where tracing fails)."),
         verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the graph once and compare with PyTorch."),
     ) -> None:
         errors = _expected_errors()
@@ -245,11 +247,12 @@ def register(app: typer.Typer) -> None:
         except errors + (ValueError,) as e:
             _fail(str(e))
         dev = info["max_rel_deviation"]
-        typer.echo(f"wrote {info['path']}: inputs {info['inputs']}, output features ({info['feature_dim']})"
+        typer.echo(f"wrote {info['path']} ({info['exporter']} exporter): inputs {info['inputs']}, output features "
+                   f"({info['feature_dim']})"
                    + (f"; max relative deviation from PyTorch {dev:.1e}" if dev is not None else ""))
 
-    @app.command("run", help="Run a recipe (pipelines/*.toml): synth (synthetic recipes) -> crop -> train -> evaluate for every model "
-                             "of the recipe, skipping stages whose outputs are up to date; prints the results table.")
+    @app.command("run", help="Run a recipe (pipelines/*.toml): synth (synthetic recipes) -> crop -> train -> "
+                             "evaluate for every model of the recipe, skipping stages whose outputs are up to date; prints the results table.")
     def run_cmd(
         recipe: Path = typer.Argument(..., help="Recipe TOML file, e.g. pipelines/market.toml."),
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: out/<recipe name>)."),
@@ -257,7 +260,8 @@ def register(app: typer.Typer) -> None:
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Override TABLE.KEY=VALUE (TOML value, "
                                                  "repeatable), e.g. --set train.epochs=5 --set dataset.root=/data/m."),
         jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="Models trained at the same time, each in "
-                                           "its own process (default: the recipe's 'jobs' in its 'recipe' table, else 1)."),
+                                           "its own process (default: the recipe's 'jobs' in its 'recipe' table, "
+                                           "else 1)."),
         force: bool = typer.Option(False, "--force", help="Rerun every stage even when up to date."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:

@@ -14,7 +14,8 @@ from typing import Literal
 from posecrop.typedconfig import to_dict
 
 ModelName = Literal["baseline", "aligned", "intra", "inter", "intra-inter"]
-MODEL_CHOICES: tuple[str, ...] = ("baseline", "aligned", "intra", "inter", "intra-inter")  # == reidtrain.model.MODEL_NAMES
+# the names of reidtrain.model.MODEL_NAMES, repeated here without importing torch (tests/test_recipe.py checks)
+MODEL_CHOICES: tuple[str, ...] = ("baseline", "aligned", "intra", "inter", "intra-inter")
 Normalize = Literal["channel-mean", "imagenet"]
 
 

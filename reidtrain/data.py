@@ -5,9 +5,10 @@
 - JPEG bytes stay in Arrow memory (zero-copy numpy views, shared by forked workers) and are decoded in
   `__getitem__` with OpenCV, so loading scales with DataLoader workers.
 - Augmentation (albumentations): one horizontal-flip decision (and one colour jitter) per sample, identical for
-  all five crops (one call with the parts as additional targets); padding-crop and random erasing per crop. Every random draw of a sample comes from a
-  seed the sampler hands out with its index, so a sample's augmentation depends on (seed, epoch, position)
-  only - not on worker count or process - which makes seeded runs and `--resume` reproducible.
+  all five crops (one call with the parts as additional targets); padding-crop and random erasing per crop.
+  Every random draw of a sample comes from a seed the sampler hands out with its index, so a sample's
+  augmentation depends on (seed, epoch, position) only - not on worker count or process - which makes seeded
+  runs and `--resume` reproducible.
 - Workers return uint8 CHW tensors (4x less inter-process traffic than float); `normalize_inputs` turns them
   into floats on the training device: by default minus the channel means of the sample's whole-body image
   (Sec. 4.1: "normalized by subtracting its channel means"), the same means for its four part crops.
@@ -49,7 +50,8 @@ def input_columns(model_name: str) -> dict[str, str]:
     return {name: name for name in REGION_NAMES}
 
 
-def input_sizes(keys: Sequence[str], body_size: tuple[int, int], part_size: tuple[int, int]) -> dict[str, tuple[int, int]]:
+def input_sizes(keys: Sequence[str], body_size: tuple[int, int],
+                part_size: tuple[int, int]) -> dict[str, tuple[int, int]]:
     """(height, width) each input is resized to: the body size for "body", the part size for the four parts."""
     return {k: tuple(body_size) if k == "body" else tuple(part_size) for k in keys}
 
@@ -169,7 +171,8 @@ class SampleTransform:
         if augment.flip:
             shared.append(A.HorizontalFlip(p=0.5))
         if augment.color_jitter > 0:
-            shared.append(A.ColorJitter(brightness=0.2, contrast=0.15, saturation=0.15, hue=0.0, p=augment.color_jitter))
+            shared.append(A.ColorJitter(brightness=0.2, contrast=0.15, saturation=0.15, hue=0.0,
+                                        p=augment.color_jitter))
         if shared:
             self.shared = A.Compose(shared, additional_targets={k: "image" for k in keys[1:]}, is_check_shapes=False)
         body_h, body_w = self.sizes.get("body", self.sizes[keys[0]])

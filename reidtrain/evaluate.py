@@ -11,9 +11,10 @@
     extract_features(...) -> Features        also behind `cli.py extract` (see reidtrain.export)
 
 Features are [E_g, E_l] (Eq. 9) of the model in eval mode, optionally averaged with those of the mirrored
-inputs. The ranked lists use the plain distance (not the re-ranked one). Protocol "auto": CUHK03 caches made with the classic (1,367/100) split use the single-gallery-shot
-CMC averaged over seeded repeats; everything else (Market-1501, DukeMTMC-reID, MSMT17, CUHK03 767/700,
-folder datasets) the Market-1501 protocol. A CUHK03 cache whose recorded reader option is "auto" is taken
+inputs. The ranked lists use the plain distance (not the re-ranked one). Protocol "auto": CUHK03 caches
+made with the classic (1,367/100) split use the single-gallery-shot CMC averaged over seeded repeats;
+everything else (Market-1501, DukeMTMC-reID, MSMT17, CUHK03 767/700, folder datasets) the Market-1501
+protocol. A CUHK03 cache whose recorded reader option is "auto" is taken
 as classic when its query set has at most 200 identities (classic: 100, new: 700).
 """
 from __future__ import annotations

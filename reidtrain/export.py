@@ -95,15 +95,16 @@ class InferenceModel(nn.Module):
         return self.model(inputs).features
 
 
-def export_onnx(checkpoint: Path, out: Path, opset: int = 17, exporter: str = "torchscript",
+def export_onnx(checkpoint: Path, out: Path, opset: int = 17, exporter: str = "auto",
                 verify: bool = True, batch: int = 2) -> dict:
     """Write the model of `checkpoint` as ONNX to `out` (atomic) and check it with onnx.checker.
 
-    exporter: "torchscript" (torch.onnx's tracing exporter: seconds) or "dynamo" (torch.export based: minutes
-    on a CPU for this five-branch network). verify: run the graph on one random sample (onnxruntime when
-    installed, else onnx's reference evaluator) and compare with PyTorch; the largest deviation relative to
-    the largest feature value must stay below 1e-3.
-    Returns {"path", "inputs", "output", "feature_dim", "max_rel_deviation" (or None)}.
+    exporter: "torchscript" (torch.onnx's tracing exporter: seconds), "dynamo" (torch.export based: about ten
+    times slower) or "auto" (torchscript, and dynamo when tracing fails - e.g. `baseline`, whose strip bounds
+    are computed with Python's round() on the traced image height). verify: run the graph on one random
+    sample (onnxruntime when installed, else onnx's reference evaluator) and compare with PyTorch; the largest
+    deviation relative to the largest feature value must stay below 1e-3.
+    Returns {"path", "inputs", "output", "feature_dim", "max_rel_deviation" (or None), "exporter"}.
     """
     import warnings
 
@@ -114,26 +115,36 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = 17, exporter: str = "t
     sizes = {k: tuple(meta["body_size"]) if k == "body" else tuple(meta["part_size"]) for k in wrapper.keys}
     example = tuple(torch.rand(batch, 3, *sizes[k]) for k in wrapper.keys)
     names = list(wrapper.keys)
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}")
     out = Path(out)
+
+    def run(kind: str, tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # tracer warnings about the input checks (constant here)
+            if kind == "dynamo":
+                batch_dim = torch.export.Dim("batch", min=1, max=4096)
+                torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["features"],
+                                  opset_version=max(opset, 18), dynamo=True, external_data=False, verbose=False,
+                                  dynamic_shapes={"images": tuple({0: batch_dim} for _ in names)})
+            else:
+                torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["features"],
+                                  opset_version=opset, dynamo=False,
+                                  dynamic_axes={k: {0: "batch"} for k in [*names, "features"]})
+
     with atomic_path(out) as tmp:
+        used = "torchscript" if exporter == "auto" else exporter
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")   # tracer warnings about the input checks (constant here)
-                if exporter == "dynamo":
-                    batch_dim = torch.export.Dim("batch", min=1, max=4096)
-                    torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["features"],
-                                      opset_version=opset, dynamo=True, external_data=False,
-                                      dynamic_shapes={"images": tuple({0: batch_dim} for _ in names)})
-                elif exporter == "torchscript":
-                    torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["features"],
-                                      opset_version=opset, dynamo=False,
-                                      dynamic_axes={k: {0: "batch"} for k in [*names, "features"]})
-                else:
-                    raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
-        except ValueError:
-            raise
+            try:
+                run(used, tmp)
+            except Exception:
+                if exporter != "auto":
+                    raise
+                used = "dynamo"
+                run(used, tmp)
         except Exception as e:  # the exporters raise many types; say which model and file
-            raise ExportError(f"{out}: ONNX export of {meta['model']!r} failed: {type(e).__name__}: {e}") from e
+            raise ExportError(f"{out}: ONNX export of {meta['model']!r} ({used} exporter) failed: "
+                              f"{type(e).__name__}: {e}") from e
         graph = onnx.load(str(tmp))
         try:
             onnx.checker.check_model(graph, full_check=True)
@@ -143,7 +154,7 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = 17, exporter: str = "t
         if deviation is not None and not deviation < 1e-3:
             raise ExportError(f"{out}: ONNX output deviates from PyTorch by {deviation:.2e} (relative)")
     return {"path": str(out), "inputs": {k: [None, 3, *sizes[k]] for k in names}, "output": "features",
-            "feature_dim": int(model.feature_dim), "max_rel_deviation": deviation}
+            "feature_dim": int(model.feature_dim), "max_rel_deviation": deviation, "exporter": used}
 
 
 def _verify(graph, wrapper: InferenceModel, sizes: dict) -> float:

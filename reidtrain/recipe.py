@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from posecrop.atomic import atomic_write_text
-from posecrop.typedconfig import ConfigError, from_mapping, merge, to_dict
+from posecrop.typedconfig import ConfigError, from_mapping, to_dict
 
 from .config import MODEL_CHOICES, EvalConfig, TrainConfig, config_hash, result_config
 
@@ -432,7 +432,8 @@ def results_table(title: str, results: Mapping[str, Mapping[str, Any]]):
 
 
 def write_results(out: Path, recipe: Recipe, results: Mapping[str, Mapping[str, Any]]) -> list[Path]:
-    """results.json / results.md, a CMC plot of all models, the ranked lists side by side, summary page."""
+    """results.json / results.md, a CMC plot of all models, the ranked lists side by side, summary page (with
+    each model's first attention-map figure)."""
     import numpy as np
 
     from .reports import plot_cmc, write_summary
@@ -453,6 +454,7 @@ def write_results(out: Path, recipe: Recipe, results: Mapping[str, Mapping[str, 
     ranked = _ranked_side_by_side(out, results)
     if ranked is not None:
         figures.append(ranked)
+    figures += [p for m in results for p in [out / "runs" / m / "eval" / "attention-0.png"] if p.is_file()]
     summary = write_summary(out, {k: {c: v.get(c) for c in RESULT_COLUMNS} for k, v in results.items()}, figures,
                             {"recipe": recipe.raw}, title=f"{recipe.name}: results")
     return files + figures + [summary, summary.with_suffix(".html")]

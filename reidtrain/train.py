@@ -311,8 +311,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
                     save_checkpoint(last_path, state)
                     if cfg.keep_every and epoch % cfg.keep_every == 0:
                         save_checkpoint(ckpt_dir / f"epoch-{epoch:03d}.pt", state)
-                    say(f"{cfg.model} epoch {epoch}/{cfg.epochs}  loss {row['loss']:.4f} (intra {row['loss_intra']:.3f}, "
-                        f"inter {row['loss_inter']:.3f})  acc {row['accuracy']:.3f}  lr {row['lr']:.2g}  "
+                    say(f"{cfg.model} epoch {epoch}/{cfg.epochs}  loss {row['loss']:.4f} "
+                        f"(intra {row['loss_intra']:.3f}, inter {row['loss_inter']:.3f})  acc {row['accuracy']:.3f}  lr {row['lr']:.2g}  "
                         f"{row['images_per_s']:.1f} img/s")
         if rt.is_main:
             save_checkpoint(out / "model.pt", {"format": FORMAT, "epoch": max(start_epoch, cfg.epochs),

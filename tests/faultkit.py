@@ -187,16 +187,20 @@ def cli(*args: str, timeout: float = 120, env: dict | None = None,
         preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
     """Run `python cli.py ARGS` from the repository root; captures text output."""
     return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=_env(env), preexec_fn=preexec_fn)
+                          timeout=timeout, env=child_env(env), preexec_fn=preexec_fn)
 
 
-def popen(*args: str, env: dict | None = None, preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
-    """Start `python cli.py ARGS` (stdout discarded, stderr piped as text)."""
+def popen(*args: str, env: dict | None = None, preexec_fn: Callable[[], None] | None = None,
+          new_session: bool = False) -> subprocess.Popen:
+    """Start `python cli.py ARGS` (stdout discarded, stderr piped as text); new_session: in its own process
+    group (for os.killpg, as a terminal's Ctrl-C)."""
     return subprocess.Popen([sys.executable, "cli.py", *map(str, args)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=_env(env), preexec_fn=preexec_fn)
+                            stderr=subprocess.PIPE, text=True, env=child_env(env), preexec_fn=preexec_fn,
+                            start_new_session=new_session)
 
 
-def _env(extra: dict | None) -> dict:
+def child_env(extra: dict | None = None) -> dict:
+    """This environment plus OMP_NUM_THREADS=1 (unless set) and `extra`."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra or {})
@@ -270,7 +274,7 @@ _MAXRSS = ("import resource, subprocess, sys\n"
 def cli_maxrss(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
     """`python cli.py ARGS` plus the peak resident memory in MB of the command (or of one of its workers)."""
     proc = subprocess.run([sys.executable, "-c", _MAXRSS, *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env=_env(None))
+                          text=True, timeout=timeout, env=child_env(None))
     kb = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("MAXRSS_KB ")]
     assert kb, proc.stderr[-2000:]
     return proc, kb[-1] / 1024

@@ -199,7 +199,8 @@ def test_samplers_are_seeded_sharded_and_identity_balanced():
     assert len(order) % 6 == 0 and order
     for b in range(0, len(order), 6):
         batch_labels = labels[order[b: b + 6]]
-        assert len(set(batch_labels.tolist())) == 3 and all((batch_labels == lab).sum() == 2 for lab in set(batch_labels))
+        assert len(set(batch_labels.tolist())) == 3
+        assert all((batch_labels == lab).sum() == 2 for lab in set(batch_labels.tolist()))
     with pytest.raises(ValueError, match="identities"):
         EpochSampler(labels, batch_size=16, mode="identity", instances_per_id=2)
 
@@ -232,7 +233,8 @@ def test_bad_cache_errors_name_the_place(tmp_path, cache):
     rows = pq.read_table(next((cache / "query").glob("*.parquet"))).to_pylist()
     rows[0]["head"] = {"bytes": b"not a jpeg", "path": "x.jpg"}
     (tmp_path / "query").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows, schema=cache_schema({})), tmp_path / "query" / "part-000of001-000000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, schema=cache_schema({})),
+                   tmp_path / "query" / "part-000of001-000000.parquet")
     split = load_split(tmp_path, "query", input_columns("aligned"))
     ds = ReidDataset(split, SampleTransform(input_sizes(list(split.images), (32, 16), (8, 16))))
     bad = split.image_ids.index(rows[0]["image_id"])

@@ -175,3 +175,9 @@ def test_extract_and_export_the_trained_model(tiny_run, tmp_path):
     assert [i.name for i in graph.graph.input] == ["body", "head", "upper_body", "upper_leg", "lower_leg"]
     assert [o.name for o in graph.graph.output] == ["features"]
     assert info["max_rel_deviation"] < 1e-3
+
+
+def test_model_choices_match_the_model_package():
+    from reidtrain.config import MODEL_CHOICES
+    from reidtrain.model import MODEL_NAMES
+    assert MODEL_CHOICES == MODEL_NAMES

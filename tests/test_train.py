@@ -46,46 +46,54 @@ def test_eq11_loss_weights_intra_and_inter():
         eq11_loss({k: v for k, v in logits.items() if k != "fused"}, labels, 0.5)
 
 
-def test_training_lowers_the_loss_and_resume_is_exact(cache, tmp_path):
-    cfg = TrainConfig(cache=cache, out=tmp_path / "straight", model="intra-inter", epochs=3, seed=7,
-                      augment=AugmentConfig(pad=2, erasing=0.3), **SMALL)
-    straight = train(cfg, progress=False)
-    losses = [row["loss"] for row in straight.history]
-    assert len(losses) == 3 and losses[-1] < losses[0], losses
-    assert all(0 < row["images_per_s"] and row["images"] == 12 for row in straight.history)
-
+def test_a_short_training_run_lowers_the_loss(cache, tmp_path):
+    # one full batch per epoch: from scratch, the first steps of this five-branch net are noisy with tiny batches
+    cfg = TrainConfig(cache=cache, out=tmp_path / "run", model="intra-inter", epochs=6, seed=7, batch_size=12,
+                      workers=0, lr=0.02, body_size=(64, 32), part_size=(16, 32), tensorboard=True,
+                      augment=AugmentConfig(flip=True, pad=0, erasing=0.0))
+    result = train(cfg, progress=False)
+    losses = [row["loss"] for row in result.history]
+    assert len(losses) == 6 and (losses[-1] + losses[-2]) / 2 < losses[0], losses
+    assert all(row["images_per_s"] > 0 and row["images"] == 12 for row in result.history)
     # what the run left: metrics per epoch, TensorBoard events, the last checkpoint, the final weights
-    rows = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert list((tmp_path / "straight" / "tb").glob("events.out.tfevents.*"))
-    final = load_checkpoint(tmp_path / "straight" / "model.pt")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in rows] == losses
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 6
+    final = load_checkpoint(tmp_path / "run" / "model.pt")
     assert final["meta"]["model"] == "intra-inter" and final["meta"]["num_classes"] == 3
     assert final["meta"]["train_pids"] == [1, 2, 3]
+    assert all(torch.equal(final["model"][k], v) for k, v in result.model.state_dict().items())
 
-    # the same run killed in the middle of epoch 3, then resumed: restarts epoch 3 from the epoch-2 checkpoint
+
+def test_killed_mid_epoch_and_resumed_equals_the_uninterrupted_run(cache, tmp_path):
+    cfg = TrainConfig(cache=cache, out=tmp_path / "straight", model="intra-inter", epochs=2, seed=3,
+                      augment=AugmentConfig(pad=2, erasing=0.3, color_jitter=0.5), tensorboard=False, **SMALL)
+    straight = train(cfg, progress=False)
     killed_cfg = TrainConfig(**{**cfg.__dict__, "out": tmp_path / "killed"})
 
-    def kill(epoch: int, step: int, loss: float) -> None:
-        if epoch == 3 and step == 1:
+    def kill(epoch: int, step: int, loss: float) -> None:  # after the 2nd of the 3 steps of epoch 2
+        if epoch == 2 and step == 1:
             raise Killed
 
     with pytest.raises(Killed):
         train(killed_cfg, progress=False, on_step=kill)
-    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["epoch"] == 1
     leftover = tmp_path / "killed" / "checkpoints" / ".last.pt.abc123.tmp"  # a checkpoint write killed half-way
     leftover.write_bytes(b"half a checkpoint")
-    resumed = train(killed_cfg, resume=True, progress=False)
+    resumed = train(killed_cfg, resume=True, progress=False)  # restarts epoch 2 from the epoch-1 checkpoint
     assert not leftover.exists()
-    assert [row["epoch"] for row in resumed.history] == [3]
+    assert [row["epoch"] for row in resumed.history] == [2]
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"resumed weights differ from the uninterrupted run: {different[:5]}"
     rows = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert rows[2]["loss"] == pytest.approx(losses[2], abs=0, rel=0)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in straight.history]
 
-    # resuming with a different setting is refused, naming it; more epochs are allowed
+    # resuming with a different setting is refused, naming it
     changed = TrainConfig(**{**killed_cfg.__dict__, "lr": 0.5})
     with pytest.raises(CheckpointError, match="lr"):
         train(changed, resume=True, progress=False)
@@ -97,7 +105,8 @@ def test_init_from_checkpoint_reports_what_matched(tmp_path):
                                           | {"module.extra.weight": torch.zeros(2)}})
     target = build_model("intra-inter", 3, (64, 32), (16, 32))
     report = init_from_checkpoint(target, tmp_path / "src.pt")
-    classifier_keys = {k for k in target.state_dict() if k.startswith("classifier.") and k.endswith((".weight", ".bias"))}
+    classifier_keys = {k for k in target.state_dict()
+                       if k.startswith("classifier.") and k.endswith((".weight", ".bias"))}
     assert {k for k, _, _ in report.shape_mismatched} == classifier_keys
     assert report.unexpected == ["extra.weight"]
     assert not report.missing
