@@ -382,7 +382,8 @@ class CacheWriter:
                 try:
                     old = read_settings(pq.read_schema(parts[0]))
                 except (pa.ArrowException, OSError) as e:
-                    raise CacheError(f"{parts[0]}: unreadable part file ({e})") from e
+                    raise CacheError(f"{parts[0]}: unreadable part file ({e}); move it away and re-run to redo "
+                                     "its images") from e
                 diff = settings_mismatch(old, {"format_version": json.loads(self.schema.metadata[b"posecrop"])
                                                ["format_version"], **self.settings})
                 if diff:

@@ -19,6 +19,7 @@ Layout of a run (OUT, default out/<recipe file stem>):
     OUT/results.json, results.md the results table of all models; cmc.png, ranked_list.png and
     OUT/summary.md / .html       the one-page summary comparing them
     OUT/.stages/<stage>.json     what each stage was run with
+    OUT/recipe.toml, recipe-effective.json   the recipe file, and its tables after --set overrides
 
 Up-to-date skipping: a stage's key is the hash of its configuration and of the keys of the stages it reads
 from. A stage whose record says "done" with the current key and whose outputs exist is skipped; one that
@@ -358,6 +359,7 @@ def run_recipe(recipe: Recipe, out: Path | None = None, force: bool = False, mod
         raise RecipeError(f"{recipe.path}: models {unknown} are not in the recipe's [model] names {recipe.models}")
     synth_cfg, crop_cfg, trains, evals = plan_configs(recipe, out)
     atomic_write_text(out / "recipe.toml", recipe.path.read_text(encoding="utf-8"))
+    atomic_write_text(out / "recipe-effective.json", json.dumps(recipe.raw, indent=1, default=str))  # with --set
     stages: dict[str, str] = {}
     t_start = time.perf_counter()
 

@@ -23,6 +23,8 @@ recipe with unknown key / wrong type     exit 1 naming the key, nothing written 
 malicious pickle as pose checkpoint      refused, its code never runs (even with the torch env     none
                                          variable that turns weights_only off)
 file size limit / disk full / read-only  exit 1 naming the file, no temporary left, re-run resumes none
+report on a full disk, torn report line  exit 1 naming the report; parts kept; next run appends   none
+a part file damaged later                exit 1 naming it ("move it away"); doing so redoes it     its rows, redone
 """
 from __future__ import annotations
 
@@ -659,3 +661,29 @@ def test_output_where_a_file_blocks_the_folder(base, tmp_path):
         finally:
             ro.chmod(0o755)
         assert r.returncode == 1 and "Permission denied" in r.stderr and str(ro) in r.stderr
+
+
+def test_a_corrupt_part_file_is_named_and_moving_it_away_recovers(base, base_rows, tmp_path):
+    """A part file damaged after the fact (disk error, an interrupted copy of the cache): resuming stops with a
+    message naming it and saying what to do; doing it redoes exactly that file's images."""
+    out = tmp_path / "cache"
+    args = ("crop", "--root", base, "--out", out, "--workers", "0", *CROP_FLAGS)
+    assert fk.cli(*args).returncode == 0
+    import pyarrow.parquet as pq
+
+    damaged = sorted((out / "gallery").glob("part-*.parquet"))[1]
+    its_rows = set(pq.read_table(damaged, columns=["image_id"]).column(0).to_pylist())
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])
+    before = {p: p.read_bytes() for p in out.rglob("*.parquet")}
+    r = fk.cli(*args)
+    assert r.returncode == 1, r.stdout + r.stderr
+    msg = " ".join(r.stderr.split())
+    assert f"{damaged}: unreadable part file" in msg and "move it away and re-run" in msg and "Traceback" not in msg
+    assert {p: p.read_bytes() for p in out.rglob("*.parquet")} == before  # nothing else touched
+    damaged.rename(tmp_path / damaged.name)
+    again = fk.cli(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{len(its_rows)} rows written" in " ".join(again.stdout.split())
+    assert_intact(out)
+    assert_same_rows(fk.cache_rows(out), base_rows)
