@@ -92,7 +92,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]!r} (known keys: {', '.join(sorted(fields))})")
+        raise ConfigError(f"unknown key {prefix + unknown[0]!r} (known keys: {', '.join(sorted(fields))})")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     try:
         return cls(**kwargs)

@@ -222,6 +222,13 @@ def stage_plan(out: Path, stage: Stage, force: bool) -> str:
     same_key = record.get("key") == stage.key and not force
     if same_key and record.get("state") == "done" and all(p.exists() for p in stage.outputs):
         return "skip"
+    if not record and not force:
+        # Outputs with no record of this runner were made by someone else (e.g. hours of `crop --out OUT/cache`):
+        # never delete them behind the user's back.
+        foreign = [p for p in stage.clean if p.exists() and (p.is_file() or any(p.iterdir()))]
+        if foreign:
+            raise RecipeError(f"{foreign[0]} exists but was not made by `run` (no record in {_record_path(out, stage.name)}); "
+                              f"move it away, choose another --out, or pass --force to replace it")
     return "resume" if same_key and record else "fresh"
 
 

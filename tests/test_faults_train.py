@@ -13,7 +13,7 @@ malicious pickle as last.pt / --init-from /    refused (CheckpointError naming t
 truncated / empty checkpoint                   refused naming the file                                none
 recipe: unknown key / wrong type / reserved    `run` exits 1 naming the key before writing anything   none
   path key / model name with '..'
-existing OUT/cache not made by `run`           DELETED by `run` (xfail: reidtrain/recipe.py bug)      the cache
+existing OUT/cache not made by `run`           refused, folder named, --force to replace              none
 """
 from __future__ import annotations
 
@@ -306,11 +306,9 @@ def test_run_refuses_a_bad_recipe_before_writing_anything(tmp_path, edit, named)
     assert not out.exists() and not (tmp_path / "elsewhere").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="reidtrain/recipe.py run_stage removes a stage's outputs whenever its "
-                                       "record is missing - also a cache or run folder the recipe did not make")
 def test_run_does_not_delete_a_cache_it_did_not_make(tmp_path):
-    """A user's existing OUT/cache (e.g. hours of `crop`), then `run recipe --out OUT`: it must be resumed or
-    refused, never deleted."""
+    """A user's existing OUT/cache (e.g. hours of `crop`), then `run recipe --out OUT`: it must be refused (the folder
+    named), never deleted."""
     root = fk.synth_market(tmp_path / "data")
     out = tmp_path / "out"
     mine = out / "cache" / "my-notes.txt"
@@ -318,10 +316,7 @@ def test_run_does_not_delete_a_cache_it_did_not_make(tmp_path):
     mine.write_text("hours of work")
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(RECIPE.format(root=root))
-    p = fk.popen("run", recipe, "--out", out, "--no-progress")
-    try:  # the crop stage starts within seconds; stop the run there (training is not needed to see it)
-        fk.wait_for(lambda: (out / ".stages" / "crop.json").exists() or not mine.exists(), p, timeout=300)
-        time.sleep(0.2)
-    finally:
-        fk.kill(p)
-    assert mine.exists(), "run deleted OUT/cache, which it had not made"
+    r = fk.cli("run", recipe, "--out", out, "--no-progress", timeout=300)
+    assert mine.read_text() == "hours of work", "run deleted OUT/cache, which it had not made"
+    msg = " ".join(r.stderr.split())
+    assert r.returncode == 1 and "was not made by `run`" in msg and str(out / "cache") in msg, msg

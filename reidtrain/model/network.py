@@ -90,7 +90,7 @@ class Branch(nn.Module):
 def horizontal_strips(image: torch.Tensor, count: int = 4) -> list[torch.Tensor]:
     """Cut (B, C, H, W) into `count` horizontal strips of (nearly) equal height, top to bottom."""
     h = image.shape[-2]
-    bounds = [round(i * h / count) for i in range(count + 1)]
+    bounds = [(i * h + count // 2) // count for i in range(count + 1)]  # integer arithmetic: traceable for ONNX
     return [image[..., bounds[i]:bounds[i + 1], :] for i in range(count)]
 
 
