@@ -151,7 +151,7 @@ def run(quick: bool = True) -> list[dict]:
     batch = CropConfig().batch_size
     with tempfile.TemporaryDirectory(prefix="bench-crop-") as tmp:
         data = Path(tmp) / "data"
-        total = make_dataset(data, n)
+        make_dataset(data, n)
         records = read_dataset("market", data)
         paths = [str(data / r.path) for r in records]
         for p in paths:  # warm the page cache for all sides

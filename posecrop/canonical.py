@@ -154,7 +154,7 @@ class CanonicalBank:
             comma = "," if i < len(items) - 1 else ""
             if key == "poses":
                 rows = [json.dumps(p, separators=(",", ":")) for p in value]
-                lines.append(f' "poses": [\n  ' + ",\n  ".join(rows) + f"\n ]{comma}")
+                lines.append(' "poses": [\n  ' + ",\n  ".join(rows) + f"\n ]{comma}")
             elif key in ("mean_pose", "joint_names", "names"):
                 lines.append(f" {json.dumps(key)}: {json.dumps(value, separators=(',', ':'))}{comma}")
             else:

@@ -6,6 +6,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..keypoints import NUM_KEYPOINTS
 from ..records import ImageRecord
 
 
@@ -33,3 +34,18 @@ class PoseSource(Protocol):
         NaN coordinates and score 0 (see posecrop.keypoints.mark_missing). A whole-image failure for item i raises
         PoseReadError only if it cannot be expressed as an all-missing pose (e.g. an unreadable keypoint file)."""
         ...
+
+
+class PerImageKeypoints:
+    """Mixin for precomputed-keypoint sources: `estimate` is `read(record, width, height)` per item of the batch."""
+
+    def read(self, record: ImageRecord, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def estimate(self, batch: Sequence[PoseBatchItem]) -> tuple[np.ndarray, np.ndarray]:
+        kps = np.empty((len(batch), NUM_KEYPOINTS, 2), np.float32)
+        scores = np.empty((len(batch), NUM_KEYPOINTS), np.float32)
+        for i, item in enumerate(batch):
+            height, width = item.image.shape[:2]
+            kps[i], scores[i] = self.read(item.record, width, height)
+        return kps, scores

@@ -25,13 +25,13 @@ import json
 import math
 import os
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+
 
 import numpy as np
 
 from ..keypoints import NUM_KEYPOINTS, body25_to_coco18, mark_missing
 from ..records import ImageRecord
-from .base import PoseBatchItem, PoseReadError
+from .base import PerImageKeypoints, PoseReadError
 
 LAYOUTS = ("mirror", "flat")
 _KEYS = ("pose_keypoints_2d", "pose_keypoints")
@@ -98,7 +98,7 @@ def person_fit(keypoints: np.ndarray, scores: np.ndarray, width: int, height: in
     return np.where(n >= 2, fit, 0.0)
 
 
-class OpenPoseJsonSource:
+class OpenPoseJsonSource(PerImageKeypoints):
     """Pose source reading OpenPose JSON files that mirror the dataset (see the module doc)."""
 
     name = "openpose-json"
@@ -140,11 +140,3 @@ class OpenPoseJsonSource:
         kps, scores = clean_people(kps, scores, width, height)
         best = int(np.argmax(person_fit(kps, scores, width, height)))
         return kps[best], scores[best]
-
-    def estimate(self, batch: Sequence[PoseBatchItem]) -> tuple[np.ndarray, np.ndarray]:
-        kps = np.empty((len(batch), NUM_KEYPOINTS, 2), np.float32)
-        scores = np.empty((len(batch), NUM_KEYPOINTS), np.float32)
-        for i, item in enumerate(batch):
-            height, width = item.image.shape[:2]
-            kps[i], scores[i] = self.read(item.record, width, height)
-        return kps, scores

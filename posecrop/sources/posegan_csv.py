@@ -27,7 +27,7 @@ import numpy as np
 
 from ..keypoints import NUM_KEYPOINTS
 from ..records import ImageRecord
-from .base import PoseBatchItem, PoseReadError
+from .base import PerImageKeypoints, PoseReadError
 
 CROP_HEIGHT, CROP_WIDTH = 128, 64  # the frame the CSV coordinates are given in
 HEADER = "name:keypoints_y:keypoints_x"
@@ -65,7 +65,7 @@ def _parse_csv(path: Path) -> tuple[list[str], np.ndarray]:
     return names, values.reshape(len(names), 2, NUM_KEYPOINTS)
 
 
-class PoseGanCsvSource:
+class PoseGanCsvSource(PerImageKeypoints):
     """Pose source backed by pose-gan's market-annotation-*.csv files (loaded once into numpy arrays)."""
 
     name = "posegan-csv"
@@ -118,11 +118,3 @@ class PoseGanCsvSource:
                                 f"bounding_box_test only)")
         scale = np.array([width / CROP_WIDTH, height / CROP_HEIGHT], np.float32)
         return self.keypoints[i] * scale, self.scores[i].copy()
-
-    def estimate(self, batch: Sequence[PoseBatchItem]) -> tuple[np.ndarray, np.ndarray]:
-        kps = np.empty((len(batch), NUM_KEYPOINTS, 2), np.float32)
-        scores = np.empty((len(batch), NUM_KEYPOINTS), np.float32)
-        for i, item in enumerate(batch):
-            height, width = item.image.shape[:2]
-            kps[i], scores[i] = self.read(item.record, width, height)
-        return kps, scores
