@@ -86,6 +86,11 @@ def register(app: typer.Typer) -> None:
         pose_source: Optional[str] = typer.Option(None, "--pose-source", help="openpose-json, posegan-csv or "
                                                   "mmpose. (default: openpose-json if ROOT/keypoints exists, "
                                                   "else mmpose)"),
+        pose_checkpoint: Optional[Path] = typer.Option(None, "--pose-checkpoint", help="mmpose checkpoint file "
+                                                       "(selects the mmpose source; default: mmpose's download)."),
+        pose_config: Optional[str] = typer.Option(None, "--pose-config", help="mmpose top-down COCO-17 config: a "
+                                                  "shipped name or a config path (selects the mmpose source; "
+                                                  "default: rtmpose-s_coco17-256x192)."),
         pose_option: Optional[List[str]] = typer.Option(None, "--pose-option", help="KEY=VALUE option of the pose "
                                                         "source (repeatable), e.g. checkpoint=PATH, device=cpu."),
         dataset_option: Optional[List[str]] = typer.Option(None, "--dataset-option", help="KEY=VALUE option of the "
@@ -147,6 +152,12 @@ def register(app: typer.Typer) -> None:
         if posegan_csv:
             kind = kind or "posegan-csv"
             pose_options.setdefault("csv_paths", [str(p) for p in posegan_csv])
+        if pose_checkpoint is not None or pose_config is not None:
+            kind = kind or "mmpose"
+            if pose_checkpoint is not None:
+                pose_options.setdefault("checkpoint", str(pose_checkpoint))
+            if pose_config is not None:
+                pose_options.setdefault("config", pose_config)
         overrides = {
             "dataset": dataset, "root": root, "out": out, "pose_source": kind,
             "pose_options": {**values.get("pose_options", {}), **pose_options} if pose_options else None,

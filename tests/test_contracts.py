@@ -132,12 +132,28 @@ def test_cache_schema_metadata_round_trip(tmp_path):
     assert read_settings(back)["beta"] == 0.1 and read_settings(back)["format_version"] == 1
 
 
-def test_cli_help_lists_commands_with_descriptions():
-    out = subprocess.run([sys.executable, "cli.py", "--help"], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "COLUMNS": "200", "TERM": "dumb"})
+COMMANDS = ("synth", "crop", "info", "show", "canonical", "model-info", "train", "evaluate", "extract", "export",
+            "run", "demo", "bench")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "cli.py", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"})
+
+
+def test_cli_help_lists_every_command_with_a_description():
+    out = _cli("--help")
     assert out.returncode == 0, out.stderr
-    for command in ("bench",):
-        assert command in out.stdout
+    listed = {line.split()[1] for line in out.stdout.splitlines() if line.startswith("│ ") and len(line.split()) > 2}
+    assert set(COMMANDS) <= listed, set(COMMANDS) - listed
+
+
+@pytest.mark.parametrize("command", ["synth", "crop", "model-info", "train", "evaluate", "run", "bench",
+                                     "canonical fit"])
+def test_each_command_help_shows_defaults(command):
+    out = _cli(*command.split(), "--help")
+    assert out.returncode == 0, out.stderr
+    assert "[default:" in out.stdout, out.stdout
 
 
 def test_atomic_write_gives_normal_file_mode(tmp_path):

@@ -390,3 +390,22 @@ def test_non_topdown_or_non_coco17_configs_are_refused():
         MMPoseSource(config=mpii, checkpoint="random")
     with pytest.raises(PoseConfigError, match="top-down"):
         MMPoseSource(config=rtmo, checkpoint="random")
+
+
+def test_crop_cli_names_a_missing_pose_checkpoint_without_a_traceback(tmp_path):
+    """`crop --pose-checkpoint PATH` selects the mmpose source; a wrong path is a clear one-line error (exit 1)."""
+    import subprocess
+    import sys
+
+    from posecrop.synth import generate, preset
+
+    data = tmp_path / "data"
+    generate(preset("tiny"), data, progress=False, preview=False)
+    (data / "keypoints").rename(tmp_path / "kp-elsewhere")  # no precomputed keypoints: mmpose would be the default
+    missing = tmp_path / "weights" / "rtmpose-s.pth"
+    r = subprocess.run([sys.executable, "cli.py", "crop", "--dataset", "market", "--root", str(data),
+                        "--out", str(tmp_path / "cache"), "--pose-checkpoint", str(missing), "--no-progress"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    msg = " ".join(r.stderr.split())
+    assert r.returncode == 1, r.stdout + r.stderr[-2000:]
+    assert str(missing) in msg and "not found" in msg and "Traceback" not in r.stderr, msg

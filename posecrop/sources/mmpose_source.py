@@ -40,7 +40,7 @@ class PoseConfigError(ValueError):
     """The mmpose config is missing, unreadable, or not a top-down COCO-17 model. The message names the file."""
 
 
-class PoseCheckpointError(RuntimeError):
+class PoseCheckpointError(ValueError):
     """The weights could not be obtained or do not fit the model. The message names the path or URL."""
 
 
