@@ -79,7 +79,8 @@ def run_suite(stages: tuple[str, ...] = STAGES, quick: bool = True, out: Path | 
             errors[stage] = err
             console.print(f"[red]{stage} failed[/]: {err.strip().splitlines()[-1] if err.strip() else err}")
         for r in stage_rows:
-            r.setdefault("peak_mem_mb", round(peak_mb, 1))
+            if r.get("peak_mem_mb") is None:
+                r["peak_mem_mb"] = round(peak_mb, 1)
             r["seconds"] = round(time.perf_counter() - t0, 1)
         rows.extend(stage_rows)
     meta = {"mode": "quick" if quick else "full", "machine": f"{platform.machine()} {os.cpu_count()} cpu",

@@ -49,6 +49,10 @@ REGION_DEFINITION = ("DESIGN.md section 2 (paper Eq. 1-2): top(R0)=top(R1)=2 min
                      "R2, R3 = [min y(Pi) - b, max y(Pi) + b]; R4 top = min y(P4) - b; b = beta * H; x in "
                      "[min(xc - H/4, min x(P0)), max(xc + H/4, max x(P0))], xc = mean x(P0)")
 BOX_FRAME = "continuous pixels of the source image: the image covers [0, width] x [0, height]"
+# Keypoint sources (OpenPose, pose-gan, mmpose, our synth) put pixel i's centre at coordinate i; the crop frame has
+# it at i + 0.5. Eq. 1-2 is translation-equivariant, so boxes = region_boxes(keypoints) + PIXEL_CENTRE.
+KEYPOINT_FRAME = "source pixels, pixel centres at integer coordinates (as OpenPose writes them)"
+PIXEL_CENTRE = 0.5
 
 
 @dataclass
@@ -174,6 +178,7 @@ def build_settings(cfg: CropConfig, source_description: dict, bank_sha256: str) 
                     for name, size in zip(REGION_NAMES, cfg.region_sizes())},
         "region_definition": REGION_DEFINITION,
         "box_frame": BOX_FRAME,
+        "keypoint_frame": KEYPOINT_FRAME,
         "beta": cfg.beta,
         "beta_column": "per-row beta = beta * H in source pixels",
         "threshold": cfg.threshold,
@@ -285,14 +290,15 @@ def _whole_path(image_id: str, ext: str) -> str:
 
 
 def _boxes_per_pose(keypoints: np.ndarray, spec: RegionSpec, beta: float) -> list[np.ndarray | str]:
-    """region_boxes for the batch; poses it cannot place get the reason instead of boxes."""
+    """region_boxes for the batch, moved from the keypoint frame to the box frame (see PIXEL_CENTRE); poses it
+    cannot place get the reason instead of boxes."""
     try:
-        return list(region_boxes(keypoints, spec, beta))
+        return list(region_boxes(keypoints, spec, beta) + PIXEL_CENTRE)
     except RegionGeometryError:
         out: list[np.ndarray | str] = []
         for kp in keypoints:
             try:
-                out.append(region_boxes(kp[None], spec, beta)[0])
+                out.append(region_boxes(kp[None], spec, beta)[0] + PIXEL_CENTRE)
             except RegionGeometryError as e:
                 out.append(f"regions: {str(e).split(': ', 1)[-1]}")
         return out

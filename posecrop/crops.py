@@ -15,13 +15,14 @@ to rounding to whole output pixels.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import struct
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -129,6 +130,24 @@ def _check_size(name: str, w: int, h: int, max_pixels: int) -> None:
         raise ImageDecodeError(f"{name}: image has no pixels ({w}x{h})")
 
 
+@contextlib.contextmanager
+def _pil_decoding(name: str, problem: str) -> Iterator[None]:
+    """PIL work on image `name`: warnings silenced, every decoder failure raised as ImageDecodeError naming it
+    (`problem` says what a generic failure means: a corrupt image, or a corrupt header)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(f"{name}: image too large ({e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError(f"{name}: not a readable image (unknown or corrupt format)") from e
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
+        raise ImageDecodeError(f"{name}: {problem} ({type(e).__name__}: {e})") from e
+
+
 def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = 64_000_000,
                  order: Literal["RGB", "BGR"] = "RGB") -> DecodedImage:
     """Decode image bytes to 8-bit 3-channel pixels (EXIF orientation applied, as cv2.imread does).
@@ -149,24 +168,14 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = 64_000_00
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if arr is not None and arr.shape[:2] == (h, w):
             return DecodedImage(arr if order == "BGR" else cv2.cvtColor(arr, cv2.COLOR_BGR2RGB), "JPEG", order)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
-            _check_size(name, *img.size, max_pixels)
-            fmt = img.format or "UNKNOWN"
-            img.load()
-            if fmt in ("JPEG", "MPO", "TIFF", "WEBP", "PNG"):
-                img = ImageOps.exif_transpose(img)
-            rgb = np.ascontiguousarray(_to_rgb(img))
-    except ImageDecodeError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"{name}: image too large ({e})") from e
-    except UnidentifiedImageError as e:
-        raise ImageDecodeError(f"{name}: not a readable image (unknown or corrupt format)") from e
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
-        raise ImageDecodeError(f"{name}: corrupt or truncated image ({type(e).__name__}: {e})") from e
+    with _pil_decoding(name, "corrupt or truncated image"):
+        img = Image.open(io.BytesIO(data))
+        _check_size(name, *img.size, max_pixels)
+        fmt = img.format or "UNKNOWN"
+        img.load()
+        if fmt in ("JPEG", "MPO", "TIFF", "WEBP", "PNG"):
+            img = ImageOps.exif_transpose(img)
+        rgb = np.ascontiguousarray(_to_rgb(img))
     return DecodedImage(rgb if order == "RGB" else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), fmt, order)
 
 
@@ -185,22 +194,12 @@ def probe_size(path: str | os.PathLike, max_pixels: int = 64_000_000) -> tuple[i
             w, h = h, w
         _check_size(name, w, h, max_pixels)
         return w, h
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as img:
-                w, h = img.size
-                _check_size(name, w, h, max_pixels)
-                if img.format in ("JPEG", "MPO", "TIFF", "WEBP", "PNG") and img.getexif().get(0x0112) in (5, 6, 7, 8):
-                    w, h = h, w
-    except ImageDecodeError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"{name}: image too large ({e})") from e
-    except UnidentifiedImageError as e:
-        raise ImageDecodeError(f"{name}: not a readable image (unknown or corrupt format)") from e
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise ImageDecodeError(f"{name}: corrupt image header ({type(e).__name__}: {e})") from e
+    with _pil_decoding(name, "corrupt image header"):
+        with Image.open(path) as img:
+            w, h = img.size
+            _check_size(name, w, h, max_pixels)
+            if img.format in ("JPEG", "MPO", "TIFF", "WEBP", "PNG") and img.getexif().get(0x0112) in (5, 6, 7, 8):
+                w, h = h, w
     return w, h
 
 

@@ -61,7 +61,19 @@ def _expected_errors():
 
     from .checkpoint import CheckpointError
     from .export import ExportError
-    return (ConfigError, CheckpointError, CacheError, ExportError, FileNotFoundError)
+    from .train import TrainingDiverged
+    return (ConfigError, CheckpointError, CacheError, ExportError, TrainingDiverged, FileNotFoundError)
+
+
+def _trained_cache(checkpoint: Path) -> str:
+    """The crop cache a model was trained on, from its checkpoint's metadata (default of --cache)."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .evaluate import resolve_checkpoint
+    path = resolve_checkpoint(checkpoint)
+    cache = load_checkpoint(path).get("meta", {}).get("cache")
+    if not cache:
+        raise CheckpointError(f"{path}: records no training cache; pass --cache")
+    return str(cache)
 
 
 def register(app: typer.Typer) -> None:
@@ -92,8 +104,9 @@ def register(app: typer.Typer) -> None:
                                               + _d(_T.sampler)),
         instances_per_id: Optional[int] = typer.Option(None, "--instances-per-id", help="K of the identity sampler."
                                                        + _d(_T.instances_per_id)),
-        normalize: Optional[str] = typer.Option(None, "--normalize", help="'channel-mean' (each image minus its own "
-                                                "channel means, Sec. 4.1) or 'imagenet'." + _d(_T.normalize)),
+        normalize: Optional[str] = typer.Option(None, "--normalize", help="'channel-mean' (every crop minus the "
+                                                "channel means of the sample's whole-body image, Sec. 4.1) or "
+                                                "'imagenet'." + _d(_T.normalize)),
         flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flip (one decision for "
                                             "all five crops)." + _d(_A.flip)),
         pad: Optional[int] = typer.Option(None, "--pad", help="Padding-crop pixels (0 = off)." + _d(_A.pad)),
@@ -141,7 +154,8 @@ def register(app: typer.Typer) -> None:
         except errors as e:
             _fail(str(e))
         except KeyboardInterrupt:
-            _fail(f"interrupted; finished epochs are in {cfg.out}/checkpoints/last.pt - continue with --resume")
+            where = f"{cfg.out}/checkpoints/last.pt" if "cfg" in locals() and cfg is not None else "RUN/checkpoints/last.pt"
+            _fail(f"interrupted; finished epochs are in {where} - continue with --resume")
         if result.rank == 0:
             typer.echo(f"trained {cfg.model} for {result.epochs_done} epochs: {result.final}")
 
@@ -186,10 +200,9 @@ def register(app: typer.Typer) -> None:
                 "flip_average": flip_average, "protocol": protocol, "repeats": repeats, "seed": seed,
                 "batch_size": batch_size, "workers": workers, "device": device, "ranked_queries": ranked_queries,
                 "topk": topk, "reports": reports})
-            from .evaluate import evaluate, load_trained, resolve_checkpoint
+            from .evaluate import evaluate
             if cfg.cache is None:
-                _, meta, _ = load_trained(resolve_checkpoint(checkpoint))
-                cfg = merge(cfg, {"cache": meta["cache"]})
+                cfg = merge(cfg, {"cache": _trained_cache(checkpoint)})
             outcome = evaluate(cfg, progress=progress)
         except errors as e:
             _fail(str(e))
@@ -219,10 +232,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"splits must be among {', '.join(SPLITS)}, got {splits!r}", param_hint="--splits")
         errors = _expected_errors()
         try:
-            from .evaluate import load_trained, resolve_checkpoint
             from .export import extract_to_parquet, read_features
             if cache is None:
-                cache = Path(load_trained(resolve_checkpoint(checkpoint))[1]["cache"])
+                cache = Path(_trained_cache(checkpoint))
             path = extract_to_parquet(checkpoint, cache, out, names, flip_average, batch_size, workers, device,
                                       progress)
             table, feats, _ = read_features(path)

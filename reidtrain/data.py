@@ -25,6 +25,8 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import torch
+
+from posecrop.typedconfig import ConfigError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from posecrop.cache import CacheError, read_split
@@ -217,7 +219,7 @@ def normalize_batch(x: torch.Tensor, mode: str = "channel-mean", mean: torch.Ten
     """uint8 (B, 3, H, W) -> float32 in [0, 1] minus the channel means (Sec. 4.1), or ImageNet mean/std.
 
     channel-mean: `mean` (B, 3, 1, 1) when given (see `normalize_inputs`), else each image's own means."""
-    x = x.float().div_(255.0)
+    x = x.float() / 255.0
     if mode == "channel-mean":
         return x - (x.mean(dim=(2, 3), keepdim=True) if mean is None else mean)
     if mode == "imagenet":
@@ -235,7 +237,7 @@ def normalize_inputs(inputs: dict[str, torch.Tensor], mode: str = "channel-mean"
     if mode != "channel-mean":
         return {k: normalize_batch(v, mode) for k, v in inputs.items()}
     ref = inputs["body"] if "body" in inputs else next(iter(inputs.values()))
-    mean = ref.float().div_(255.0).mean(dim=(2, 3), keepdim=True)
+    mean = (ref.float() / 255.0).mean(dim=(2, 3), keepdim=True)
     return {k: normalize_batch(v, mode, mean) for k, v in inputs.items()}
 
 
@@ -282,7 +284,7 @@ class EpochSampler(Sampler):
     def __init__(self, labels: np.ndarray, batch_size: int, mode: str = "random", instances_per_id: int = 4,
                  seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if mode not in ("random", "identity"):
-            raise ValueError(f"sampler mode must be 'random' or 'identity', got {mode!r}")
+            raise ConfigError(f"sampler mode must be 'random' or 'identity', got {mode!r}")
         self.labels = np.asarray(labels, dtype=np.int64)
         self.batch_size, self.mode, self.k = batch_size, mode, instances_per_id
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -291,7 +293,7 @@ class EpochSampler(Sampler):
         if mode == "identity":
             p = batch_size // instances_per_id
             if len(np.unique(self.labels)) < p:
-                raise ValueError(f"identity sampler: {p} identities per batch but only "
+                raise ConfigError(f"identity sampler: {p} identities per batch but only "
                                  f"{len(np.unique(self.labels))} identities in the training split")
 
     def set_epoch(self, epoch: int) -> None:
@@ -328,7 +330,7 @@ class EpochSampler(Sampler):
             batches = self._identity_batches(rng)
             n = len(batches) // ws * ws
             if n == 0:
-                raise ValueError(f"identity sampler: too few images for one {bs}-image batch per rank")
+                raise ConfigError(f"identity sampler: too few images for one {bs}-image batch per rank")
             glob = np.concatenate(batches[:n])
             pos = ((np.arange(self.rank, n, ws) * bs)[:, None] + np.arange(bs)).reshape(-1)
         seeds = rng.integers(0, 2**62, size=len(glob))

@@ -105,7 +105,8 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
             device = torch.device(f"cuda:{local}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {cfg.device!r} asked but CUDA is not available")
+            from posecrop.typedconfig import ConfigError
+            raise ConfigError(f"device {cfg.device!r} asked but CUDA is not available")
         torch.cuda.set_device(device)
     created = False
     if world > 1 and not dist.is_initialized():
@@ -242,6 +243,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
         ckpt = load_checkpoint(last_path) if resume and last_path.exists() else None
         if ckpt is not None:
             _check_resume_config(ckpt, cfg, last_path)
+            saved_world = ckpt.get("meta", {}).get("world_size", 1)
+            if saved_world != rt.world_size:
+                raise CheckpointError(f"{last_path}: saved by {saved_world} process(es), resumed with {rt.world_size}: "
+                                      f"the sample order would differ - resume with the same number of processes")
             model.load_state_dict(ckpt["model"])
             scheduler.load_state_dict(ckpt["scheduler"])
             if ckpt.get("scaler"):
@@ -264,8 +269,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
             optimizer.load_state_dict(ckpt["optimizer"])
         net: nn.Module = model
         if rt.world_size > 1:
+            # broadcast_buffers=False: no per-step broadcast of rank 0's batch-norm statistics; each rank keeps its
+            # own and sync_buffers averages them at the end of every epoch.
             net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+                model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
 
         history: list[dict] = []
         writer = None

@@ -17,12 +17,13 @@ from PIL import Image
 
 from posecrop.cache import (Shard, ShardLock, cache_info, cache_settings, existing_image_ids,
                             read_report, read_split)
-from posecrop.crop_stage import CropConfig, run_crop
+from posecrop.crop_stage import PIXEL_CENTRE, CropConfig, run_crop
 from posecrop.crops import outside_fraction
 from posecrop.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES
 from posecrop.regions import REGION_NAMES, region_boxes
 from posecrop.schema import IMAGE_COLUMNS
 from posecrop.typedconfig import ConfigError, from_mapping
+import faultkit as fk
 
 REPO = Path(__file__).resolve().parents[1]
 MARKET_FOLDERS = ("bounding_box_train", "bounding_box_test", "query")
@@ -64,28 +65,8 @@ def _openpose(xy: np.ndarray | None, present: np.ndarray | None = None) -> str:
     return json.dumps({"version": 1.3, "people": [{"pose_keypoints_2d": flat}]})
 
 
-def _write(root: Path, rel: str, data: bytes, keypoints: str | None) -> None:
-    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-    (root / rel).write_bytes(data)
-    if keypoints is not None:
-        kp = root / "keypoints" / Path(rel).parent / f"{Path(rel).stem}_keypoints.json"
-        kp.parent.mkdir(parents=True, exist_ok=True)
-        kp.write_text(keypoints)
-
-
-def _replicate(src: Path, dst: Path, copies: int) -> int:
-    """Copy a Market-layout dataset with keypoints `copies` times under new frame numbers."""
-    n = 0
-    for k in range(copies):
-        for folder in MARKET_FOLDERS:
-            for img in sorted((src / folder).glob("*.jpg")):
-                parts = img.stem.split("_")
-                parts[2] = f"{(int(parts[2]) + 100000 * k) % 1000000:06d}"
-                stem = "_".join(parts)
-                kp = (src / "keypoints" / folder / f"{img.stem}_keypoints.json").read_text()
-                _write(dst, f"{folder}/{stem}.jpg", img.read_bytes(), kp)
-                n += 1
-    return n
+_write = fk.put            # image + keypoint file writer of the fault kit
+_replicate = fk.replicate  # Market layout copied under new frame numbers
 
 
 def _children(pid: int) -> list[int]:
@@ -163,7 +144,7 @@ def test_synthetic_dataset_end_to_end(synth, tmp_path):
     for image_id, row in list(rows.items())[:25]:
         kp = np.array(row["keypoints"], np.float32)
         boxes = np.array(row["boxes"], np.float32)
-        np.testing.assert_allclose(boxes, region_boxes(kp[None], beta=0.1)[0], rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(boxes, region_boxes(kp[None], beta=0.1)[0] + PIXEL_CENTRE, rtol=1e-5, atol=1e-3)
         np.testing.assert_allclose(row["outside"], outside_fraction(boxes, row["width"], row["height"]), atol=1e-6)
         assert row["beta"] == pytest.approx(0.1 * (boxes[0, 3] - boxes[0, 1]), rel=1e-5)
         assert row["whole"]["bytes"] == (synth / image_id).read_bytes()
@@ -327,7 +308,8 @@ def test_bad_images_are_reported_and_poses_with_0_1_17_missing_joints(tmp_path):
     assert (src["bounding_box_test/0007_c1s1_000015_01.jpg"] == 2).all()  # no person found: frame fallback
     # the complete pose: the body box spans the person as Eq. 1-2 says, partly above the image
     body = np.array(rows["bounding_box_train/0001_c1s1_000001_01.jpg"]["boxes"][0])
-    np.testing.assert_allclose(body[[1, 3]], [2 * 12 - 26, 4 / 3 * 110 - 86 / 3], atol=1e-3)
+    np.testing.assert_allclose(body[[1, 3]], np.array([2 * 12 - 26, 4 / 3 * 110 - 86 / 3]) + PIXEL_CENTRE,  # Eq. 1, box frame
+                               atol=1e-3)
     for k in written:
         r = rows[k]
         for name, size in zip(REGION_NAMES, [(192, 384)] + [(192, 96)] * 4):

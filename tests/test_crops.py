@@ -163,3 +163,29 @@ def test_jpeg_with_trailing_bytes_and_bgr_order():
     assert bgr.pixels[..., 2].mean() > 200 and bgr.rgb[..., 0].mean() > 200
     back = decode_image(encode_image(bgr.pixels, "png", order="BGR"), "y.png")
     np.testing.assert_array_equal(back.rgb, bgr.rgb)
+
+
+def test_crop_stage_boxes_keep_keypoints_on_their_pixels():
+    """Keypoints put pixel i's centre at i (OpenPose convention); crops treat the image as [0, W]. The crop stage's
+    boxes must bridge the two so that the pixel under a joint lands where the box geometry says (no half-pixel
+    shift, which is 1.5 output pixels on a Market body crop)."""
+    from posecrop.canonical import load_bank
+    from posecrop.crop_stage import _boxes_per_pose
+    from posecrop.regions import RegionSpec, region_boxes
+
+    pose = load_bank().mean_pose * 100 + np.array([50.0, 80.0])          # a person ~100 px tall
+    kp = np.round(pose).astype(np.float32)[None]                          # joints on whole pixels
+    boxes = np.stack(_boxes_per_pose(kp, RegionSpec(), 0.1))
+    np.testing.assert_allclose(boxes, region_boxes(kp, RegionSpec(), 0.1) + 0.5)
+    nose = kp[0, 0]
+    img = np.zeros((200, 120, 3), np.uint8)
+    img[int(nose[1]), int(nose[0])] = 255
+    x1, y1, x2, y2 = boxes[0, 0]
+    out_h, out_w = 384, 192
+    out = crop_box(img, boxes[0, 0], (out_h, out_w), np.zeros(3, np.uint8)).astype(float)[..., 0]
+    ys, xs = np.nonzero(out > 0)
+    w = out[ys, xs]
+    expect_x = (nose[0] + 0.5 - x1) * out_w / (x2 - x1) - 0.5
+    expect_y = (nose[1] + 0.5 - y1) * out_h / (y2 - y1) - 0.5
+    # crops place boxes to whole output pixels (< 0.5 px); the half-source-pixel bug would be 0.5 * scale ~ 1.6 px
+    assert abs((xs * w).sum() / w.sum() - expect_x) < 0.6 and abs((ys * w).sum() / w.sum() - expect_y) < 0.6
