@@ -143,7 +143,13 @@ def register(app: typer.Typer) -> None:
                 doc = tomllib.loads(config.read_text(encoding="utf-8"))
             except (OSError, tomllib.TOMLDecodeError) as e:
                 _fail(f"{config}: cannot read the recipe ({e})")
-            values = dict(doc.get("crop", doc))
+            section = doc.get("crop", doc)
+            if not isinstance(section, dict):
+                _fail(f"{config}: 'crop' must be a table, got {type(section).__name__}")
+            values = dict(section)
+            for key in ("pose_options", "dataset_options"):
+                if key in values and not isinstance(values[key], dict):
+                    _fail(f"{config}: crop.{key} must be a table, got {type(values[key]).__name__}")
         pose_options = parse_options(pose_option, "--pose-option")
         kind = pose_source
         if keypoints is not None:

@@ -412,8 +412,6 @@ def _needs_pixels(source: Any) -> bool:
 def _estimate(source: Any, records: list[ImageRecord], cfg: CropConfig, report: RunReport
               ) -> tuple[list[ImageRecord], np.ndarray, np.ndarray]:
     """Run the pose source on one batch; images it cannot handle are reported and dropped."""
-    from PIL import UnidentifiedImageError
-
     from .sources import PoseBatchItem, PoseReadError
 
     pixels = _needs_pixels(source)
@@ -428,11 +426,6 @@ def _estimate(source: Any, records: list[ImageRecord], cfg: CropConfig, report: 
                 image = np.broadcast_to(_NO_PIXELS, (h, w, 3))
         except ImageDecodeError as e:
             report.add("failed", rec.path, str(e), rec.split)
-            continue
-        except UnidentifiedImageError:
-            size = path.stat().st_size if path.exists() else -1
-            reason = "empty file (0 bytes)" if size == 0 else "not a readable image (unknown or corrupt format)"
-            report.add("failed", rec.path, f"{rec.path}: {reason}", rec.split)
             continue
         except (OSError, ValueError, SyntaxError) as e:
             report.add("failed", rec.path, f"{rec.path}: cannot read the image ({type(e).__name__}: {e})", rec.split)
@@ -468,7 +461,8 @@ class _Pool:
     """Worker processes with a bounded number of tasks in flight that survives a worker's death: the tasks lost
     with a broken pool are re-run one image at a time, alone in a fresh pool, so a death is pinned on its image."""
 
-    MAX_DEATHS_WITHOUT_PROGRESS = 5
+    MAX_DEATHS_WITHOUT_PROGRESS = 5   # before any task ever finished: the environment, not an image
+    MAX_PINNED_DEATHS = 100           # once workers have worked: consecutive crashing images, each reported
 
     def __init__(self, workers: int, settings: WorkerSettings) -> None:
         self.workers = workers
@@ -476,6 +470,7 @@ class _Pool:
         self.inflight: dict[cf.Future, CropTask] = {}
         self.executor: cf.ProcessPoolExecutor | None = None
         self.deaths_without_progress = 0
+        self.ever_finished = False
         self._local = workers == 0
         if self._local:
             _init_worker(settings)
@@ -490,7 +485,8 @@ class _Pool:
     def _restart(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)  # type: ignore[union-attr]
         self.deaths_without_progress += 1
-        if self.deaths_without_progress > self.MAX_DEATHS_WITHOUT_PROGRESS:
+        limit = self.MAX_PINNED_DEATHS if self.ever_finished else self.MAX_DEATHS_WITHOUT_PROGRESS
+        if self.deaths_without_progress > limit:
             raise WorkerPoolError(
                 f"the crop worker processes died {self.deaths_without_progress} times in a row without finishing a "
                 "task: not a bad image but the environment (out of memory? a main module the spawned workers cannot "
@@ -524,7 +520,7 @@ class _Pool:
         task = self.inflight.pop(fut)
         try:
             results.append(fut.result())
-            self.deaths_without_progress = 0
+            self.deaths_without_progress, self.ever_finished = 0, True
         except cf.process.BrokenProcessPool:
             lost.append(task)
 
@@ -534,7 +530,7 @@ class _Pool:
         for single in (one for task in lost for one in task.split()):
             try:
                 results.append(self.executor.submit(_run_task, single).result())  # type: ignore[union-attr]
-                self.deaths_without_progress = 0
+                self.deaths_without_progress, self.ever_finished = 0, True
             except cf.process.BrokenProcessPool:
                 rec = single.records[0]
                 results.append(TaskResult(None, [(rec, f"{rec.path}: the worker process died while processing this "

@@ -364,6 +364,25 @@ def test_a_worker_that_dies_costs_only_its_image(tmp_path):
     assert entry["image_id"] == killer and "worker process died" in entry["reason"]
 
 
+def test_a_run_of_crashing_images_is_reported_and_the_run_goes_on(tmp_path):
+    """More crashing images in a row than the environment-failure bound: once workers have finished work, each
+    crash is pinned on its image and reported; the run is not aborted."""
+    from posecrop.canonical import load_bank
+    from posecrop.crop_stage import _Pool
+    root = tmp_path / "data"
+    person = _person()
+    for i, folder in enumerate(MARKET_FOLDERS):
+        _write(root, f"{folder}/{i + 1:04d}_c1s1_{i + 1:06d}_01.jpg", _encode(person), _openpose(POSE_XY))
+    killers = [f"bounding_box_train/{i:04d}_c1s1_{i:06d}_01.jpg" for i in range(20, 20 + _Pool.MAX_DEATHS_WITHOUT_PROGRESS + 2)]
+    for k in killers:
+        _write(root, k, _encode(_person(13, 128)), _openpose(POSE_XY * np.float32([13 / 64, 1])))
+    out = tmp_path / "cache"
+    s = run_crop(CropConfig(dataset="market", root=root, out=out, workers=1, batch_size=4, progress=False),
+                 bank=_DeadlyBank(load_bank()))
+    assert s.written == 3 and s.failed == len(killers)
+    assert {e["image_id"] for e in read_report(out) if e["status"] == "failed"} == set(killers)
+
+
 def test_real_market_crops_with_posegan_keypoints(realdata, tmp_path):
     market = realdata / "market1501_samples"
     csvs = sorted((market / "keypoints_posegan_csv").glob("market-annotation-*.csv"))

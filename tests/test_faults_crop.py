@@ -486,6 +486,18 @@ def test_a_recipe_with_unknown_keys_or_wrong_types_is_rejected_naming_the_key(ba
     assert not out.exists()
 
 
+@pytest.mark.parametrize("recipe, named", [("crop = 5", "'crop' must be a table"),
+                                           ('[crop]\npose_options = "x"', "crop.pose_options must be a table")])
+def test_a_recipe_whose_tables_are_not_tables_is_rejected_clearly(base, tmp_path, recipe, named):
+    path = tmp_path / "recipe.toml"
+    path.write_text(recipe + "\n")
+    out = tmp_path / "cache"
+    r = fk.cli("crop", "--config", path, "--root", base, "--out", out, "--no-progress")
+    msg = " ".join(r.stderr.split())
+    assert r.returncode == 1 and str(path) in msg and named in msg and "Traceback" not in msg, msg
+    assert not out.exists()
+
+
 def test_flags_decide_where_a_recipe_run_reads_and_writes(base, tmp_path):
     """A recipe naming other folders cannot override --root / --out given on the command line."""
     elsewhere = tmp_path / "elsewhere"
