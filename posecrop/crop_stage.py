@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import cv2
 import numpy as np
 
-from .crops import (EXTENSIONS, FILL_MODES, PNG_COMPRESS_LEVEL, ImageDecodeError, crop_regions, decode_image,
-                    encode_image, outside_fraction, probe_size)
+from .crops import (BOX_FRAME, EXTENSIONS, FILL_MODES, PNG_COMPRESS_LEVEL, ImageDecodeError, crop_regions,
+                    decode_image, encode_image, outside_fraction, probe_size)
 from .keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from .records import SPLITS, ImageRecord
 from .regions import DEFAULT_REGION_JOINTS, REGION_NAMES, RegionGeometryError, RegionSpec, region_boxes
@@ -48,7 +48,6 @@ REGION_DEFINITION = ("DESIGN.md section 2 (paper Eq. 1-2): top(R0)=top(R1)=2 min
                      "bottom(R0)=bottom(R4)=4/3 max y(P4) - 1/3 min y(P4); H = bottom - top; R1 bottom = max y(P1) + b; "
                      "R2, R3 = [min y(Pi) - b, max y(Pi) + b]; R4 top = min y(P4) - b; b = beta * H; x in "
                      "[min(xc - H/4, min x(P0)), max(xc + H/4, max x(P0))], xc = mean x(P0)")
-BOX_FRAME = "continuous pixels of the source image: the image covers [0, width] x [0, height]"
 # Keypoint sources (OpenPose, pose-gan, mmpose, our synth) put pixel i's centre at coordinate i; the crop frame has
 # it at i + 0.5. Eq. 1-2 is translation-equivariant, so boxes = region_boxes(keypoints) + PIXEL_CENTRE.
 KEYPOINT_FRAME = "source pixels, pixel centres at integer coordinates (as OpenPose writes them)"
@@ -369,7 +368,8 @@ def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
             failures.append((rec, f"{rec.path}: {b}"))
             continue
         try:
-            crops = crop_regions(img.pixels, b, s.sizes, s.fill)  # type: ignore[arg-type]
+            # cut from the boxes as stored (float32), so that a loader re-cutting them from `whole` gets these crops
+            crops = crop_regions(img.pixels, np.asarray(b, np.float32), s.sizes, s.fill)  # type: ignore[arg-type]
             encoded = [encode_image(c, s.encoding, s.jpeg_quality, order="BGR")  # type: ignore[arg-type]
                        for c in crops]
         except (ValueError, OSError, MemoryError, cv2.error) as e:

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+BOX_FRAME = "continuous pixels of the source image: the image covers [0, width] x [0, height]"
 FillMode = Literal["mean", "zeros"]
 Encoding = Literal["jpeg", "png"]
 FILL_MODES: tuple[str, ...] = ("mean", "zeros")

@@ -88,6 +88,9 @@ def register(app: typer.Typer) -> None:
                                               "top-level TrainConfig keys; flags override it."),
         model: Optional[str] = typer.Option(None, "--model", help=f"Variant: {', '.join(MODEL_CHOICES)}."
                                             + _d(_T.model)),
+        crops: Optional[str] = typer.Option(None, "--crops", help="'recrop' (cut the five crops from the cached "
+                                            "source image and boxes in the loader) or 'stored' (decode the stored "
+                                            "crops)." + _d(_T.crops)),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs." + _d(_T.epochs)),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step and process."
                                                  + _d(_T.batch_size)),
@@ -139,7 +142,8 @@ def register(app: typer.Typer) -> None:
         try:
             base = from_mapping(TrainConfig, _table_from(config, "train"))
             aug = merge(base.augment, {"flip": flip, "pad": pad, "erasing": erasing})
-            cfg = merge(base, {"cache": cache, "out": out, "model": model, "epochs": epochs, "batch_size": batch_size,
+            cfg = merge(base, {"cache": cache, "out": out, "model": model, "crops": crops, "epochs": epochs,
+                               "batch_size": batch_size,
                                "lr": lr, "lr_step": lr_step, "lambda_intra": lambda_intra,
                                "body_size": _size(body_size, "--body-size"), "augment": aug,
                                "part_size": _size(part_size, "--part-size"), "sampler": sampler,

@@ -4,8 +4,9 @@
   (fed the unaligned detector box resized to the body size; the model cuts its own strips).
 - JPEG bytes stay in Arrow memory (zero-copy numpy views, shared by forked workers) and are decoded in
   `__getitem__` with OpenCV, so loading scales with DataLoader workers.
-- Augmentation (albumentations): one horizontal-flip decision (and one colour jitter) per sample, identical for
-  all five crops (one call with the parts as additional targets); padding-crop and random erasing per crop.
+- Augmentation: one horizontal-flip decision (and one albumentations colour jitter) per sample, identical for
+  all five crops; padding-crop and random erasing per crop, fused with the flip into one copy per crop that
+  writes the CHW layout directly (`reidtrain.augment`).
   Every random draw of a sample comes from a seed the sampler hands out with its index, so a sample's
   augmentation depends on (seed, epoch, position) only - not on worker count or process - which makes seeded
   runs and `--resume` reproducible.
@@ -29,10 +30,13 @@ import torch
 from posecrop.typedconfig import ConfigError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from posecrop.cache import CacheError, read_split
+from posecrop.cache import CacheError, cache_settings, read_split
+from posecrop.crops import BOX_FRAME, FILL_MODES, ImageDecodeError, crop_regions, decode_image
 from posecrop.regions import REGION_NAMES
 from posecrop.schema import WHOLE_COLUMN
 
+from .allocator import keep_freed_memory
+from .augment import CropDraw, augment_crop, draw_erase_box, draw_shift, to_chw
 from .config import AugmentConfig
 
 IDENTITY_COLUMNS = ("image_id", "dataset", "pid", "camid")
@@ -102,8 +106,19 @@ class _BinaryColumn:
 
 
 @dataclass
+class Recrop:
+    """The five region crops cut by the loader from the cached source image (`whole`) and Eq. 1-2 boxes."""
+
+    whole: _BinaryColumn
+    boxes: np.ndarray            # (N, 5, 4) float32 in the crop stage's box frame, REGION_NAMES order
+    fill: str                    # the crop stage's fill mode for box parts outside the image
+    regions: dict[str, int]      # model input key -> row of `boxes`
+
+
+@dataclass
 class SplitData:
-    """One split of a cache in memory: identities plus the encoded image bytes of the needed columns."""
+    """One split of a cache in memory: identities plus the encoded image bytes of the needed columns (or, to
+    re-cut the crops, the source images and boxes)."""
 
     cache: Path
     split: str
@@ -111,26 +126,64 @@ class SplitData:
     pids: np.ndarray
     camids: np.ndarray
     dataset: str
-    images: dict[str, _BinaryColumn]   # model input key -> encoded bytes
+    images: dict[str, _BinaryColumn]   # model input key -> encoded bytes (empty when recrop is set)
+    recrop: Recrop | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    @property
+    def keys(self) -> list[str]:
+        """The model input keys this split provides."""
+        return list(self.recrop.regions) if self.recrop is not None else list(self.images)
 
     def encoded(self, key: str, index: int) -> np.ndarray:
         return self.images[key][index]
 
 
-def load_split(cache: Path, split: str, columns: dict[str, str]) -> SplitData:
-    """Read one split with only the identity columns and the image columns in `columns` (key -> column)."""
-    wanted = list(dict.fromkeys([*IDENTITY_COLUMNS, *columns.values()]))
+def _recrop_settings(cache: Path) -> str:
+    """The fill mode of a cache whose boxes can be re-cut (the crop stage's box frame); else a clear error."""
+    settings = cache_settings(cache)
+    if settings.get("box_frame") != BOX_FRAME:
+        raise CacheReadError(f"{cache}: its boxes are not recorded in the crop frame ({BOX_FRAME!r}), so the "
+                             f"crops cannot be re-cut from the source images; re-run `crop`, or train with "
+                             f"crops = 'stored'")
+    fill = settings.get("fill", "mean")
+    if fill not in FILL_MODES:
+        raise CacheReadError(f"{cache}: unknown fill mode {fill!r} in the cache metadata")
+    return fill
+
+
+def load_split(cache: Path, split: str, columns: dict[str, str], crops: str = "stored") -> SplitData:
+    """Read one split with only the identity columns and the image columns in `columns` (key -> column).
+
+    crops="recrop": when every column is a region crop, read the source images (`whole`) and the boxes instead,
+    and let the dataset cut the crops (see `Recrop`); "stored": the stored crops."""
+    if crops not in ("recrop", "stored"):
+        raise ConfigError(f"crops must be 'recrop' or 'stored', got {crops!r}")
+    recrop = crops == "recrop" and all(c in REGION_NAMES for c in columns.values())
+    fill = _recrop_settings(Path(cache)) if recrop else ""
+    image_cols = [WHOLE_COLUMN, "boxes"] if recrop else list(columns.values())
+    wanted = list(dict.fromkeys([*IDENTITY_COLUMNS, *image_cols]))
     table = read_split_table(Path(cache), split, wanted)
     image_ids = table.column("image_id").to_pylist()
     datasets = set(table.column("dataset").unique().to_pylist())
-    images = {key: _BinaryColumn(table.column(col), col, image_ids) for key, col in columns.items()}
+    images, source = {}, None
+    if recrop:
+        boxes = table.column("boxes").combine_chunks()
+        if boxes.null_count:
+            bad = int(np.flatnonzero(np.asarray(boxes.is_null().to_numpy(zero_copy_only=False)))[0])
+            raise CacheReadError(f"{cache}/{split}: no boxes for {image_ids[bad]!r}")
+        flat = np.asarray(boxes.flatten().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+        source = Recrop(whole=_BinaryColumn(table.column(WHOLE_COLUMN), WHOLE_COLUMN, image_ids),
+                        boxes=flat.reshape(len(image_ids), len(REGION_NAMES), 4), fill=fill,
+                        regions={key: REGION_NAMES.index(col) for key, col in columns.items()})
+    else:
+        images = {key: _BinaryColumn(table.column(col), col, image_ids) for key, col in columns.items()}
     return SplitData(cache=Path(cache), split=split, image_ids=image_ids,
                      pids=table.column("pid").to_numpy().astype(np.int64),
                      camids=table.column("camid").to_numpy().astype(np.int64),
-                     dataset=",".join(sorted(str(d) for d in datasets)), images=images)
+                     dataset=",".join(sorted(str(d) for d in datasets)), images=images, recrop=source)
 
 
 def relabel(pids: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -153,80 +206,82 @@ def decode(encoded: np.ndarray, where: str) -> np.ndarray:
 
 
 class SampleTransform:
-    """Resize each input to its size; with `augment`, the albumentations training augmentation.
+    """Resize each input to its size and hand it out as C x H x W uint8; with `augment`, the training
+    augmentation.
 
-    shared (one decision per sample, the same for every crop): horizontal flip and colour jitter, one
-    albumentations call over all crops (the parts as additional image targets).
-    per crop: padding-crop and random erasing, drawn one crop after the other from the sample's generators.
+    shared (one decision per sample, the same for every crop): horizontal flip, and colour jitter (an
+    albumentations call over all crops, the parts as additional image targets).
+    per crop: padding-crop and random erasing, drawn one crop after the other from the sample's generator.
+    Flip, padding-crop and erasing are fused into one copy per crop (`reidtrain.augment`; the semantics of
+    albumentations' HorizontalFlip -> PadIfNeeded -> RandomCrop -> Erasing(fill="random")).
     All draws come from generators seeded by the sample seed: the same (index, seed) gives the same images.
     """
 
     def __init__(self, sizes: dict[str, tuple[int, int]], augment: AugmentConfig | None = None) -> None:
         self.sizes = {k: (int(v[0]), int(v[1])) for k, v in sizes.items()}
         self.augment = augment
-        self.shared: A.Compose | None = None
-        self.own: dict[str, list] = {}
+        self.photometric: A.Compose | None = None
+        self.pads: dict[str, tuple[int, int]] = {}
         if augment is None:
             return
         keys = list(self.sizes)
-        shared = []
-        if augment.flip:
-            shared.append(A.HorizontalFlip(p=0.5))
         if augment.color_jitter > 0:
-            shared.append(A.ColorJitter(brightness=0.2, contrast=0.15, saturation=0.15, hue=0.0,
-                                        p=augment.color_jitter))
-        if shared:
-            self.shared = A.Compose(shared, additional_targets={k: "image" for k in keys[1:]}, is_check_shapes=False)
+            self.photometric = A.Compose(
+                [A.ColorJitter(brightness=0.2, contrast=0.15, saturation=0.15, hue=0.0, p=augment.color_jitter)],
+                additional_targets={k: "image" for k in keys[1:]}, is_check_shapes=False)
         body_h, body_w = self.sizes.get("body", self.sizes[keys[0]])
-        for key, (h, w) in self.sizes.items():
-            own = []
-            ph, pw = round(augment.pad * h / body_h), round(augment.pad * w / body_w)
-            if ph or pw:
-                own += [A.PadIfNeeded(min_height=h + 2 * ph, min_width=w + 2 * pw,
-                                      border_mode=cv2.BORDER_CONSTANT, fill=0),
-                        A.RandomCrop(height=h, width=w)]
-            if augment.erasing > 0:
-                own.append(A.Erasing(p=augment.erasing, fill="random"))
-            self.own[key] = own   # called one by one: a Compose per crop costs more than the transforms
+        self.pads = {key: (round(augment.pad * h / body_h), round(augment.pad * w / body_w))
+                     for key, (h, w) in self.sizes.items()}
 
-    def __call__(self, images: dict[str, np.ndarray], seed: int | None) -> dict[str, np.ndarray]:
+    def resized(self, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each image at its input size (H x W x 3)."""
         out = {}
         for key, img in images.items():
             h, w = self.sizes[key]
             out[key] = img if img.shape[:2] == (h, w) else cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-        if self.augment is None or seed is None:
-            return out
-        rng, py_rng = np.random.default_rng(seed), random.Random(seed)
-        keys = list(out)
-        if self.shared is not None:
-            self.shared.set_random_state(rng, py_rng)
-            res = self.shared(image=out[keys[0]], **{k: out[k] for k in keys[1:]})
-            out = {keys[0]: res["image"], **{k: res[k] for k in keys[1:]}}
-        for key in keys:
-            img = out[key]
-            for transform in self.own.get(key, ()):
-                transform.set_random_state(rng, py_rng)
-                img = transform(image=img)["image"]
-            out[key] = img
         return out
 
+    def __call__(self, images: dict[str, np.ndarray], seed: int | None) -> dict[str, np.ndarray]:
+        out = self.resized(images)
+        aug = self.augment
+        if aug is None or seed is None:
+            return {key: to_chw(img) for key, img in out.items()}
+        rng = np.random.default_rng(seed)
+        keys = list(out)
+        flip = bool(aug.flip) and bool(rng.random() < 0.5)
+        if self.photometric is not None:
+            self.photometric.set_random_state(rng, random.Random(seed))
+            res = self.photometric(image=out[keys[0]], **{k: out[k] for k in keys[1:]})
+            out = {keys[0]: res["image"], **{k: res[k] for k in keys[1:]}}
+        result = {}
+        for key in keys:
+            img = out[key]
+            dy, dx = draw_shift(rng, *self.pads[key])
+            box = None
+            if aug.erasing > 0 and rng.random() < aug.erasing:
+                box = draw_erase_box(rng, *img.shape[:2])
+            result[key] = augment_crop(img, flip, CropDraw(dy, dx, box), rng)
+        return result
 
-def to_chw_uint8(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 -> a new float32 tensor in [0, 1]. The later steps run in place on it: on a CPU each fresh
+    batch-sized float tensor costs page faults, which made the out-of-place chain 2-5x slower."""
+    return x.float().mul_(1.0 / 255.0) if not x.is_floating_point() else x / 255.0
 
 
 def normalize_batch(x: torch.Tensor, mode: str = "channel-mean", mean: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float32 in [0, 1] minus the channel means (Sec. 4.1), or ImageNet mean/std.
 
     channel-mean: `mean` (B, 3, 1, 1) when given (see `normalize_inputs`), else each image's own means."""
-    x = x.float() / 255.0
+    if mode not in ("channel-mean", "imagenet"):
+        raise ValueError(f"unknown normalisation {mode!r} (channel-mean or imagenet)")
+    x = _unit(x)
     if mode == "channel-mean":
-        return x - (x.mean(dim=(2, 3), keepdim=True) if mean is None else mean)
-    if mode == "imagenet":
-        m = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return (x - m) / std
-    raise ValueError(f"unknown normalisation {mode!r} (channel-mean or imagenet)")
+        return x.sub_(x.mean(dim=(2, 3), keepdim=True) if mean is None else mean)
+    m = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(m).div_(std)
 
 
 def normalize_inputs(inputs: dict[str, torch.Tensor], mode: str = "channel-mean") -> dict[str, torch.Tensor]:
@@ -236,9 +291,10 @@ def normalize_inputs(inputs: dict[str, torch.Tensor], mode: str = "channel-mean"
     means would erase the colour of the clothes it shows."""
     if mode != "channel-mean":
         return {k: normalize_batch(v, mode) for k, v in inputs.items()}
-    ref = inputs["body"] if "body" in inputs else next(iter(inputs.values()))
-    mean = (ref.float() / 255.0).mean(dim=(2, 3), keepdim=True)
-    return {k: normalize_batch(v, mode, mean) for k, v in inputs.items()}
+    ref_key = "body" if "body" in inputs else next(iter(inputs))
+    ref = _unit(inputs[ref_key])
+    mean = ref.mean(dim=(2, 3), keepdim=True)
+    return {k: ref.sub_(mean) if k == ref_key else normalize_batch(v, mode, mean) for k, v in inputs.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- dataset
@@ -258,14 +314,25 @@ class ReidDataset(Dataset):
         return len(self.data)
 
     def load(self, index: int) -> dict[str, np.ndarray]:
-        """The decoded (not resized) images of one sample."""
+        """The decoded images of one sample: the stored crops as stored, or crops re-cut from the source image
+        at the input sizes."""
         where = f"{self.data.cache}/{self.data.split} image {self.data.image_ids[index]!r}"
-        return {key: decode(self.data.encoded(key, index), f"{where} column {key!r}") for key in self.data.images}
+        rc = self.data.recrop
+        if rc is None:
+            return {key: decode(self.data.encoded(key, index), f"{where} column {key!r}") for key in self.data.images}
+        try:
+            source = decode_image(rc.whole[index].tobytes(), f"{where} column {WHOLE_COLUMN!r}").pixels
+        except ImageDecodeError as e:
+            raise CacheReadError(str(e)) from e
+        keys = list(rc.regions)
+        crops = crop_regions(source, rc.boxes[index, [rc.regions[k] for k in keys]],
+                             [self.transform.sizes[k] for k in keys], rc.fill)  # type: ignore[arg-type]
+        return dict(zip(keys, crops))
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         index, seed = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), None)
         images = self.transform(self.load(index), seed)
-        return {"inputs": {k: to_chw_uint8(v) for k, v in images.items()},
+        return {"inputs": {k: torch.from_numpy(v) for k, v in images.items()},
                 "label": int(self.labels[index]), "pid": int(self.data.pids[index]),
                 "camid": int(self.data.camids[index]), "index": index}
 
@@ -346,6 +413,7 @@ class EpochSampler(Sampler):
 
 
 def _worker_init(_: int) -> None:
+    keep_freed_memory()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
 

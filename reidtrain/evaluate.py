@@ -30,6 +30,7 @@ from torch import nn
 from posecrop.atomic import atomic_write_text
 from posecrop.typedconfig import to_dict
 
+from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import EvalConfig
 from .data import (ReidDataset, SampleTransform, SplitData, decode, input_sizes, load_split, make_loader,
@@ -80,9 +81,10 @@ def eval_device(name: str) -> torch.device:
 
 
 def eval_dataset(cache: Path, split: str, meta: dict) -> ReidDataset:
-    """One split with the model's input columns, resized to its input sizes, no augmentation."""
-    data = load_split(Path(cache), split, dict(meta["input_columns"]))
-    return ReidDataset(data, SampleTransform(input_sizes(list(data.images), meta["body_size"], meta["part_size"])))
+    """One split with the model's input columns, resized to its input sizes, no augmentation; the crops come
+    from where the model was trained on them (checkpoint `crops`; checkpoints without it: the stored crops)."""
+    data = load_split(Path(cache), split, dict(meta["input_columns"]), meta.get("crops", "stored"))
+    return ReidDataset(data, SampleTransform(input_sizes(data.keys, meta["body_size"], meta["part_size"])))
 
 
 # ------------------------------------------------------------------------------------------------- features
@@ -104,6 +106,7 @@ def extract_features(model: nn.Module, dataset: ReidDataset, normalize: str = "c
 
     model.eval()
     device = torch.device(device)
+    keep_freed_memory()
     loader = make_loader(dataset, batch_size, workers)
     chunks = []
     with Progress(TextColumn(f"[bold]features {dataset.data.split}"), BarColumn(), MofNCompleteColumn(),

@@ -56,7 +56,8 @@ def extract_to_parquet(checkpoint: Path, cache: Path, out: Path, splits: Sequenc
     info = {"model": meta["model"], "checkpoint": str(checkpoint), "epoch": epoch, "cache": str(cache),
             "splits": list(splits), "feature_dim": dim, "flip_average": flip_average,
             "layout": "[E_g (256), E_l (4 x 128: head, upper_body, upper_leg, lower_leg)] (Eq. 9)",
-            "normalize": meta["normalize"], "body_size": meta["body_size"], "part_size": meta["part_size"]}
+            "normalize": meta["normalize"], "body_size": meta["body_size"], "part_size": meta["part_size"],
+            "crops": meta.get("crops", "stored")}
     table = table.replace_schema_metadata({FEATURES_METADATA_KEY: json.dumps(info).encode()})
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)

@@ -35,6 +35,7 @@ from posecrop.atomic import atomic_write_text, is_temporary
 from posecrop.regions import REGION_NAMES
 from posecrop.typedconfig import to_dict
 
+from .allocator import keep_freed_memory
 from .checkpoint import (FORMAT, CheckpointError, InitReport, init_from_checkpoint, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import TrainConfig, config_hash, result_config
@@ -212,6 +213,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
     last_path = ckpt_dir / "last.pt"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory()
     try:
         _seed_all(cfg.seed)
         if rt.device.type == "cuda":
@@ -219,7 +221,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
 
         # data: train split, only the needed columns; class labels 0..q-1 from the train pids
         columns = input_columns(cfg.model)
-        split = load_split(Path(cfg.cache), "train", columns)
+        split = load_split(Path(cfg.cache), "train", columns, cfg.crops)
         labels, train_pids = relabel(split.pids)
         sizes = input_sizes(list(columns), cfg.body_size, cfg.part_size)
         dataset = ReidDataset(split, SampleTransform(sizes, cfg.augment), labels)
@@ -231,6 +233,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
         model = build_model(cfg.model, len(train_pids), tuple(cfg.body_size), tuple(cfg.part_size))
         meta = {"model": cfg.model, "num_classes": len(train_pids), "body_size": list(cfg.body_size),
                 "part_size": list(cfg.part_size), "normalize": cfg.normalize, "input_columns": columns,
+                "crops": cfg.crops,
                 "train_pids": train_pids, "dataset": split.dataset, "cache": str(cfg.cache),
                 "config": to_dict(cfg), "result_hash": config_hash(result_config(cfg)),
                 "world_size": rt.world_size}

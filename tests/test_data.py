@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from posecrop.crops import BOX_FRAME
 from posecrop.regions import REGION_NAMES
 from posecrop.schema import IMAGE_COLUMNS, cache_schema
 from reidtrain.config import AugmentConfig
@@ -18,6 +19,9 @@ from posecrop.cache import CacheError
 from reidtrain.data import (CacheReadError, EpochSampler, ReidDataset, SampleTransform, input_columns, input_sizes,
                             load_split, make_loader, normalize_batch, normalize_inputs, relabel)
 
+# region boxes (x1, y1, x2, y2) in the 40x80 source image, REGION_NAMES order (one leaves the image on the left)
+TINY_BOXES = [[0.0, 0.0, 40.0, 80.0], [4.0, 0.0, 36.0, 20.0], [0.0, 14.0, 40.0, 44.0], [-6.0, 40.0, 34.0, 64.0],
+              [2.0, 58.0, 38.0, 80.0]]
 CROP_SIZES = {"whole": (80, 40), "body": (64, 32), "head": (16, 32), "upper_body": (16, 32),
               "upper_leg": (16, 32), "lower_leg": (16, 32)}
 
@@ -48,7 +52,8 @@ def write_tiny_cache(root: Path, train_ids: int = 4, per_id: int = 4, test_ids: 
     gallery: two images per test identity (camera 1) plus one distractor (pid 0).
     """
     rng = np.random.default_rng(seed)
-    schema = cache_schema({"dataset": dataset, "crop_sizes": {k: list(v) for k, v in CROP_SIZES.items()}})
+    schema = cache_schema({"dataset": dataset, "crop_sizes": {k: list(v) for k, v in CROP_SIZES.items()},
+                           "box_frame": BOX_FRAME, "fill": "mean"})
     plan = {"train": [(pid, c % 2, k) for pid in range(1, train_ids + 1) for k, c in enumerate(range(per_id))],
             "query": [(100 + i, 0, 0) for i in range(test_ids)],
             "gallery": [(100 + i, 1, k) for i in range(test_ids) for k in range(2)] + [(0, 1, 0)]}
@@ -58,7 +63,7 @@ def write_tiny_cache(root: Path, train_ids: int = 4, per_id: int = 4, test_ids: 
             image_id = f"{split}/{pid:04d}_c{cam}_{k:02d}.jpg"
             row = {"image_id": image_id, "dataset": dataset, "split": split, "pid": pid, "camid": cam,
                    "width": 40, "height": 80, "keypoints": [[0.0, 0.0]] * 18, "scores": [1.0] * 18,
-                   "joint_source": [0] * 18, "boxes": [[0.0, 0.0, 40.0, 80.0]] * 5, "outside": [0.0] * 5,
+                   "joint_source": [0] * 18, "boxes": TINY_BOXES, "outside": [0.0] * 5,
                    "beta": 0.1}
             for col in IMAGE_COLUMNS:
                 row[col] = {"bytes": _jpeg(_identity_image(pid, CROP_SIZES[col], rng)), "path": f"{col}.jpg"}
