@@ -140,6 +140,8 @@ def run(quick: bool = True, device: str | None = None, batch: int | None = None,
         raise ValueError(f"unknown option(s) {unknown}; known: {list(OPTIONS)}")
     if threads or (quick and dev.type == "cpu"):
         torch.set_num_threads(threads or 1)
+    from reidtrain.allocator import keep_freed_memory
+    keep_freed_memory()   # as `cli.py train` does (both models run in this process)
     torch.manual_seed(0)
     results = {name: measure(OPTIONS[name], batch, warmup, steps, dev) for name in names}
 

@@ -325,8 +325,11 @@ class ReidDataset(Dataset):
         except ImageDecodeError as e:
             raise CacheReadError(str(e)) from e
         keys = list(rc.regions)
-        crops = crop_regions(source, rc.boxes[index, [rc.regions[k] for k in keys]],
-                             [self.transform.sizes[k] for k in keys], rc.fill)  # type: ignore[arg-type]
+        try:
+            crops = crop_regions(source, rc.boxes[index, [rc.regions[k] for k in keys]],
+                                 [self.transform.sizes[k] for k in keys], rc.fill)  # type: ignore[arg-type]
+        except (ValueError, cv2.error) as e:
+            raise CacheReadError(f"{where}: the crops cannot be cut from its boxes ({e})") from e
         return dict(zip(keys, crops))
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:

@@ -66,7 +66,15 @@ def load_trained(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[
     meta = ckpt.get("meta")
     if not isinstance(meta, dict) or "model" not in meta:
         raise CheckpointError(f"{path}: no model description ('meta') - not written by `cli.py train`")
-    model = build_model(meta["model"], int(meta["num_classes"]), tuple(meta["body_size"]), tuple(meta["part_size"]))
+    missing = [k for k in ("num_classes", "body_size", "part_size", "normalize", "input_columns") if k not in meta]
+    if missing or not isinstance(ckpt.get("model"), dict):
+        what = f"meta lacks {missing}" if missing else "no 'model' weights"
+        raise CheckpointError(f"{path}: incomplete training checkpoint ({what})")
+    try:
+        model = build_model(meta["model"], int(meta["num_classes"]), tuple(meta["body_size"]),
+                            tuple(meta["part_size"]))
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: its model description cannot be built ({type(e).__name__}: {e})") from e
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

@@ -192,6 +192,7 @@ def _progress(console, enabled: bool):
                     transient=True)
 
 
+HOST_READ_EVERY = 20   # steps between host reads of the running loss on an accelerator (see _run_epoch)
 StepHook = Callable[[int, int, float], None]   # (epoch 1-based, step 0-based, loss) after each optimiser step
 
 
@@ -339,13 +340,20 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
 
 def _run_epoch(cfg: TrainConfig, rt: Runtime, net: nn.Module, loader, sampler: EpochSampler,
                optimizer: torch.optim.Optimizer, scaler, epoch: int, bar, on_step: StepHook | None) -> dict:
-    """One pass over this rank's share of the epoch; returns the epoch's metrics (reduced over ranks)."""
+    """One pass over this rank's share of the epoch; returns the epoch's metrics (reduced over ranks).
+
+    The running sums stay on the device; the host reads them every step on the CPU but only every
+    `HOST_READ_EVERY` steps (and at the end) on an accelerator, so the GPU is not stalled by a sync per step. A
+    non-finite loss is therefore caught at the next read (within that many steps) rather than at once."""
     net.train()
     sampler.set_epoch(epoch)
     lr = optimizer.param_groups[0]["lr"]
-    sums = torch.zeros(5, dtype=torch.float64)   # loss, intra, inter, correct, count
+    acc = torch.zeros(4, dtype=torch.float64, device=rt.device)   # sums of loss, intra, inter (x n), correct
+    count = 0
+    read_every = 1 if (rt.device.type == "cpu" or on_step is not None) else HOST_READ_EVERY
     task = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(loader), loss=float("nan"), ips=0.0)
     t0 = time.perf_counter()
+    steps = len(loader)
     for step, batch in enumerate(loader):
         inputs = normalize_inputs({k: x.to(rt.device, non_blocking=True) for k, x in batch["inputs"].items()},
                                   cfg.normalize)
@@ -355,32 +363,37 @@ def _run_epoch(cfg: TrainConfig, rt: Runtime, net: nn.Module, loader, sampler: E
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype or torch.float32, enabled=rt.amp_dtype is not None):
             out = net(inputs)
         loss, parts = eq11_loss(out.logits, labels, cfg.lambda_intra)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"loss is {value} at epoch {epoch} step {step} (lr {lr}); lower the learning "
-                                   f"rate or check the inputs")
+        n = labels.shape[0]
+        correct = (out.logits[FUSED].detach().argmax(1) == labels).sum()
+        step_sums = torch.stack([loss.detach().double() * n, parts["intra"].double() * n,
+                                 parts["inter"].double() * n, correct.double()])
+        if not (step + 1) % read_every or step + 1 == steps:
+            value = float(step_sums[0]) / n
+            if not math.isfinite(value) or not math.isfinite(float(acc[0])):
+                raise TrainingDiverged(f"loss is {value} at epoch {epoch} step {step} (lr {lr}); lower the "
+                                       f"learning rate or check the inputs")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        n = labels.shape[0]
-        correct = (out.logits[FUSED].detach().argmax(1) == labels).sum().item()
-        sums += torch.tensor([value * n, float(parts["intra"]) * n, float(parts["inter"]) * n, correct, n],
-                             dtype=torch.float64)
-        elapsed = time.perf_counter() - t0
-        bar.update(task, advance=1, loss=sums[0].item() / sums[4].item(),
-                   ips=sums[4].item() * rt.world_size / max(elapsed, 1e-9))
+        acc += step_sums
+        count += n
+        if read_every == 1 or not (step + 1) % read_every:
+            elapsed = time.perf_counter() - t0
+            bar.update(task, advance=1, loss=float(acc[0]) / count, ips=count * rt.world_size / max(elapsed, 1e-9))
+        else:
+            bar.update(task, advance=1)
         if on_step is not None:
             on_step(epoch, step, value)
     if rt.device.type == "cuda":
         torch.cuda.synchronize(rt.device)
     elapsed = time.perf_counter() - t0
     bar.remove_task(task)
+    sums = torch.cat([acc, torch.tensor([float(count)], dtype=torch.float64, device=rt.device)])
     if rt.world_size > 1:
-        sums_dev = sums.to(rt.device) if rt.device.type == "cuda" else sums
-        dist.all_reduce(sums_dev)
-        sums = sums_dev.cpu()
-    count = max(sums[4].item(), 1.0)
-    return {"epoch": epoch, "loss": sums[0].item() / count, "loss_intra": sums[1].item() / count,
-            "loss_inter": sums[2].item() / count, "accuracy": sums[3].item() / count, "lr": lr,
-            "images": int(sums[4].item()), "time_s": elapsed, "images_per_s": sums[4].item() / max(elapsed, 1e-9)}
+        dist.all_reduce(sums)
+    loss_sum, intra_sum, inter_sum, correct_sum, images = sums.tolist()
+    total = max(images, 1.0)
+    return {"epoch": epoch, "loss": loss_sum / total, "loss_intra": intra_sum / total,
+            "loss_inter": inter_sum / total, "accuracy": correct_sum / total, "lr": lr,
+            "images": int(images), "time_s": elapsed, "images_per_s": images / max(elapsed, 1e-9)}

@@ -238,6 +238,25 @@ def test_a_truncated_checkpoint_is_refused_naming_the_file(interrupted, tmp_path
         load_checkpoint(empty)
 
 
+
+@pytest.mark.parametrize("damage", ["no-body-size", "bad-size", "no-weights"])
+def test_a_checkpoint_with_a_damaged_description_is_refused_naming_the_file(interrupted, tmp_path, damage):
+    from reidtrain.checkpoint import CheckpointError
+    from reidtrain.evaluate import load_trained
+
+    ckpt = torch.load(interrupted["run"] / "model.pt", map_location="cpu", weights_only=True)
+    if damage == "no-body-size":
+        del ckpt["meta"]["body_size"]
+    elif damage == "bad-size":
+        ckpt["meta"]["part_size"] = ["wide", 3]
+    else:
+        del ckpt["model"]
+    bad = tmp_path / f"{damage}.pt"
+    torch.save(ckpt, bad)
+    with pytest.raises(CheckpointError, match=f"{bad}"):
+        load_trained(bad)
+
+
 # ------------------------------------------------------------------------------------------------ recipes
 
 RECIPE = """

@@ -97,3 +97,19 @@ def test_caches_without_the_box_frame_are_refused_clearly(tmp_path):
     assert len(load_split(cache, "train", input_columns("aligned"), "stored")) == 16
     # baseline reads `whole` either way
     assert len(load_split(cache, "train", input_columns("baseline"), "recrop")) == 16
+
+
+def test_bad_source_bytes_or_boxes_name_the_image(tmp_path):
+    import pyarrow as pa
+    cache = write_tiny_cache(tmp_path / "cache")
+    f = max((cache / "gallery").glob("*.parquet"), key=lambda p: pq.read_metadata(p).num_rows)
+    table = pq.read_table(f)
+    rows = table.to_pylist()
+    rows[0]["whole"] = {"bytes": b"not an image", "path": "whole.jpg"}
+    rows[1]["boxes"] = [[float("nan")] * 4] * 5
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), f)
+    ds = ReidDataset(load_split(cache, "gallery", input_columns("intra-inter"), "recrop"), SampleTransform(SIZES))
+    for row, problem in ((rows[0], "whole"), (rows[1], "cannot be cut")):
+        with pytest.raises(CacheReadError, match=problem) as e:
+            ds[ds.data.image_ids.index(row["image_id"])]
+        assert row["image_id"] in str(e.value)
