@@ -47,6 +47,8 @@ PART_RE = re.compile(r"^part-(?P<shard>\d+of\d+)-(?P<seq>\d+)\.parquet$")
 ROW_GROUP_SIZE = 256  # rows per Parquet row group: bounded memory when a reader streams a split
 # settings that may differ between runs filling one cache (paths to precomputed keypoints differ between machines)
 _POSE_SOURCE_KEYS_COMPARED = ("backend", "config", "checkpoint_sha256", "model")
+# "auto" dataset options as resolved for the files found (CUHK03 protocol); older caches lack it
+_COMPARED_WHEN_BOTH_HAVE = ("dataset_options_resolved",)
 
 
 class CacheError(ValueError):
@@ -171,6 +173,10 @@ def settings_mismatch(old: dict, new: dict) -> list[str]:
         s["pose_source"] = {k: src[k] for k in _POSE_SOURCE_KEYS_COMPARED if k in src}
         return json.loads(json.dumps(s, sort_keys=True))
     a, b = comparable(old), comparable(new)
+    for key in _COMPARED_WHEN_BOTH_HAVE:   # caches written before the key existed
+        if key not in a or key not in b:
+            a.pop(key, None)
+            b.pop(key, None)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 

@@ -161,6 +161,10 @@ class CropSummary:
 # ------------------------------------------------------------------------------------------------ settings
 
 
+def _plain(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
+
+
 def build_settings(cfg: CropConfig, source_description: dict, bank_sha256: str) -> dict:
     """The schema metadata that says how a cache was made (compared on resume)."""
     spec = cfg.region_spec()
@@ -171,7 +175,7 @@ def build_settings(cfg: CropConfig, source_description: dict, bank_sha256: str) 
         encoding.update(compress_level=PNG_COMPRESS_LEVEL)
     return {
         "dataset": cfg.dataset,
-        "dataset_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.dataset_options.items()},
+        "dataset_options": _plain(cfg.dataset_options),
         "keypoint_names": list(KEYPOINT_NAMES),
         "regions": {name: {"joints": list(spec.joints[name]), "size": list(size)}
                     for name, size in zip(REGION_NAMES, cfg.region_sizes())},
@@ -555,18 +559,20 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
     cfg.pose_source, `bank` (a CanonicalBank) overrides cfg.bank."""
     from .cache import CacheWriter, RunReport, Shard
     from .canonical import load_bank
-    from .datasets import scan_dataset
+    from .datasets import resolve_dataset_options, scan_dataset
     from .schema import WHOLE_COLUMN
 
     t0 = time.perf_counter()
     shard = Shard.parse(cfg.shard)
-    records, skipped = scan_dataset(cfg.dataset, cfg.root, **cfg.dataset_options)
+    resolved = resolve_dataset_options(cfg.dataset, cfg.root, cfg.dataset_options)
+    records, skipped = scan_dataset(cfg.dataset, cfg.root, **resolved)
     records = [r for r in records if shard.owns(r.path)]
     if pose_source is None:
         from .sources import make_pose_source
         pose_source = make_pose_source(cfg.pose_source_kind(), **cfg.pose_source_options())
     bank = load_bank(cfg.bank) if bank is None else bank
     settings = build_settings(cfg, pose_source.describe(), bank.sha256)
+    settings["dataset_options_resolved"] = _plain(resolved)
     report = RunReport(cfg.out)
     for path, reason in skipped:
         if shard.owns(path):

@@ -101,6 +101,15 @@ def scan_dataset(name: str, root: str | os.PathLike, **options: Any) -> tuple[li
     return records, sorted(skipped)
 
 
+def resolve_dataset_options(name: str, root: str | os.PathLike, options: dict[str, Any]) -> dict[str, Any]:
+    """The options as the reader will apply them, "auto" choices made (CUHK03 protocol="auto" -> the protocol
+    this folder's files select), so that a cache records - and a resumed run compares - what was actually read."""
+    resolved = dict(options)
+    if name.startswith("cuhk03") and resolved.get("protocol", "auto") == "auto" and Path(root).is_dir():
+        resolved["protocol"] = _cuhk03_protocol(Path(root), _cuhk_kind(name))
+    return resolved
+
+
 def read_dataset(name: str, root: str | os.PathLike, *, strict: bool = True, **options: Any) -> list[ImageRecord]:
     """Read a dataset into ImageRecords (train, then query, then gallery; sorted by path within a split).
 
@@ -323,6 +332,21 @@ def _find_raw_mat(root: Path) -> Path | None:
     return next((root / p for p in _CUHK_RAW_MAT if (root / p).is_file()), None)
 
 
+def _cuhk03_protocol(root: Path, kind: str) -> str:
+    """What protocol="auto" means for this folder: classic if the raw .mat (or an extraction marker) exists, else
+    new if its config exists, else folder."""
+    if _find_raw_mat(root) is not None or (root / f"images_{kind}" / _CUHK_MARKER).is_file():
+        return "classic"
+    if (root / f"cuhk03_new_protocol_config_{kind}.mat").is_file():
+        return "new"
+    if (root / kind).is_dir():
+        return "folder"
+    raise DatasetLayoutError(
+        f"CUHK03 ({kind}) layout not found under {root}: expected one of "
+        f"{' or '.join(_CUHK_RAW_MAT)} (classic protocol), cuhk03_new_protocol_config_{kind}.mat with "
+        f"images_{kind}/ (new protocol), or a folder {kind}/ of PPPP_II.jpg crops")
+
+
 def _read_cuhk03(root: Path, dataset: str, protocol: str = "auto", split: int = 0, num_test_ids: int | None = None,
                  split_file: str | None = None) -> tuple[list[ImageRecord], list[Skipped]]:
     kind = _cuhk_kind(dataset)
@@ -333,17 +357,7 @@ def _read_cuhk03(root: Path, dataset: str, protocol: str = "auto", split: int = 
     marker = images_dir / _CUHK_MARKER
     config = root / f"cuhk03_new_protocol_config_{kind}.mat"
     if protocol == "auto":
-        if raw is not None or marker.is_file():
-            protocol = "classic"
-        elif config.is_file():
-            protocol = "new"
-        elif (root / kind).is_dir():
-            protocol = "folder"
-        else:
-            raise DatasetLayoutError(
-                f"CUHK03 ({kind}) layout not found under {root}: expected one of "
-                f"{' or '.join(_CUHK_RAW_MAT)} (classic protocol), cuhk03_new_protocol_config_{kind}.mat with "
-                f"images_{kind}/ (new protocol), or a folder {kind}/ of PPPP_II.jpg crops")
+        protocol = _cuhk03_protocol(root, kind)
     if protocol == "folder":
         return _read_cuhk03_folder(root, dataset, kind, num_test_ids, split_file)
     if num_test_ids is not None or split_file is not None:

@@ -481,6 +481,24 @@ def test_cuhk03_new_protocol(tmp_path):
         read_dataset("cuhk03-detected", tmp_path, num_test_ids=5)
 
 
+def test_auto_protocol_is_resolved_and_a_changed_resolution_is_a_settings_mismatch(tmp_path):
+    from posecrop.cache import settings_mismatch
+    from posecrop.datasets import resolve_dataset_options
+
+    write_new_protocol(tmp_path)
+    assert resolve_dataset_options("cuhk03-detected", tmp_path, {}) == {"protocol": "new"}
+    assert resolve_dataset_options("cuhk03-detected", tmp_path, {"protocol": "folder"}) == {"protocol": "folder"}
+    assert resolve_dataset_options("market", tmp_path, {}) == {}
+    before = {"dataset_options": {}, "dataset_options_resolved": {"protocol": "new"}}
+    (tmp_path / "cuhk-03.mat").write_bytes(b"")   # the raw file appears: "auto" now means classic
+    now = {"dataset_options": {}, "dataset_options_resolved":
+           resolve_dataset_options("cuhk03-detected", tmp_path, {})}
+    assert now["dataset_options_resolved"] == {"protocol": "classic"}
+    assert settings_mismatch(before, now) == ["dataset_options_resolved"]
+    # a cache written before the resolved options were recorded still resumes
+    assert settings_mismatch({"dataset_options": {}}, now) == []
+
+
 def test_cuhk03_new_protocol_errors(tmp_path):
     write_new_protocol(tmp_path)
     with pytest.raises(DatasetLayoutError, match=r"expected cuhk03_new_protocol_config_labeled.mat \(missing\)"):
