@@ -20,9 +20,11 @@ Normalize = Literal["channel-mean", "imagenet"]
 CropSource = Literal["recrop", "stored"]
 
 
-def _check_size(name: str, size: tuple[int, int]) -> None:
-    if len(size) != 2 or min(size) < 8:
-        raise ValueError(f"{name} must be (height, width) with both >= 8, got {size}")
+def check_size(name: str, size: object) -> None:
+    """An input size is (height, width), two integers >= 8; ValueError otherwise."""
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in size)):
+        raise ValueError(f"{name} must be (height, width) with both integers >= 8, got {size!r}")
 
 
 @dataclass
@@ -65,7 +67,7 @@ class TrainConfig:
     `normalize = "imagenet"` uses the ImageNet mean/std instead (for ImageNet-initialised weights).
     `crops`: where the five region crops come from - "recrop" (default): cut by the loader from the cached source
     image (`whole`) and the cached Eq. 1-2 boxes, straight at the input sizes with the crop stage's own function
-    (one resample, no JPEG loss on the enlarged crops, ~3x less to decode for Market-size sources); "stored":
+    (one resample, no JPEG loss on the enlarged crops, about half the decoding for Market-size sources); "stored":
     decode the stored JPEG/PNG crops (caches whose crops came from elsewhere). Evaluation uses the checkpoint's.
     """
 
@@ -99,8 +101,8 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        _check_size("body_size", self.body_size)
-        _check_size("part_size", self.part_size)
+        check_size("body_size", self.body_size)
+        check_size("part_size", self.part_size)
         if self.epochs < 1 or self.lr_step < 1:
             raise ValueError(f"epochs and lr_step must be >= 1, got {self.epochs}, {self.lr_step}")
         if self.batch_size < 2:

@@ -32,7 +32,7 @@ from posecrop.typedconfig import to_dict
 
 from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import EvalConfig
+from .config import EvalConfig, check_size
 from .data import (ReidDataset, SampleTransform, SplitData, decode, input_sizes, load_split, make_loader,
                    normalize_inputs)
 
@@ -70,11 +70,11 @@ def load_trained(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[
     if missing or not isinstance(ckpt.get("model"), dict):
         what = f"meta lacks {missing}" if missing else "no 'model' weights"
         raise CheckpointError(f"{path}: incomplete training checkpoint ({what})")
-    for key in ("body_size", "part_size"):
-        size = meta[key]
-        if not (isinstance(size, (list, tuple)) and len(size) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-            raise CheckpointError(f"{path}: meta {key} {size!r} is not a (height, width) of positive integers")
+    try:
+        for key in ("body_size", "part_size"):
+            check_size(key, meta[key])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: meta {e}") from e
     try:
         model = build_model(meta["model"], int(meta["num_classes"]), tuple(meta["body_size"]),
                             tuple(meta["part_size"]))
