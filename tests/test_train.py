@@ -1,7 +1,8 @@
-"""Training: a short real run lowers the Eq. 11 loss; kill + --resume reaches bit-identical weights; init report."""
+"""Training: a real run overfits a fixed batch; kill + --resume reaches bit-identical weights; init report."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -46,21 +47,26 @@ def test_eq11_loss_weights_intra_and_inter():
         eq11_loss({k: v for k, v in logits.items() if k != "fused"}, labels, 0.5)
 
 
-def test_a_short_training_run_lowers_the_loss(cache, tmp_path):
-    # one full batch per epoch: from scratch, the first steps of this five-branch net are noisy with tiny batches
-    cfg = TrainConfig(cache=cache, out=tmp_path / "run", model="intra-inter", epochs=6, seed=7, batch_size=12,
+def test_training_overfits_a_fixed_batch(cache, tmp_path):
+    # One fixed batch (all 12 images of the 3 training identities, no augmentation) seen 30 times: the net must
+    # learn it - training accuracy 1.0 and the Eq. 11 loss far below chance (5 * 0.5 * ln 3 + ln 3 = 3.85).
+    # The threshold leaves a wide margin; the trajectory itself depends on the CPU's reduction order.
+    epochs, chance = 30, (0.5 * 5 + 1) * math.log(3)
+    cfg = TrainConfig(cache=cache, out=tmp_path / "run", model="intra-inter", epochs=epochs, seed=7, batch_size=12,
                       workers=0, lr=0.02, body_size=(64, 32), part_size=(16, 32), tensorboard=True,
-                      augment=AugmentConfig(flip=True, pad=0, erasing=0.0))
+                      augment=AugmentConfig(flip=False, pad=0, erasing=0.0))
     result = train(cfg, progress=False)
     losses = [row["loss"] for row in result.history]
-    assert len(losses) == 6 and (losses[-1] + losses[-2]) / 2 < losses[0], losses
+    assert len(losses) == epochs and losses[0] > chance / 2, losses
+    assert sum(losses[-3:]) / 3 < chance / 4, losses
+    assert result.history[-1]["accuracy"] == 1.0, result.history[-1]
     assert all(row["images_per_s"] > 0 and row["images"] == 12 for row in result.history)
     # what the run left: metrics per epoch, TensorBoard events, the last checkpoint, the final weights
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     assert [r["loss"] for r in rows] == losses
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 6
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == epochs
     final = load_checkpoint(tmp_path / "run" / "model.pt")
     assert final["meta"]["model"] == "intra-inter" and final["meta"]["num_classes"] == 3
     assert final["meta"]["train_pids"] == [1, 2, 3]
