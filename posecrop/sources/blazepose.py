@@ -223,10 +223,14 @@ class BlazePoseSource:
 
     def _new_graph(self) -> Any:
         if self.mode == "detector":
+            import warnings
+
             from mediapipe.python.solutions.pose import Pose
 
-            return Pose(static_image_mode=True, model_complexity=1,
-                        min_detection_confidence=self.min_detection_confidence)
+            with warnings.catch_warnings():  # protobuf's "label() is deprecated", inside mediapipe
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return Pose(static_image_mode=True, model_complexity=1,
+                            min_detection_confidence=self.min_detection_confidence)
         from google.protobuf import text_format
         from mediapipe.framework import calculator_pb2
         from mediapipe.python.solution_base import SolutionBase

@@ -147,10 +147,23 @@ def resolve_kinds(spec: str | Sequence[str] | None, root: Path, options: dict[st
 def build_chain(spec: str | Sequence[str] | None, root: Path, options: dict[str, Any]) -> "PoseChain":
     """The chain for `--pose-source spec` on dataset root `root` with `pose_options` `options`."""
     kinds = resolve_kinds(spec, root, options)
+    from . import _source_class
+
+    _check_order(kinds, [bool(getattr(_source_class(k), "in_worker", False)) for k in kinds])  # before any model loads
     routed = route_options(kinds, options)
     if "openpose-json" in kinds:
         routed["openpose-json"].setdefault("keypoints_dir", Path(root) / "keypoints")
     return PoseChain([make_pose_source(k, **routed[k]) for k in kinds], auto=parse_chain(spec) == [AUTO])
+
+
+def _check_order(names: Sequence[str], in_worker: Sequence[bool]) -> int:
+    """The index of the first source that runs in the workers; after it only precomputed sources may follow."""
+    split = next((i for i, w in enumerate(in_worker) if w), len(names))
+    late = [n for n, w in zip(names[split:], in_worker[split:]) if not w and n not in PRECOMPUTED]
+    if late:
+        raise ValueError(f"pose source chain {','.join(names)}: {late[0]} runs batched in the main process and must "
+                         f"come before {names[split]} (which runs in the worker processes)")
+    return split
 
 
 def runs_in_worker(source: Any) -> bool:
@@ -167,13 +180,8 @@ class PoseChain:
         self.sources = list(sources)
         self.names = [str(getattr(s, "name", type(s).__name__)) for s in self.sources]
         self.auto = auto
-        split = next((i for i, s in enumerate(self.sources) if runs_in_worker(s)), len(self.sources))
+        split = _check_order(self.names, [runs_in_worker(s) for s in self.sources])
         self.head, self.tail = self.sources[:split], self.sources[split:]
-        late = [n for s, n in zip(self.tail, self.names[split:])
-                if not runs_in_worker(s) and n not in PRECOMPUTED]
-        if late:
-            raise ValueError(f"pose source chain {','.join(self.names)}: {late[0]} runs batched in the main process "
-                             f"and must come before {self.names[split]} (which runs in the worker processes)")
 
     def describe(self) -> dict:
         if len(self.sources) == 1:
