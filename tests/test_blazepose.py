@@ -17,7 +17,7 @@ import pytest
 from posecrop.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
 from posecrop.records import ImageRecord
 from posecrop.sources.base import PoseBatchItem
-from posecrop.sources.blazepose import LANDMARKS_TO_COCO18, NUM_LANDMARKS, landmarks_to_coco18
+from posecrop.sources.blazepose import LANDMARKS_TO_COCO18, NUM_LANDMARKS, BlazePoseSource, landmarks_to_coco18
 
 REPO = Path(__file__).resolve().parents[1]
 K = KEYPOINT_INDEX
@@ -288,3 +288,30 @@ def test_chain_posegan_then_blazepose_falls_through_per_image(small_market, tmp_
     assert settings["pose_source"]["backend"] == "posegan-csv,blazepose"
     assert [p["backend"] for p in settings["pose_source"]["chain"]] == ["posegan-csv", "blazepose"]
     assert settings["pose_source"]["chain"][1]["checkpoint_sha256"] == blaze.model_sha256["landmark"]
+
+
+class _DeadlyBlazePose(BlazePoseSource):
+    """BlazePose that kills its worker process on images 13 pixels wide (a crashing native library)."""
+
+    def estimate(self, batch):
+        if any(item.image.shape[1] == 13 for item in batch):
+            os._exit(1)
+        return super().estimate(batch)
+
+
+def test_a_crash_inside_the_pose_model_costs_only_its_image(small_market, tmp_path):
+    pytest.importorskip("mediapipe")
+    from PIL import Image
+
+    from posecrop.cache import read_report
+    from posecrop.crop_stage import CropConfig, run_crop
+
+    killer = small_market / "query" / "0007_c1s1_000007_00.jpg"
+    with Image.open(small_market / "query" / MARKET_PICK["query"][0]) as im:
+        im.convert("RGB").resize((13, 128)).save(killer)
+    out = tmp_path / "cache"
+    s = run_crop(CropConfig(dataset="market", root=small_market, out=out, workers=1, batch_size=2, progress=False),
+                 pose_source=_DeadlyBlazePose())
+    assert s.records == 7 and s.written == 6 and s.failed == 1 and s.pose_sources == {"blazepose": 6}
+    (entry,) = [e for e in read_report(out) if e["status"] == "failed"]
+    assert entry["image_id"] == "query/0007_c1s1_000007_00.jpg" and "worker process died" in entry["reason"]

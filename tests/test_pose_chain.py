@@ -162,3 +162,18 @@ def test_caches_without_the_pose_source_column_still_read(small_market, tmp_path
     from reidtrain.data import read_split_table
 
     assert read_split_table(out, "train", ["image_id", "pid", "camid"]).num_rows == 2
+
+
+def test_resume_with_other_blazepose_options_is_refused(small_market, tmp_path):
+    pytest.importorskip("mediapipe")
+    from posecrop.cache import CacheError
+
+    out = tmp_path / "cache"
+    run_crop(CropConfig(dataset="market", root=small_market, out=out, pose_source="blazepose", workers=0,
+                        progress=False, limit=1))
+    with pytest.raises(CacheError, match="pose_source"):
+        run_crop(CropConfig(dataset="market", root=small_market, out=out, pose_source="blazepose", workers=0,
+                            pose_options={"roi_scale": 1.5}, progress=False))
+    s = run_crop(CropConfig(dataset="market", root=small_market, out=out, pose_source="blazepose", workers=0,
+                            progress=False))
+    assert s.already_done == 1 and s.written == 5

@@ -288,6 +288,7 @@ class BlazePoseSource:
             "model": f"BlazePose GHUM full (model_complexity 1), mode {self.mode}",
             "model_files": {key: files[key] for key in used},
             "checkpoint_sha256": self.model_sha256["landmark"],
+            "config": self.options_text(),  # compared when a cache is resumed, with backend, model and the hash
             "mode": self.mode,
             "roi_scale": self.roi_scale if self.mode == "roi" else None,
             "min_detection_confidence": self.min_detection_confidence if self.mode == "detector" else None,
@@ -297,6 +298,11 @@ class BlazePoseSource:
                          "score = visibility; outside the image = missing",
             "person_box": "whole image" if self.mode == "roi" else "BlazePose person detector",
         }
+
+    def options_text(self) -> str:
+        person = (f"roi_scale={self.roi_scale:g}" if self.mode == "roi"
+                  else f"min_detection_confidence={self.min_detection_confidence:g}")
+        return f"mode={self.mode} {person} pad={self.pad:g} upscale={self.upscale:g}"
 
     def estimate(self, batch: Sequence[PoseBatchItem]) -> tuple[np.ndarray, np.ndarray]:
         kps = np.empty((len(batch), NUM_KEYPOINTS, 2), np.float32)

@@ -195,6 +195,7 @@ class PoseChain:
             "chain": parts,
             "model": " | ".join(str(p.get("model") or p.get("backend")) for p in parts),
             "checkpoint_sha256": " | ".join(str(p.get("checkpoint_sha256")) for p in parts),
+            "config": " | ".join(str(p.get("config")) for p in parts),
             "fall_through": "no keypoints for the image, or no joint found -> next source; none found -> frame "
                             "fallback (pose_source 'none')",
         }
