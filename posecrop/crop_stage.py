@@ -38,7 +38,7 @@ import numpy as np
 
 from .crops import (BOX_FRAME, EXTENSIONS, FILL_MODES, PNG_COMPRESS_LEVEL, ImageDecodeError, crop_regions,
                     decode_image, encode_image, outside_fraction, probe_size)
-from .keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
+from .keypoints import KEYPOINT_NAMES
 from .records import SPLITS, ImageRecord
 from .regions import DEFAULT_REGION_JOINTS, REGION_NAMES, RegionGeometryError, RegionSpec, region_boxes
 

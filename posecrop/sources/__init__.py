@@ -45,5 +45,5 @@ def source_parameters(kind: str) -> tuple[list[str], bool]:
     return accepted, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-__all__ = ["POSE_SOURCE_KINDS", "PoseBatchItem", "PoseNotCoveredError", "PoseReadError", "PoseSource", "make_pose_source",
-           "source_parameters"]
+__all__ = ["POSE_SOURCE_KINDS", "PoseBatchItem", "PoseNotCoveredError", "PoseReadError", "PoseSource",
+           "make_pose_source", "source_parameters"]

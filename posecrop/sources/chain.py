@@ -232,7 +232,8 @@ class ChainState:
                           {pos[i]: r for i, r in self.failed.items() if i in pos})
 
 
-def _estimate_one_by_one(source: Any, items: Sequence[PoseBatchItem]) -> list[tuple[np.ndarray, np.ndarray] | Exception]:
+def _estimate_one_by_one(source: Any, items: Sequence[PoseBatchItem]) -> list:
+    """(keypoints, scores) or the PoseReadError of each image."""
     out: list[tuple[np.ndarray, np.ndarray] | Exception] = []
     for it in items:
         try:
