@@ -43,6 +43,10 @@ POSE_FIELDS = [
     pa.field("boxes", pa.list_(pa.list_(pa.float32(), 4), len(REGION_NAMES))),
     pa.field("outside", pa.list_(pa.float32(), len(REGION_NAMES))),  # share of each box outside the image
     pa.field("beta", pa.float32()),
+    # why the pose's joints were distrusted despite their scores ("" = plausible), e.g. "upside_down: fallback":
+    # the rules of posecrop/plausibility.py that fired, then what became of the pose (repaired / fallback).
+    # Caches written before it lack the column; readers treat a missing column as all "".
+    pa.field("pose_issue", pa.string()),
 ]
 IMAGE_FIELDS = [pa.field(name, IMAGE_STRUCT) for name in IMAGE_COLUMNS]
 
@@ -65,6 +69,7 @@ def hf_features_metadata() -> bytes:
                   "length": len(REGION_NAMES), "_type": "Sequence"},
         "outside": {"feature": {"dtype": "float32", "_type": "Value"}, "length": len(REGION_NAMES), "_type": "Sequence"},
         "beta": {"dtype": "float32", "_type": "Value"},
+        "pose_issue": {"dtype": "string", "_type": "Value"},
     }
     for name in IMAGE_COLUMNS:
         feats[name] = {"_type": "Image"}
