@@ -11,6 +11,10 @@ when too few trusted joints remain. No image is dropped for its pose.
 Only *reliable* joints (finite, score >= threshold) are judged. The rules, in the order they are applied (each
 one sees the joints the earlier rules left trusted), and what they distrust:
 
+  too_large         the face-to-ankle span (mean y of the face joints to mean y of the ankles) is more than
+                    MAX_SPAN image heights, or the torso (shoulder level to hip level) longer than MAX_TORSO of
+                    it: every joint. Judged first, on every reliable joint: a giant's joints would otherwise look
+                    like single joints outside the image.
   outside_image     a joint farther than OUTSIDE_MARGIN (fraction of the image side) outside the image:
                     that joint only; when more than MAX_OUTSIDE_SHARE of the trusted joints are outside, the
                     skeleton is misplaced as a whole: every joint.
@@ -22,8 +26,6 @@ one sees the joints the earlier rules left trusted), and what they distrust:
   legs_above_neck   a knee or ankle above the shoulders (an upright torso is required): that joint.
   height            Eq. 1-2's body height H from the trusted head (P1) and lower-leg (P4) joints is <= 0:
                     every joint.
-  too_large         the trusted joints span more than MAX_SPAN times the image height (or width), or the torso
-                    (shoulders to hips) is longer than MAX_TORSO of the image height: every joint.
   too_small         the torso is shorter than MIN_TORSO of the image height, or the face-to-ankle span is less
                     than MIN_BODY_SPAN of it: every joint.
   collapsed         at least COLLAPSED_MIN_JOINTS trusted joints all lie within COLLAPSED_EXTENT of the image
@@ -49,7 +51,7 @@ import numpy as np
 from .keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
 from .regions import RegionSpec
 
-RULES: tuple[str, ...] = ("outside_image", "upside_down", "head_below_hips", "legs_above_neck", "height",
+RULES: tuple[str, ...] = ("too_large", "outside_image", "upside_down", "head_below_hips", "legs_above_neck", "height",
                           "too_large", "too_small", "collapsed")
 
 _J = KEYPOINT_INDEX
@@ -68,15 +70,22 @@ class PlausibilityRules:
     outside_margin: float = 0.25       # a joint this far (fraction of width / height) outside the image is wild
     max_outside_share: float = 0.5     # more of the trusted joints outside: the whole skeleton is misplaced
     order_tolerance: float = 0.02      # levels closer than this (fraction of the height) count as level, not inverted
-    max_span: float = 1.6              # trusted joints spanning more than this many image heights / widths: too large
+    max_span: float = 1.6              # face level to ankle level more than this many image heights: too large
     max_torso: float = 0.8             # torso (shoulder level to hip level) longer than this fraction of the height
     min_torso: float = 0.06            # ... shorter than this: too small
     min_body_span: float = 0.2         # face level to ankle level shorter than this fraction of the height: too small
     collapsed_extent: float = 0.04     # all trusted joints within this fraction of the height (both sides): collapsed
     collapsed_min_joints: int = 4      # ... judged only with at least this many trusted joints
+    enabled: tuple[str, ...] = RULES   # the rules that apply (all by default)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.enabled) - set(RULES))
+        if unknown:
+            raise ValueError(f"unknown plausibility rule(s) {unknown}; rules are {RULES}")
+        object.__setattr__(self, "enabled", tuple(self.enabled))
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "enabled": list(self.enabled)}
 
 
 DEFAULT_RULES = PlausibilityRules()
@@ -144,6 +153,8 @@ def check_poses(keypoints: np.ndarray, scores: np.ndarray, image_size: np.ndarra
 
     def fire(rule: str, poses: np.ndarray, joints: np.ndarray | None = None) -> None:
         nonlocal whole
+        if rule not in rules.enabled:
+            return
         fired[:, RULES.index(rule)] |= poses
         if joints is None:
             whole |= poses
@@ -153,11 +164,20 @@ def check_poses(keypoints: np.ndarray, scores: np.ndarray, image_size: np.ndarra
     def trusted() -> np.ndarray:
         return ok & ~bad & ~whole[:, None]
 
+    # too_large, first (its joints would otherwise look like wild joints outside the image): the torso and the
+    # face-to-ankle span against the image height, from the level means (robust to a single wild joint)
+    (y_sh, has_sh), (y_hip, has_hip) = _level_y(y, ok, SHOULDERS), _level_y(y, ok, HIPS)
+    (y_face, has_face), (y_ank, has_ank) = _level_y(y, ok, FACE), _level_y(y, ok, ANKLES)
+    torso = np.where(has_sh & has_hip, np.abs(y_hip - y_sh), np.nan) / h[:, 0]
+    body = np.where(has_face & has_ank, np.abs(y_ank - y_face), np.nan) / h[:, 0]
+    with np.errstate(invalid="ignore"):
+        fire("too_large", (torso > rules.max_torso) | (body > rules.max_span))
+
     # outside_image: single wild joints, or a skeleton mostly outside the image
+    t = trusted()
     mx, my = rules.outside_margin * w, rules.outside_margin * h
-    outside = ok & ((x < -mx) | (x > w + mx) | (y < -my) | (y > h + my))
-    n_ok = ok.sum(1)
-    mostly = outside.sum(1) > rules.max_outside_share * np.maximum(n_ok, 1)
+    outside = t & ((x < -mx) | (x > w + mx) | (y < -my) | (y > h + my))
+    mostly = outside.sum(1) > rules.max_outside_share * np.maximum(t.sum(1), 1)
     fire("outside_image", outside.any(1) & ~mostly, outside)
     fire("outside_image", mostly)
 
@@ -200,7 +220,7 @@ def check_poses(keypoints: np.ndarray, scores: np.ndarray, image_size: np.ndarra
     with np.errstate(invalid="ignore"):
         fire("height", p1.any(1) & p4.any(1) & ~(bottom - top > 0))
 
-    # too_large / too_small / collapsed: the skeleton's size against the image
+    # too_small / collapsed: the skeleton's size against the image
     t = trusted()
     n_t = t.sum(1)
     span_x = np.where(t, x, -np.inf).max(1) - np.where(t, x, np.inf).min(1)
@@ -210,9 +230,6 @@ def check_poses(keypoints: np.ndarray, scores: np.ndarray, image_size: np.ndarra
     (y_face, has_face), (y_ank, has_ank) = _level_y(y, t, FACE), _level_y(y, t, ANKLES)
     body = np.where(has_face & has_ank, y_ank - y_face, np.nan) / h[:, 0]
     with np.errstate(invalid="ignore"):
-        large = (n_t >= 2) & ((span_y > rules.max_span * h[:, 0]) | (span_x > rules.max_span * w[:, 0]))
-        large |= torso > rules.max_torso
-        fire("too_large", large)
         fire("too_small", (torso < rules.min_torso) | (body < rules.min_body_span))
         small_box = np.maximum(span_x, span_y) < rules.collapsed_extent * h[:, 0]
         fire("collapsed", (n_t >= rules.collapsed_min_joints) & small_box)
