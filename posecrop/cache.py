@@ -677,5 +677,6 @@ def cache_info(cache: str | os.PathLike) -> dict:
     report = {"path": str(cache / REPORT_NAME), "runs": len({e.get("run") for e in entries}),
               "failed": sum(e.get("status") == "failed" for e in entries),
               "skipped": sum(e.get("status") == "skipped" for e in entries),
+              "implausible": sum(e.get("status") == "implausible" for e in entries),   # kept, pose repaired
               "last_run_failed": sum(e.get("status") == "failed" and e.get("run") == last for e in entries)}
     return {"cache": str(cache), "splits": splits, "settings": cache_settings(cache), "report": report}

@@ -235,8 +235,8 @@ def register(app: typer.Typer) -> None:
             return
         t = Table(title=f"crop cache {cache}")
         for col in ("split", "rows", "ids", "cameras", "parts", "repaired joints", "fallback joints",
-                    "body box outside", "implausible poses", "duplicates"):
-            t.add_column(col, justify="left" if col == "split" else "right")
+                    "body box outside", "implausible", "duplicates"):
+            t.add_column(col, justify="left" if col == "split" else "right", no_wrap=col == "split")
         for split, s in data["splits"].items():
             t.add_row(split, str(s["rows"]), str(s["ids"]), str(s["cameras"]), str(s["parts"]),
                       f"{s['repaired_joints']:.1%}", f"{s['fallback_joints']:.1%}", f"{s['body_outside']:.1%}",
@@ -270,7 +270,8 @@ def register(app: typer.Typer) -> None:
         console.print(t2)
         rep = data["report"]
         console.print(f"report {rep['path']}: {rep['runs']} run(s), {rep['failed']} failed and {rep['skipped']} "
-                      f"skipped entries (last run: {rep['last_run_failed']} failed)", highlight=False)
+                      f"skipped entries (last run: {rep['last_run_failed']} failed), {rep.get('implausible', 0)} "
+                      "implausible poses named (images kept)", highlight=False)
 
     @app.command("show", help="Contact sheet PNG of a crop cache: sampled source images with keypoints (repaired "
                               "ones marked) and the five boxes, then the five crops side by side.")

@@ -105,6 +105,11 @@ def _legend(width: int, title: str) -> Image.Image:
         d.rectangle([x, 28, x + 10, 38], outline=REGION_COLOURS[name], width=2)
         d.text((x + 14, 25), name, fill=TEXT, font=font)
         x += 14 + int(d.textlength(name, font=font)) + 16
+    for outcome, c in ISSUE_COLOURS.items():
+        label = f"implausible pose, {outcome}"
+        d.rectangle([x, 27, x + 12, 39], outline=c, width=3)
+        d.text((x + 16, 25), label, fill=TEXT, font=font)
+        x += 16 + int(d.textlength(label, font=font)) + 16
     return img
 
 
@@ -123,7 +128,7 @@ def render_rows(rows: Sequence[dict], title: str = "") -> Image.Image:
         if issue:
             colour = ISSUE_COLOURS.get(parse_issue(issue)[1], ISSUE_COLOURS["fallback"])
             ImageDraw.Draw(panels[0]).rectangle([0, 0, panels[0].width - 1, panels[0].height - 1], outline=colour,
-                                                width=4)
+                                                width=6)
         panels += [_decode(row[name]["bytes"]) for name in REGION_NAMES]
         rendered.append((row, panels))
     width = max((sum(p.width for p in ps) + GAP * (len(ps) + 1) for _, ps in rendered), default=600)
