@@ -12,9 +12,10 @@ is dropped for its pose: joints whose geometry is implausible (posecrop/plausibi
 hips, far outside the image, ...) are distrusted like low-score joints, so the canonical repair fills them or the
 frame fallback places the pose; a pose whose repair fails or whose Eq. 1-2 regions still cannot be placed takes the
 frame fallback too. Such rows carry the reason in the `pose_issue` column, are named in the report (status
-"implausible") and counted in the summary. A worker process that dies (e.g. a crashing decoder) costs only its image: the tasks lost with the pool are
-re-run one image at a time, alone in a fresh pool, and the image that kills a worker there is reported. Workers end
-when the main process dies. A killed run keeps every finished part file; re-running resumes.
+"implausible") and counted in the summary. A worker process that dies (e.g. a crashing decoder) costs only its
+image: the tasks lost with the pool are re-run one image at a time, alone in a fresh pool, and the image that kills
+a worker there is reported. Workers end when the main process dies. A killed run keeps every finished part file;
+re-running resumes.
 
 Pose sources that read precomputed keypoints ("openpose-json", "posegan-csv") only need the image size, so the
 main process reads just the image header for them and hands them a zero-cost stand-in array of the image's shape

@@ -38,8 +38,10 @@ uses. Measured on real poses (thresholds chosen so that real good poses pass):
     the same poses upside down flags 99.3 % of those with a joint (the rest have a single joint: no order).
   * BlazePose (mediapipe, model_complexity 1) on the 3,884 CUHK01 images: 44 poses flagged (1.1 %): upside_down
     30, too_small 9 (skeletons shrunk onto the head), legs_above_neck 3, head_below_hips 2, outside_image 2;
-    41 distrusted as a whole. All 15 poses whose Eq. 1-2 height is H <= 0 after the repair without these rules
-    are among them (the crop stage used to drop those images).
+    41 distrusted as a whole (frame fallback), 3 with single joints distrusted and repaired. All 15 poses whose
+    Eq. 1-2 height is H <= 0 after the repair without these rules are among them (the crop stage used to drop
+    those images). Known miss: a skeleton shrunk into the lower half of the image with a plausible-looking
+    torso (0624003.png: torso 0.09 of the height) passes, only its knee above the neck is repaired.
 """
 from __future__ import annotations
 

@@ -288,6 +288,11 @@ def test_crop_keeps_every_image_whatever_its_pose(tmp_path):
     res = fk.cli("info", str(out))
     assert res.returncode == 0, res.stderr
     assert "implausible poses 4" in res.stdout and "upside_down 1" in res.stdout
+    res = fk.cli("crop", "--root", str(root), "--out", str(tmp_path / "cli"), "--workers", "0", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())
+    assert "18 rows written" in text and "0 failed" in text, text
+    assert "implausible poses (kept) 12 (3 repaired, 9 frame fallback): upside_down 3, head_below_hips 3" in text
 
 
 def test_caches_without_pose_issue_still_read(tmp_path):
