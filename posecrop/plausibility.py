@@ -21,9 +21,10 @@ one sees the joints the earlier rules left trusted), and what they distrust:
   upside_down       the body's vertical order (face, shoulders, hips, knees, ankles: the mean y of each level) is
                     inverted for most pairs of levels present (ORDER_TOLERANCE of the image height decides a tie):
                     every joint (a flipped skeleton has no trustworthy part).
-  head_below_hips   a face joint (nose, eyes, ears) below the hips: those face joints when the shoulders are
+  head_below_hips   a face joint (nose, eyes, ears) below the hips (by more than ORDER_TOLERANCE): those face joints when the shoulders are
                     present and above the hips (the torso is upright, only the head is wrong), else every joint.
-  legs_above_neck   a knee or ankle above the shoulders (an upright torso is required): that joint.
+  legs_above_neck   a knee or ankle above the shoulders (by more than ORDER_TOLERANCE; an upright torso is
+                    required): that joint.
   height            Eq. 1-2's body height H from the trusted head (P1) and lower-leg (P4) joints is <= 0:
                     every joint.
   too_small         the torso is shorter than MIN_TORSO of the image height, or the face-to-ankle span is less
@@ -36,12 +37,12 @@ uses. Measured on real poses (thresholds chosen so that real good poses pass):
   * pose-gan Market-1501 CSVs (OpenPose, 64 x 128 crops, 32,668 poses, 28,804 with a joint): 0 poses flagged
     (tighter size limits, min_torso 0.08 / min_body_span 0.25, would flag 1; 0.1 / 0.3 would flag 11). Flipping
     the same poses upside down flags 99.3 % of those with a joint (the rest have a single joint: no order).
-  * BlazePose (mediapipe, model_complexity 1) on the 3,884 CUHK01 images: 44 poses flagged (1.1 %): upside_down
-    30, too_small 9 (skeletons shrunk onto the head), legs_above_neck 3, head_below_hips 2, outside_image 2;
-    41 distrusted as a whole (frame fallback), 3 with single joints distrusted and repaired. All 15 poses whose
-    Eq. 1-2 height is H <= 0 after the repair without these rules are among them (the crop stage used to drop
-    those images). Known miss: a skeleton shrunk into the lower half of the image with a plausible-looking
-    torso (0624003.png: torso 0.09 of the height) passes, only its knee above the neck is repaired.
+  * BlazePose (mediapipe 0.10.21, model_complexity 1, on the 60 x 160 images as they are) on the 3,884 CUHK01
+    images: 43 poses flagged (1.1 %): upside_down 30, too_small 9 (skeletons shrunk onto the head),
+    outside_image 2, head_below_hips 2, legs_above_neck 1; 41 distrusted as a whole (frame fallback), 2 with
+    single joints distrusted and repaired. All 15 poses whose Eq. 1-2 height is H <= 0 after the repair without
+    these rules are among them (the crop stage used to drop those images). Known miss: a skeleton shrunk into
+    the lower half of the image with a plausible-looking torso (0624003.png: torso 0.09 of the height) passes.
 """
 from __future__ import annotations
 
@@ -203,14 +204,14 @@ def check_poses(keypoints: np.ndarray, scores: np.ndarray, image_size: np.ndarra
     torso_up = has_sh & has_hip & (y_hip - y_sh > tol)
     face = np.zeros((N, NUM_KEYPOINTS), dtype=bool)
     face[:, FACE] = True
-    low_face = t & face & has_hip[:, None] & (y > y_hip[:, None])
+    low_face = t & face & has_hip[:, None] & (y > (y_hip + tol)[:, None])
     head_low = low_face.any(1)
     fire("head_below_hips", head_low & torso_up, low_face)
     fire("head_below_hips", head_low & ~torso_up)
     t = trusted()
     legs = np.zeros((N, NUM_KEYPOINTS), dtype=bool)
     legs[:, KNEES + ANKLES] = True
-    high_legs = t & legs & torso_up[:, None] & (y < y_sh[:, None])
+    high_legs = t & legs & torso_up[:, None] & (y < (y_sh - tol)[:, None])
     fire("legs_above_neck", high_legs.any(1), high_legs)
 
     # height: Eq. 1-2 from the trusted head and lower-leg joints
