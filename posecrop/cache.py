@@ -426,6 +426,9 @@ class CacheWriter:
     def add_batch(self, batch: dict) -> None:
         """Buffer a batch of rows; every split whose buffer reaches rows_per_part is written as a part file."""
         splits = batch["split"]
+        for name in _OPTIONAL_STRINGS:
+            if name not in batch:
+                batch = {**batch, name: [""] * len(splits)}
         for image_id, split in zip(batch["image_id"], splits):
             if split not in SPLITS:
                 raise ValueError(f"{image_id}: split {split!r} is not one of {SPLITS}")
@@ -485,12 +488,15 @@ _SCALAR_TYPES = {"pid": np.int32, "camid": np.int16, "width": np.int32, "height"
 _ARRAY_TYPES = {"keypoints": np.float32, "scores": np.float32, "joint_source": np.int8, "boxes": np.float32,
                 "outside": np.float32}
 _STRING_COLUMNS = ("image_id", "dataset", "split")
+_OPTIONAL_STRINGS = ("pose_issue",)  # "" when a row or batch lacks it
 
 
 def rows_to_batch(rows: Sequence[dict]) -> dict:
     """Row dicts -> one batch: lists for strings, stacked numpy arrays for numbers, {"bytes": [...], "path": [...]}
     for the image columns."""
     batch: dict[str, Any] = {name: [r[name] for r in rows] for name in _STRING_COLUMNS}
+    for name in _OPTIONAL_STRINGS:
+        batch[name] = [r.get(name) or "" for r in rows]
     for name, dtype in _SCALAR_TYPES.items():
         batch[name] = np.array([r[name] for r in rows], dtype=dtype)
     for name, dtype in _ARRAY_TYPES.items():
@@ -538,6 +544,8 @@ def batch_to_table(batch: dict, schema: pa.Schema) -> pa.Table:
     cols: dict[str, pa.Array] = {}
     for name in _STRING_COLUMNS:
         cols[name] = pa.array(batch[name], type=pa.string())
+    for name in _OPTIONAL_STRINGS:
+        cols[name] = pa.array(batch.get(name) or [""] * len(batch["image_id"]), type=pa.string())
     for name, dtype in _SCALAR_TYPES.items():
         cols[name] = pa.array(np.asarray(batch[name], dtype=dtype), type=schema.field(name).type)
     for name, dtype in _ARRAY_TYPES.items():
@@ -638,7 +646,10 @@ def load_image_bytes(image: dict, root: str | os.PathLike | None = None, what: s
 
 def cache_info(cache: str | os.PathLike) -> dict:
     """Numbers behind `python cli.py info`: per split rows, identities, cameras, part files, share of repaired /
-    fallback joints, mean share of the body box outside the image, duplicate image ids; settings; report counts."""
+    fallback joints, mean share of the body box outside the image, duplicate image ids, implausible poses (by rule
+    and outcome, see posecrop.plausibility.issue_counts); settings; report counts."""
+    from .plausibility import issue_counts
+
     cache = Path(cache)
     if not all_part_files(cache):
         raise CacheError(f"{cache}: no part files (expected {'/'.join(SPLITS)}/part-*.parquet)")
@@ -647,7 +658,10 @@ def cache_info(cache: str | os.PathLike) -> dict:
         parts = part_files(cache, split)
         if not parts:
             continue
-        t = read_split(cache, split, ["image_id", "pid", "camid", "joint_source", "outside"])
+        columns = ["image_id", "pid", "camid", "joint_source", "outside"]
+        has_issue = all("pose_issue" in pq.read_schema(p).names for p in parts)  # older caches lack it
+        t = read_split(cache, split, columns + ["pose_issue"] if has_issue else columns)
+        issues = t.column("pose_issue").to_pylist() if has_issue else [""] * t.num_rows
         pose_sources: dict[str, int] = {}
         for part in parts:  # per part: caches written before the column existed lack it
             try:
@@ -668,6 +682,7 @@ def cache_info(cache: str | os.PathLike) -> dict:
             "body_outside": float(out[:, 0].mean()) if len(out) else 0.0,
             "duplicates": t.num_rows - len(set(t.column("image_id").to_pylist())),
             "pose_sources": dict(sorted(pose_sources.items())),
+            "pose_issues": issue_counts(issues) if has_issue else None,   # None: cache written before pose_issue
         }
     entries = read_report(cache)
     runs = [e for e in entries if e.get("status") == "summary"]
@@ -675,5 +690,6 @@ def cache_info(cache: str | os.PathLike) -> dict:
     report = {"path": str(cache / REPORT_NAME), "runs": len({e.get("run") for e in entries}),
               "failed": sum(e.get("status") == "failed" for e in entries),
               "skipped": sum(e.get("status") == "skipped" for e in entries),
+              "implausible": sum(e.get("status") == "implausible" for e in entries),   # kept, pose repaired
               "last_run_failed": sum(e.get("status") == "failed" and e.get("run") == last for e in entries)}
     return {"cache": str(cache), "splits": splits, "settings": cache_settings(cache), "report": report}

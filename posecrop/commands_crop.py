@@ -66,6 +66,13 @@ def _list_problems(cache: Path, run_id: str, limit: int = MAX_LISTED) -> None:
                       markup=False, soft_wrap=True)
 
 
+def _issue_line(title: str, counts: dict) -> str:
+    """'train: implausible poses 12 (3 repaired, 9 fallback): upside_down 8, outside_image 4'."""
+    rules = ", ".join(f"{k} {v}" for k, v in counts.get("by_rule", {}).items())
+    return (f"{title} {counts['implausible']} ({counts.get('repaired', 0)} repaired, {counts.get('fallback', 0)} "
+            f"frame fallback): {rules}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("crop", help="Pose -> canonical repair -> Eq. 1-2 regions -> five crops per image, into a Parquet "
                               "cache (CACHE/<split>/part-*.parquet). Resumable, shardable; bad images are listed in "
@@ -204,6 +211,8 @@ def register(app: typer.Typer) -> None:
             f"repaired joints {summary.repaired_joints:.1%}, fallback {summary.fallback_joints:.1%}; pose source "
             f"{', '.join(f'{k} {v}' for k, v in sorted(summary.pose_sources.items())) or '-'}."
             + (f" See {summary.report}" if summary.failed or summary.skipped else ""), highlight=False)
+        if summary.pose_issues.get("implausible"):
+            console.print(_issue_line("implausible poses (kept)", summary.pose_issues), highlight=False)
         if summary.failed or summary.skipped:
             _list_problems(cfg.out, summary.run_id)
 
@@ -231,16 +240,20 @@ def register(app: typer.Typer) -> None:
             return
         t = Table(title=f"crop cache {cache}")
         for col in ("split", "rows", "ids", "cameras", "parts", "repaired joints", "fallback joints",
-                    "body box outside", "duplicates"):
-            t.add_column(col, justify="left" if col == "split" else "right")
+                    "body box outside", "implausible", "duplicates"):
+            t.add_column(col, justify="left" if col == "split" else "right", no_wrap=col == "split")
         for split, s in data["splits"].items():
             t.add_row(split, str(s["rows"]), str(s["ids"]), str(s["cameras"]), str(s["parts"]),
                       f"{s['repaired_joints']:.1%}", f"{s['fallback_joints']:.1%}", f"{s['body_outside']:.1%}",
+                      "n/a" if s.get("pose_issues") is None else str(s["pose_issues"]["implausible"]),
                       str(s["duplicates"]))
         console.print(t)
         console.print("pose source of the rows: " + "; ".join(
             f"{split} " + ", ".join(f"{k} {v}" for k, v in (s.get("pose_sources") or {}).items())
             for split, s in data["splits"].items()), highlight=False)
+        for split, s in data["splits"].items():
+            if s.get("pose_issues") and s["pose_issues"]["implausible"]:
+                console.print(_issue_line(f"{split}: implausible poses", s["pose_issues"]), highlight=False)
         st = data["settings"]
         t2 = Table(title="how it was made", show_header=False)
         t2.add_column("key")
@@ -256,6 +269,8 @@ def register(app: typer.Typer) -> None:
             ("encoding", ", ".join(f"{k}={v}" for k, v in (st.get("encoding") or {}).items())),
             ("fill", st.get("fill")),
             ("canonical bank sha256", st.get("canonical_bank_sha256")),
+            ("plausibility rules", ", ".join(f"{k}={v}" for k, v in
+                                             ((st.get("plausibility") or {}).get("rules") or {}).items()) or "none"),
             ("regions", "; ".join(f"{k}: {' '.join(st['regions'][k]['joints'])}" for k in REGION_NAMES
                                   if k in (st.get("regions") or {}))),
         ):
@@ -263,7 +278,8 @@ def register(app: typer.Typer) -> None:
         console.print(t2)
         rep = data["report"]
         console.print(f"report {rep['path']}: {rep['runs']} run(s), {rep['failed']} failed and {rep['skipped']} "
-                      f"skipped entries (last run: {rep['last_run_failed']} failed)", highlight=False)
+                      f"skipped entries (last run: {rep['last_run_failed']} failed), {rep.get('implausible', 0)} "
+                      "implausible poses named (images kept)", highlight=False)
 
     @app.command("show", help="Contact sheet PNG of a crop cache: sampled source images with keypoints (repaired "
                               "ones marked) and the five boxes, then the five crops side by side.")
@@ -274,12 +290,14 @@ def register(app: typer.Typer) -> None:
         split: Optional[str] = typer.Option(None, "--split", help="Only this split (train, query, gallery). "
                                             "(default: all)"),
         seed: int = typer.Option(0, "--seed", help="Seed of the image sample."),
+        implausible: bool = typer.Option(False, "--implausible", help="Only images whose pose the plausibility "
+                                         "rules distrusted (repaired or placed by the frame fallback)."),
     ) -> None:
         from .cache import CacheError
         from .show import contact_sheet
 
         try:
-            path = contact_sheet(cache, out, n=n, split=split, seed=seed)
+            path = contact_sheet(cache, out, n=n, split=split, seed=seed, implausible=implausible)
         except (CacheError, OSError) as e:
             _fail(str(e))
         typer.echo(f"wrote {path}")

@@ -7,11 +7,16 @@
          (vectorised), region boxes (vectorised), five crops with the outside filled, encode
       -> CacheWriter in the main process (part files every `rows_per_part` rows of a split, atomic)
 
-Nothing about one image can stop the run: unreadable / corrupt / truncated / empty / too-large images, missing
-keypoint files and impossible geometry are written to CACHE/crop_report.jsonl with the reason, and the run goes
-on. A worker process that dies (e.g. a crashing decoder) costs only its image: the tasks lost with the pool are
-re-run one image at a time, alone in a fresh pool, and the image that kills a worker there is reported. Workers end
-when the main process dies. A killed run keeps every finished part file; re-running resumes.
+Nothing about one image can stop the run: unreadable / corrupt / truncated / empty / too-large images and missing
+or unreadable keypoint files are written to CACHE/crop_report.jsonl with the reason, and the run goes on. No image
+is dropped for its pose: joints whose geometry is implausible (posecrop/plausibility.py: upside down, head below the
+hips, far outside the image, ...) are distrusted like low-score joints, so the canonical repair fills them or the
+frame fallback places the pose; a pose whose repair fails or whose Eq. 1-2 regions still cannot be placed takes the
+frame fallback too. Such rows carry the reason in the `pose_issue` column, are named in the report (status
+"implausible") and counted in the summary. A worker process that dies (e.g. a crashing decoder) costs only its
+image: the tasks lost with the pool are re-run one image at a time, alone in a fresh pool, and the image that kills
+a worker there is reported. Workers end when the main process dies. A killed run keeps every finished part file;
+re-running resumes.
 
 Pose sources that read precomputed keypoints ("openpose-json", "posegan-csv") only need the image size, so the
 main process reads just the image header for them and hands them a zero-cost stand-in array of the image's shape
@@ -38,7 +43,9 @@ import numpy as np
 
 from .crops import (BOX_FRAME, EXTENSIONS, FILL_MODES, PNG_COMPRESS_LEVEL, ImageDecodeError, crop_regions,
                     decode_image, encode_image, outside_fraction, probe_size)
-from .keypoints import KEYPOINT_NAMES
+from .keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
+from .plausibility import (DEFAULT_RULES, LAST_RESORT, PlausibilityRules, check_poses, distrust, format_issue,
+                           issue_counts)
 from .records import SPLITS, ImageRecord
 from .regions import DEFAULT_REGION_JOINTS, REGION_NAMES, RegionGeometryError, RegionSpec, region_boxes
 
@@ -153,6 +160,8 @@ class CropSummary:
     seconds: float
     report: str
     pose_sources: dict[str, int] = field(default_factory=dict)  # written rows per source of their keypoints
+    # poses whose joints were distrusted despite their scores: {"implausible", "repaired", "fallback", "by_rule"}
+    pose_issues: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -193,6 +202,10 @@ def build_settings(cfg: CropConfig, source_description: dict, bank_sha256: str) 
         "pose_source": source_description,
         "canonical_bank_sha256": bank_sha256,
         "joint_source_codes": {"0": "detected", "1": "repaired", "2": "fallback"},
+        "plausibility": {"rules": DEFAULT_RULES.as_dict(),
+                         "pose_issue": "rules that distrusted joints despite their scores ': ' repaired | fallback "
+                                       "(posecrop/plausibility.py); last resort: " + "; ".join(
+                                           f"{k}: {v}" for k, v in LAST_RESORT.items())},
     }
 
 
@@ -215,6 +228,7 @@ class WorkerSettings:
     whole_column: str = "whole"
     pose_tail: list = field(default_factory=list)        # chain sources run here, on the decoded image
     pose_tail_names: list = field(default_factory=list)
+    rules: PlausibilityRules = DEFAULT_RULES   # which detected joints are implausible (posecrop/plausibility.py)
 
 
 @dataclass
@@ -359,6 +373,41 @@ def _worker_poses(task: CropTask, keep: list[int], decoded: list, s: WorkerSetti
         else:
             ok.append(j)
     return [keep[j] for j in ok], [decoded[j] for j in ok], [state.names[j] for j in ok]
+def _frame_fallback(kp: np.ndarray, sizes_wh: np.ndarray, s: WorkerSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The frame fallback for poses none of whose joints can be trusted (the bank's mean pose placed by the frame)."""
+    from .canonical import repair
+
+    n = len(kp)
+    r = repair(np.full((n, NUM_KEYPOINTS, 2), np.nan, np.float32), np.zeros((n, NUM_KEYPOINTS), np.float32), s.bank,
+               threshold=s.threshold, min_reliable=s.min_reliable, image_size=sizes_wh)
+    return r.keypoints, r.joint_source
+
+
+def _place(kp: np.ndarray, sc: np.ndarray, sizes_wh: np.ndarray, s: WorkerSettings
+           ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | str], list[str]]:
+    """Plausibility -> repair -> Eq. 1-2 boxes for a batch. Joints the plausibility rules distrust are repaired
+    like low-score ones (or the pose takes the frame fallback); a pose whose repair fails or whose regions still
+    cannot be placed takes the frame fallback too. Returns keypoints, joint_source, boxes (a reason string only
+    for a pose even the fallback cannot place) and the per-pose `pose_issue`."""
+    from .canonical import JOINT_FALLBACK
+
+    plaus = check_poses(kp, sc, sizes_wh, s.threshold, s.rules, s.spec)
+    keypoints, joint_source, errors = _repair(kp, distrust(sc, plaus), sizes_wh, s)
+    rules = list(plaus.reasons)
+    boxes: list[np.ndarray | str] = [""] * len(kp)
+    repaired = [j for j, e in enumerate(errors) if e is None]
+    if repaired:
+        for j, b in zip(repaired, _boxes_per_pose(keypoints[repaired], s.spec, s.beta)):
+            boxes[j] = b
+    last = [j for j, b in enumerate(boxes) if isinstance(b, str)]   # repair failed, or regions not placeable
+    if last:
+        fb_kp, fb_src = _frame_fallback(kp[last], sizes_wh[last], s)
+        for j, b, k, src in zip(last, _boxes_per_pose(fb_kp, s.spec, s.beta), fb_kp, fb_src):
+            cause = "repair_failed" if errors[j] is not None else "regions"
+            rules[j] = ",".join(r for r in (rules[j], cause) if r)
+            keypoints[j], joint_source[j], boxes[j] = k, src, b
+    outcome = np.where((joint_source == JOINT_FALLBACK).any(1), "fallback", "repaired")
+    return keypoints, joint_source, boxes, [format_issue(r, str(o)) for r, o in zip(rules, outcome)]
 
 
 def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
@@ -382,12 +431,7 @@ def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
     records = [task.records[i] for i in keep]
     sizes_wh = np.array([[d.pixels.shape[1], d.pixels.shape[0]] for _, d in decoded], dtype=np.float64)
     kp_in, sc_in = task.keypoints[keep], task.scores[keep]
-    keypoints, joint_source, errors = _repair(kp_in, sc_in, sizes_wh, s)
-    repaired = [j for j, e in enumerate(errors) if e is None]
-    boxes: list[np.ndarray | str] = [e or "" for e in errors]
-    if repaired:
-        for j, b in zip(repaired, _boxes_per_pose(keypoints[repaired], s.spec, s.beta)):
-            boxes[j] = b
+    keypoints, joint_source, boxes, issues = _place(kp_in, sc_in, sizes_wh, s)
     placed = [j for j, b in enumerate(boxes) if not isinstance(b, str)]
     outside = np.zeros((len(records), len(REGION_NAMES)), np.float32)
     if placed:
@@ -429,6 +473,7 @@ def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
         "keypoints": keypoints[ok], "scores": scores[ok], "joint_source": joint_source[ok].astype(np.int8),
         "boxes": box_arr, "outside": outside[ok], "pose_source": [pose_names[j] for j in ok],
         "beta": (s.beta * (box_arr[:, 0, 3] - box_arr[:, 0, 1])).astype(np.float32),  # beta * H in pixels
+        "pose_issue": [issues[j] for j in ok],
         **images,
     }
     return TaskResult(batch, failures)
@@ -609,6 +654,7 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
     joint_counts = np.zeros(3, dtype=np.int64)
     pose_counts: dict[str, int] = {}
     failed = 0
+    issues: list[str] = []
     with CacheWriter(cfg.out, settings, shard, cfg.rows_per_part, cfg.flush_seconds, report) as writer:
         todo = [r for r in records if r.path not in writer.done]
         already = len(records) - len(todo)
@@ -630,6 +676,11 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
                     joint_counts[:] += np.bincount(res.batch["joint_source"].ravel(), minlength=3)[:3]
                     for name in res.batch["pose_source"]:
                         pose_counts[str(name)] = pose_counts.get(str(name), 0) + 1
+                    for image_id, split, issue in zip(res.batch["image_id"], res.batch["split"],
+                                                      res.batch["pose_issue"]):
+                        if issue:   # kept, with its pose repaired or placed by the frame: named in the report
+                            report.add("implausible", image_id, issue, split)
+                            issues.append(issue)
                 for rec, reason in res.failures:
                     report.add("failed", rec.path, reason, rec.split)
                     failed += 1
@@ -660,7 +711,8 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
             processed=len(todo), written=sum(per_split.values()), failed=failed,
             skipped=sum(1 for p, _ in skipped if shard.owns(p)), per_split=per_split,
             repaired_joints=float(joint_counts[1] / total_joints), fallback_joints=float(joint_counts[2] / total_joints),
-            seconds=round(time.perf_counter() - t0, 3), report=str(report.path), pose_sources=pose_counts)
+            seconds=round(time.perf_counter() - t0, 3), report=str(report.path), pose_sources=pose_counts,
+            pose_issues=issue_counts(issues))
         report.add_summary({k: v for k, v in summary.as_dict().items() if k not in ("run_id", "report")})
     return summary
 

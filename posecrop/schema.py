@@ -48,6 +48,10 @@ POSE_FIELDS = [
     # and the frame fallback placed the pose). Beyond DESIGN.md section 4; caches written before it lack the column
     # (read as null).
     pa.field(POSE_SOURCE_COLUMN, pa.string()),
+    # why the pose's joints were distrusted despite their scores ("" = plausible), e.g. "upside_down: fallback":
+    # the rules of posecrop/plausibility.py that fired, then what became of the pose (repaired / fallback).
+    # Caches written before it lack the column; readers treat a missing column as all "".
+    pa.field("pose_issue", pa.string()),
 ]
 IMAGE_FIELDS = [pa.field(name, IMAGE_STRUCT) for name in IMAGE_COLUMNS]
 
@@ -71,6 +75,7 @@ def hf_features_metadata() -> bytes:
         "outside": {"feature": {"dtype": "float32", "_type": "Value"}, "length": len(REGION_NAMES), "_type": "Sequence"},
         "beta": {"dtype": "float32", "_type": "Value"},
         POSE_SOURCE_COLUMN: {"dtype": "string", "_type": "Value"},
+        "pose_issue": {"dtype": "string", "_type": "Value"},
     }
     for name in IMAGE_COLUMNS:
         feats[name] = {"_type": "Image"}

@@ -3,7 +3,9 @@
 One row per sampled image: the source image (the `whole` column) on a grey canvas large enough to hold every
 region box (boxes may leave the image), with the skeleton, the joints (detected: filled green; repaired: orange
 ring; frame fallback: magenta square) and the five boxes R0-R4; then the five crops side by side, labelled, with
-the image id, identity, camera and the share of each box outside the image.
+the image id, identity, camera and the share of each box outside the image. A pose the plausibility rules
+distrusted (the `pose_issue` column) gets a coloured frame around its source panel and its reason in the text:
+orange when its distrusted joints were repaired, red when the frame fallback placed it.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path
 from .keypoints import SKELETON
+from .plausibility import parse_issue
 from .regions import REGION_NAMES
 
 ROW_HEIGHT = 384
@@ -27,6 +30,7 @@ BACKGROUND = (24, 24, 28)
 OUTSIDE = (90, 90, 96)
 TEXT = (235, 235, 235)
 GAP = 8
+ISSUE_COLOURS = {"repaired": (255, 150, 40), "fallback": (255, 60, 60)}  # by the outcome of a pose_issue
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -101,6 +105,11 @@ def _legend(width: int, title: str) -> Image.Image:
         d.rectangle([x, 28, x + 10, 38], outline=REGION_COLOURS[name], width=2)
         d.text((x + 14, 25), name, fill=TEXT, font=font)
         x += 14 + int(d.textlength(name, font=font)) + 16
+    for outcome, c in ISSUE_COLOURS.items():
+        label = f"implausible pose, {outcome}"
+        d.rectangle([x, 27, x + 12, 39], outline=c, width=3)
+        d.text((x + 16, 25), label, fill=TEXT, font=font)
+        x += 16 + int(d.textlength(label, font=font)) + 16
     return img
 
 
@@ -115,6 +124,11 @@ def render_rows(rows: Sequence[dict], title: str = "") -> Image.Image:
         src = np.asarray(row["joint_source"], dtype=np.int8)
         boxes = np.asarray(row["boxes"], dtype=np.float32).reshape(-1, 4)
         panels = [annotate_source(_decode(row["whole"]["bytes"]), kp, src, boxes)]
+        issue = row.get("pose_issue") or ""
+        if issue:
+            colour = ISSUE_COLOURS.get(parse_issue(issue)[1], ISSUE_COLOURS["fallback"])
+            ImageDraw.Draw(panels[0]).rectangle([0, 0, panels[0].width - 1, panels[0].height - 1], outline=colour,
+                                                width=6)
         panels += [_decode(row[name]["bytes"]) for name in REGION_NAMES]
         rendered.append((row, panels))
     width = max((sum(p.width for p in ps) + GAP * (len(ps) + 1) for _, ps in rendered), default=600)
@@ -139,14 +153,20 @@ def render_rows(rows: Sequence[dict], title: str = "") -> Image.Image:
                 f"{int((src == 2).sum())} fallback",
                 "outside: " + ", ".join(f"{n} {v:.0%}" for n, v in zip(REGION_NAMES, outside))]
         tx = GAP + panels[0].width + GAP + panels[1].width + GAP
+        issue = row.get("pose_issue") or ""
+        if issue:
+            info.append(f"implausible pose: {issue}")
         for k, line in enumerate(info):
-            draw.text((tx, y + label_h + panels[2].height + 10 + 18 * k), line, fill=TEXT, font=font)
+            colour = ISSUE_COLOURS.get(parse_issue(issue)[1], ISSUE_COLOURS["fallback"]) if k == 4 else TEXT
+            draw.text((tx, y + label_h + panels[2].height + 10 + 18 * k), line, fill=colour, font=font)
         y += row_h
     return sheet
 
 
-def contact_sheet(cache: str | Path, out: str | Path, n: int = 8, split: str | None = None, seed: int = 0) -> Path:
-    """Write a contact sheet PNG of `n` images sampled (seeded) from `split` (None: all splits) of a cache."""
+def contact_sheet(cache: str | Path, out: str | Path, n: int = 8, split: str | None = None, seed: int = 0,
+                  implausible: bool = False) -> Path:
+    """Write a contact sheet PNG of `n` images sampled (seeded) from `split` (None: all splits) of a cache;
+    with `implausible`, only from the rows whose pose the plausibility rules distrusted (`pose_issue`)."""
     import pyarrow.compute as pc
 
     from .cache import CacheError, cache_settings, open_cache, validate_paths
@@ -155,18 +175,25 @@ def contact_sheet(cache: str | Path, out: str | Path, n: int = 8, split: str | N
 
     splits = [split] if split else list(SPLITS)
     ds = open_cache(cache, splits)
-    ids = ds.to_table(columns=["image_id"]).column("image_id").to_pylist()
+    has_issue = "pose_issue" in ds.schema.names   # caches written before the column lack it
+    if implausible and not has_issue:
+        raise CacheError(f"{cache}: written before the pose_issue column: no implausible poses to show")
+    ids = ds.to_table(columns=["image_id"], filter=(pc.field("pose_issue") != "") if implausible else None
+                      ).column("image_id").to_pylist()
     if not ids:
-        raise CacheError(f"{cache}: no rows to show")
+        raise CacheError(f"{cache}: no {'implausible poses' if implausible else 'rows'} to show")
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(ids), size=min(n, len(ids)), replace=False).tolist())
     wanted = [ids[i] for i in chosen]
     cols = ["image_id", "pid", "camid", "keypoints", "joint_source", "boxes", "outside", *IMAGE_COLUMNS]
+    if has_issue:
+        cols.append("pose_issue")
     table = ds.to_table(columns=cols, filter=pc.field("image_id").isin(wanted))
     validate_paths(table, where=str(cache))  # a cache from elsewhere: refuse absolute or '..' paths
     rows = sorted(table.to_pylist(), key=lambda r: r["image_id"])
     s = cache_settings(cache)
-    title = (f"{Path(cache).name}: {len(rows)} of {len(ids)} images   beta {s.get('beta')}   "
+    what = "implausible poses" if implausible else "images"
+    title = (f"{Path(cache).name}: {len(rows)} of {len(ids)} {what}   beta {s.get('beta')}   "
              f"pose {(s.get('pose_source') or {}).get('backend', '?')}   fill {s.get('fill')}")
     sheet = render_rows(rows, title)
     out = Path(out)
