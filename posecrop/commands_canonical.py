@@ -7,6 +7,8 @@ from typing import List, Optional, Tuple
 import typer
 
 DEFAULT_K = 8                      # mirrors posecrop.canonical.DEFAULT_K (kept import-light for --help)
+DEFAULT_COMPONENTS = 24            # mirrors posecrop.shape_model.DEFAULT_COMPONENTS
+DEFAULT_NOISE = 3e-5               # mirrors posecrop.shape_model.DEFAULT_NOISE
 DEFAULT_FRAME = (64.0, 128.0)      # pose-gan CSV frame: a Market-1501 crop (width, height)
 EXIT_BAD_INPUT = 1
 
@@ -80,6 +82,12 @@ def register(app: typer.Typer) -> None:
         restarts: int = typer.Option(3, "--restarts", min=1, help="k-means restarts (the best is kept)."),
         frame: Tuple[float, float] = typer.Option(DEFAULT_FRAME, "--frame", help="WIDTH HEIGHT of the frame the "
                                                   "pose-gan CSV coordinates refer to (Market-1501 crops: 64 128)."),
+        components: int = typer.Option(DEFAULT_COMPONENTS, "--components", min=0, max=33, help="principal "
+                                       "directions of the shape model (learned from the complete poses)."),
+        noise: float = typer.Option(DEFAULT_NOISE, "--noise", min=1e-9, help="noise variance of the shape model "
+                                    "(per coordinate, body heights^2)."),
+        shape_model: bool = typer.Option(True, "--shape-model/--no-shape-model", help="learn the shape model "
+                                         "(format 2; without it the bank is a format-1 bank repaired by its poses)."),
     ) -> None:
         from rich.console import Console
         from rich.table import Table
@@ -96,13 +104,15 @@ def register(app: typer.Typer) -> None:
                            + [f"--openpose-dir {p}" for p in openpose_dir] + [f"--cache {p}" for p in cache]
                            + [f"--k {k} --threshold {threshold} --min-joints {min_joints} --seed {seed} "
                               f"--restarts {restarts}", "--mirror" if mirror else "--no-mirror",
+                              f"--components {components} --noise {noise:g}" if shape_model else "--no-shape-model",
                               f"--frame {frame[0]:g} {frame[1]:g} --out {out}"])
         with _progress() as bar:
             task = bar.add_task(f"k-means on {len(kps)} poses", total=restarts)
             try:
                 bank = fit_bank(kps, scores, k=k, threshold=threshold, seed=seed, min_joints=min_joints, mirror=mirror,
                                 image_size=sizes, restarts=restarts, meta={"inputs": described, "command": command},
-                                progress=lambda _: bar.advance(task))
+                                progress=lambda _: bar.advance(task), components=components if shape_model else None,
+                                noise=noise)
             except ValueError as e:
                 _fail(str(e))
         bank.save(out)
@@ -117,6 +127,12 @@ def register(app: typer.Typer) -> None:
         console.print(f"learned from {bank.meta['num_training_poses']} of {bank.meta['num_input_poses']} poses; "
                       f"frame prior: height {bank.frame.height_fraction:.3f} of the frame, centroid at "
                       f"{tuple(round(c, 3) for c in bank.frame.center)}; sha256 {bank.sha256}")
+        if bank.shape_model is not None:
+            m = bank.shape_model
+            console.print(f"shape model: {m.num_components} components from {m.meta.get('learned_from')} "
+                          f"(+ mirror images), {m.meta.get('explained_variance', float('nan')):.1%} of the aligned "
+                          f"variance, noise {m.noise:g}; fallback frame prior: height {m.height_fraction:.3f} "
+                          f"+- {m.scale_spread:.1%}, centroid {m.center}, spread {m.centre_spread} body heights")
 
     @canonical.command("eval", help="Measure repair quality: hide joints of complete real poses the way real poses "
                                     "lose them (missing patterns of the incomplete ones; also exactly 1/3/6/10 hidden "
