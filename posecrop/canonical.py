@@ -55,7 +55,7 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .keypoints import FLIP_PERMUTATION, KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
-from .shape_model import DEFAULT_COMPONENTS, DEFAULT_NOISE, VANISHING_PRIOR, ShapeModel, learn_shape_model
+from .shape_model import DEFAULT_COMPONENTS, DEFAULT_NOISE, ShapeModel, learn_shape_model_incomplete
 
 JOINT_DETECTED, JOINT_REPAIRED, JOINT_FALLBACK = 0, 1, 2
 DEFAULT_BANK_PATH = Path(__file__).resolve().parent / "data" / "canonical_bank.json"
@@ -662,9 +662,9 @@ def fit_bank(keypoints: np.ndarray, scores: np.ndarray, k: int = DEFAULT_K, thre
             "seed": int(seed), "origin": origin, **(meta or {})}
     shape = None
     if components is not None:
-        complete = reliable_mask(kp, sc, threshold).all(1)
-        shape = learn_shape_model(kp[complete], components=components, noise=noise,
-                                  meta={"learned_from": f"{int(complete.sum())} complete poses of {len(kp)}"})
+        shape = learn_shape_model_incomplete(kp[keep], rel, components=components, noise=noise,
+                                             meta={"learned_from": f"{int(keep.sum())} poses of {len(kp)} "
+                                                   f"(>= {min_joints} joints, torso included)"})
         if image_size is not None:
             shape = shape.with_frame(_frames(image_size, len(kp))[keep], kp[keep], rel.astype(np.float64))
     return CanonicalBank(centres, tuple(names), mean, frame, info, shape)

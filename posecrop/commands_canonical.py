@@ -8,7 +8,7 @@ import typer
 
 DEFAULT_K = 8                      # mirrors posecrop.canonical.DEFAULT_K (kept import-light for --help)
 DEFAULT_COMPONENTS = 24            # mirrors posecrop.shape_model.DEFAULT_COMPONENTS
-DEFAULT_NOISE = 3e-5               # mirrors posecrop.shape_model.DEFAULT_NOISE
+DEFAULT_NOISE = 1e-4               # mirrors posecrop.shape_model.DEFAULT_NOISE
 DEFAULT_FRAME = (64.0, 128.0)      # pose-gan CSV frame: a Market-1501 crop (width, height)
 EXIT_BAD_INPUT = 1
 
@@ -195,7 +195,7 @@ def register(app: typer.Typer) -> None:
         if train is None:
             console.print("[yellow]no --train-csv: the k-NN baseline is left out[/]")
         _, patterns = split_complete(kps, scores)
-        n_settings = 1 + len(set(patterns.sum(1).tolist())) + len(FALLBACK_COUNTS)
+        n_settings = 2 + len(set(patterns.sum(1).tolist())) + len(FALLBACK_COUNTS)
         with _progress() as bar:
             task = bar.add_task("hide, repair, compare", total=n_settings)
             try:
@@ -232,10 +232,22 @@ def register(app: typer.Typer) -> None:
                           *[(f"[bold]{c['mean_px']:.2f}[/]" if c["mean_px"] == best else f"{c['mean_px']:.2f}")
                             + f" {c['mean_rel_h']:.3f}".replace(" 0.", " .") for c in cells],
                           end_section=first["count"] is None)
+        inc = report["incomplete_rows"]
+        for setting in dict.fromkeys(r["setting"] for r in inc):
+            cells = [next(r for r in inc if r["setting"] == setting and r["method"] == m) for m in methods]
+            best = min(c["mean_px"] for c in cells)
+            if setting.endswith(": all"):
+                table.add_section()
+            table.add_row(setting.replace("incomplete, ", "incompl. ").replace(" hidden: ", ": ")
+                          + f" ({cells[0]['poses']})",
+                          *[(f"[bold]{c['mean_px']:.2f}[/]" if c["mean_px"] == best else f"{c['mean_px']:.2f}")
+                            + f" {c['mean_rel_h']:.3f}".replace(" 0.", " .") for c in cells])
         console.print(table)
         console.print("methods: " + "; ".join(f"{chr(65 + i)} = {m}" for i, m in enumerate(methods)))
         console.print("* no real pose misses that many joints: uniformly random joints were hidden (fewer than "
-                      f"--min-reliable {min_reliable} reliable joints: the frame fallback)")
+                      f"--min-reliable {min_reliable} reliable joints: the frame fallback). incompl.: real "
+                      "incomplete poses (>= 8 joints) with 3 more of their joints hidden, scored on those (H: extent "
+                      "of the present joints); back / front by the shoulders (no complete pose is a back view).")
         gains = report["summary"]
         emp = gains.get("all real patterns")
         if emp:
