@@ -429,7 +429,8 @@ def repair(keypoints: np.ndarray, scores: np.ndarray, bank: CanonicalBank | None
         s0, c0 = shape.place_in(frames[by_shape])
         pose, theta = shape.fill(kp[by_shape], w[by_shape], s0, c0, frame_prior=fb[by_shape])
         out[by_shape] = pose
-        sq = np.where(rel[by_shape], ((pose - np.nan_to_num(kp[by_shape])) ** 2).sum(-1), 0.0).sum(1)
+        diff = pose - np.where(rel[by_shape][..., None], kp[by_shape], pose)     # 0 at the unreliable joints
+        sq = (diff**2).sum((1, 2))
         nb = n_rel[by_shape]
         residual[by_shape] = np.where(nb >= 2, np.sqrt(sq / np.maximum(nb, 1)) / theta[:, 0], 0.0)
     main = main & (method == "bank")
