@@ -442,6 +442,15 @@ def plot_report(report: dict, path: str | Path) -> Path:
     ax.set_xticks(counts)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
+    inc = [r for r in report.get("incomplete_rows", []) if r["setting"].endswith(("all", "back views"))]
+    if inc:
+        lines = ["real incomplete poses, 3 more joints hidden (px):"]
+        for setting in dict.fromkeys(r["setting"] for r in inc):
+            cells = {r["method"]: r["mean_px"] for r in inc if r["setting"] == setting}
+            lines.append(f"{setting.split(': ')[-1]}: " + ", ".join(f"{m.split(' ')[0]} {cells[m]:.1f}"
+                                                                   for m in methods if m in cells))
+        ax.text(0.99, 0.03, "\n".join(lines), transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5,
+                bbox=dict(boxstyle="round", fc="white", ec="0.7"))
     fig.tight_layout()
     import io
     buf = io.BytesIO()
