@@ -136,6 +136,8 @@ class CanonicalBank:
                            tuple(round(float(c), 6) for c in self.frame.center))
         if not (len(frame.center) == 2 and np.isfinite(frame.center).all() and 0 < frame.height_fraction < 10):
             raise ValueError(f"frame prior needs a positive height fraction and a 2-d centre, got {frame}")
+        if self.shape_model is not None and not isinstance(self.shape_model, ShapeModel):
+            raise ValueError(f"shape_model must be a ShapeModel or None, got {type(self.shape_model).__name__}")
         poses.flags.writeable = False   # the sha256 identifies this content: keep it from changing
         mean.flags.writeable = False
         object.__setattr__(self, "poses", poses)

@@ -235,11 +235,6 @@ def training_poses(keypoints: np.ndarray, scores: np.ndarray, mirror: bool = Tru
     return P
 
 
-def mean_pose_bank(bank: CanonicalBank) -> CanonicalBank:
-    """A one-pose bank holding the bank's mean normalised pose (the old 'mean-pose fill' baseline)."""
-    return CanonicalBank(bank.mean_pose[None], ("mean",), bank.mean_pose, bank.frame, {"baseline": "mean pose"})
-
-
 def default_methods(bank: CanonicalBank, min_reliable: int = 4, train: np.ndarray | None = None,
                     knn: int = DEFAULT_KNN) -> dict[str, Method]:
     """The compared repairs, each (keypoints, scores, frames) -> keypoints with the reliable joints kept:
