@@ -15,8 +15,10 @@ pose fitted by least squares (scale + shift) 6.12, the same with rotation 5.43, 
 (k-NN is slightly better with 12-14 hidden joints: 5.41 vs 5.67 px at 13). Real *incomplete* test poses with 3
 more joints hidden (half of them seen from the back, which no complete pose is): 4.03 px vs 6.60 (bank), 15.4
 (mean pose, a front view) and 11.9 (k-NN over complete poses). Fallback, 3 / 2 / 1 random joints kept: 5.8 / 7.2
-/ 9.3 px vs 7.8 / 10.4 / 12.8 with the bank; with 1 joint the front-view mean pose placed on it does as well
-(9.0 px) on these front-view test poses. About 30-50k poses/s on one core (benchmarks/bench_repair.py).
+/ 9.3 px vs 7.8 / 10.4 / 12.8 with the bank; with 0-1 joints the front-view mean pose does better on these
+front-view test poses (10.6 / 9.0 px vs 12.2 / 9.3). On all real test poses with >= 8 joints (both views) keeping
+3 / 1 / 0 of their joints: 7.7 / 11.9 / 15.6 px vs 9.3 / 15.5 / 15.4 (bank) and 16.9 / 18.5 / 17.0 (front-view
+mean pose). About 30-50k poses/s on one core (benchmarks/bench_repair.py).
 
 The previous method (`method="bank"`, and the only one for format-1 banks) fits every canonical pose of the
 bank to the reliable joints with a closed-form least-squares scale + translation (all N x K fits at once from a

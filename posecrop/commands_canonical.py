@@ -233,12 +233,16 @@ def register(app: typer.Typer) -> None:
                             + f" {c['mean_rel_h']:.3f}".replace(" 0.", " .") for c in cells],
                           end_section=first["count"] is None)
         inc = report["incomplete_rows"]
+        last_kind = None
         for setting in dict.fromkeys(r["setting"] for r in inc):
             cells = [next(r for r in inc if r["setting"] == setting and r["method"] == m) for m in methods]
             best = min(c["mean_px"] for c in cells)
-            if setting.endswith(": all"):
+            kind = setting.split(",")[0]
+            if kind != last_kind:
                 table.add_section()
+            last_kind = kind
             table.add_row(setting.replace("incomplete, ", "incompl. ").replace(" hidden: ", ": ")
+                          .replace(" (fallback): all", " *")
                           + f" ({cells[0]['poses']})",
                           *[(f"[bold]{c['mean_px']:.2f}[/]" if c["mean_px"] == best else f"{c['mean_px']:.2f}")
                             + f" {c['mean_rel_h']:.3f}".replace(" 0.", " .") for c in cells])
@@ -247,7 +251,9 @@ def register(app: typer.Typer) -> None:
         console.print("* no real pose misses that many joints: uniformly random joints were hidden (fewer than "
                       f"--min-reliable {min_reliable} reliable joints: the frame fallback). incompl.: real "
                       "incomplete poses (>= 8 joints) with 3 more of their joints hidden, scored on those (H: extent "
-                      "of the present joints); back / front by the shoulders (no complete pose is a back view).")
+                      "of the present joints); back / front by the shoulders (no complete pose is a back view). "
+                      "real poses, k kept: all real poses with >= 8 joints keep k random ones (the fallback on the "
+                      "real mix of views).")
         gains = report["summary"]
         emp = gains.get("all real patterns")
         if emp:

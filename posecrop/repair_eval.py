@@ -9,7 +9,7 @@ the 18 true joints), plus PCK@0.1H (share of hidden joints within 0.1 H of the t
 
 The complete poses are a biased sample: on Market none is seen from the back. So `evaluate_incomplete` adds real
 *incomplete* poses (>= 8 joints, their own gaps kept) with 3 more of their joints hidden, overall and split into
-back and front views.
+back and front views, and the fallback on all real poses with >= 8 joints keeping only 3, 1 or 0 of them.
 
 Methods (`default_methods`): the shape model (the default repair), the canonical bank (the previous one),
 (a) the mean of the complete training poses placed by least squares with isotropic scale + translation (the
@@ -28,7 +28,8 @@ bank / (a) / (a') / (b)): all real patterns 4.18 / 6.12 / 6.12 / 5.43 / 4.47; 1 
 2.51; 5 hidden 3.74 / 6.06 / 6.10 / 5.27 / 4.29; 10 hidden 4.92 / 6.56 / 6.57 / 6.11 / 4.97; 14 hidden 6.60 / 8.10
 / 7.50 / 7.97 / 5.79; fallback 3 joints kept 5.82 / 7.80 / 6.36 / 6.33 / 5.83, 1 joint 9.32 / 12.82 / 8.95 / 8.51 /
 10.37, none 12.24 / 13.52 / 10.64 (all baselines place the front-view mean by the frame). Incomplete poses +3
-hidden: 4.03 / 6.60 / 15.38 / 15.79 / 11.88 (back views 4.27 / 6.69 / 23.39 / 24.54 / 18.79).
+hidden: 4.03 / 6.60 / 15.38 / 15.79 / 11.88 (back views 4.27 / 6.69 / 23.39 / 24.54 / 18.79). Real poses keeping
+3 / 1 / 0 joints: shape model 7.66 / 11.85 / 15.58, bank 9.29 / 15.52 / 15.44, (a) 16.88 / 18.47 / 17.00.
 """
 from __future__ import annotations
 
@@ -338,26 +339,35 @@ def evaluate_repair(truth: np.ndarray, patterns: np.ndarray, methods: dict[str, 
 
 def evaluate_incomplete(keypoints: np.ndarray, scores: np.ndarray, methods: dict[str, Method],
                         image_size: Sequence[float] | np.ndarray = POSEGAN_FRAME, extra: int = 3,
-                        min_present: int = 8, seed: int = 0, max_poses: int | None = None) -> list[dict]:
+                        min_present: int = 8, seed: int = 0, max_poses: int | None = None, keep: int | None = None,
+                        views: bool = True) -> list[dict]:
     """The view the complete poses cannot give: real *incomplete* poses (>= `min_present` joints, their own
-    missing joints stay missing) lose `extra` more of their present joints at random; each method repairs, the
-    extra joints are scored (H: vertical extent of the present joints). In pose-gan's Market-1501 CSVs no complete
-    pose is seen from the back, while about half of these are; rows are given for all of them and split by view
-    (back: right shoulder right of the left one in the image, both present; front: the other way round)."""
+    missing joints stay missing) lose `extra` more of their present joints at random (or, with `keep`, all but
+    `keep` of them: the frame fallback on real poses); each method repairs, the newly hidden joints are scored
+    (H: vertical extent of the present joints). In pose-gan's Market-1501 CSVs no complete pose is seen from the
+    back, while about half of these are; rows are given for all of them and (`views`) split by view (back: right
+    shoulder right of the left one in the image, both present; front: the other way round)."""
     kps = np.asarray(keypoints, dtype=np.float64)
     present = (np.asarray(scores) > 0) & np.isfinite(kps).all(-1)
     n = present.sum(1)
-    pick = np.flatnonzero((n >= min_present) & (n < NUM_KEYPOINTS))
+    pick = np.flatnonzero((n >= min_present) & (n < NUM_KEYPOINTS if keep is None else True))
     rng = np.random.default_rng(seed)
     if max_poses is not None and len(pick) > max_poses:
         pick = np.sort(rng.choice(pick, max_poses, replace=False))
     if len(pick) == 0:
         return []
     truth, present = kps[pick], present[pick]
-    order = np.argsort(np.where(present, rng.random(present.shape), 2.0), axis=1)[:, :extra]
+    order = np.argsort(np.where(present, rng.random(present.shape), 2.0), axis=1)
     hidden = np.zeros_like(present)
-    np.put_along_axis(hidden, order, True, axis=1)
-    hidden &= present
+    if keep is None:
+        np.put_along_axis(hidden, order[:, :extra], True, axis=1)
+        hidden &= present
+        label_of = f"incomplete, +{extra} hidden"
+    else:
+        kept = np.zeros_like(present)
+        np.put_along_axis(kept, order[:, :keep], True, axis=1)
+        hidden = present & ~kept
+        label_of = f"real poses, {keep} kept (fallback)"
     shown = present & ~hidden
     inputs = np.where(shown[..., None], truth, np.nan)
     frames = np.broadcast_to(np.asarray(image_size, dtype=np.float64), (len(truth), 2))
@@ -374,12 +384,13 @@ def evaluate_incomplete(keypoints: np.ndarray, scores: np.ndarray, methods: dict
             raise AssertionError(f"method {name!r} moved reliable joints")
         err = np.linalg.norm(pred.astype(np.float64) - np.nan_to_num(truth), axis=-1)
         rel = err / np.maximum(height, 1e-9)[:, None]
-        for label, rows_of in (("all", np.ones(len(truth), bool)), ("back views", back), ("front views", front)):
+        splits = (("all", np.ones(len(truth), bool)),) + ((("back views", back), ("front views", front)) if views else ())
+        for label, rows_of in splits:
             m = hidden & rows_of[:, None]
             if not m.any():
                 continue
             e, r = err[m], rel[m]
-            rows.append({"setting": f"incomplete, +{extra} hidden: {label}", "count": None, "poses": int(rows_of.sum()),
+            rows.append({"setting": f"{label_of}: {label}", "count": None, "poses": int(rows_of.sum()),
                          "method": name, "joints": int(m.sum()), "mean_px": float(e.mean()),
                          "median_px": float(np.median(e)), "mean_rel_h": float(r.mean()),
                          "pck_0.1h": float((r <= 0.1).mean())})
@@ -477,6 +488,9 @@ def evaluation_report(bank: CanonicalBank, keypoints: np.ndarray, scores: np.nda
                            counts=counts, fallback_counts=fallback_counts, progress=progress)
     incomplete = evaluate_incomplete(keypoints, scores, methods, image_size=image_size, seed=seed,
                                      max_poses=max_poses)
+    for keep in (3, 1, 0):
+        incomplete += evaluate_incomplete(keypoints, scores, methods, image_size=image_size, seed=seed,
+                                          max_poses=max_poses, keep=keep, views=False)
     if progress is not None:
         progress("incomplete poses")
     return {
