@@ -448,7 +448,8 @@ def plot_report(report: dict, path: str | Path) -> Path:
     ax.set_xticks(counts)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    inc = [r for r in report.get("incomplete_rows", []) if r["setting"].endswith(("all", "back views"))]
+    inc = [r for r in report.get("incomplete_rows", [])
+           if r["setting"].startswith("incomplete") and r["setting"].endswith(("all", "back views"))]
     if inc:
         lines = ["real incomplete poses, 3 more joints hidden (px):"]
         for setting in dict.fromkeys(r["setting"] for r in inc):
