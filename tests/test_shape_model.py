@@ -207,3 +207,10 @@ def test_format_2_round_trip(bank, tmp_path):
     other = ShapeModel(m.mean, m.components, m.variances * 1.01, m.noise, meta=m.meta)
     changed = CanonicalBank(bank.poses, bank.names, bank.mean_pose, bank.frame, bank.meta, other)
     assert changed.sha256 != bank.sha256                       # the shape model is part of the content
+
+
+def test_cli_defaults_mirror_the_model_defaults():
+    from posecrop import commands_canonical, shape_model
+
+    assert commands_canonical.DEFAULT_COMPONENTS == shape_model.DEFAULT_COMPONENTS
+    assert commands_canonical.DEFAULT_NOISE == shape_model.DEFAULT_NOISE
