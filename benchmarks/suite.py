@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-STAGES: tuple[str, ...] = ("crop", "pose", "blazepose", "loader", "model", "eval")
+STAGES: tuple[str, ...] = ("crop", "pose", "blazepose", "repair", "loader", "model", "eval")
 COLUMNS = ("stage", "ours", "ours_value", "reference", "reference_value", "unit", "ratio", "target", "peak_mem_mb")
 
 
