@@ -44,10 +44,12 @@ cuhk03-labeled / cuhk03-detected   (option protocol: "auto" (default), "classic"
 cuhk01     CUHK01 (campus): `root/campus/PPPPIII.png` (or a flat folder of them, or a parent holding a single
            `CUHK01*` folder with campus/), PPPP = identity (0001-0971), III = image 001-004: 001-002 camera A
            (camid 0), 003-004 camera B (camid 1). Identities are numbered 1..N and each must have all four
-           images: a missing image (or identity) is a DatasetLayoutError naming the identities and files (a protocol split of incomplete identities would
-           not be the published one). Options `num_test_ids` (default 486: the 485/486 protocol; 100: the
-           871/100 protocol) and `split` (default 0): the test ids are the first `num_test_ids` of
-           `np.random.default_rng(split).permutation(ids)` (ids sorted ascending first), the others train.
+           images: a missing image (or identity) is a DatasetLayoutError naming the identities and files, also
+           with strict=False (a split of incomplete identities would not be the published protocol). Options
+           `num_test_ids` (default 486: the 485/486 protocol; 100: the 871/100 protocol) and `split` (default
+           0): the test ids are the first `num_test_ids` of `np.random.default_rng(split).permutation(ids)`
+           (ids sorted ascending first), the others train. Other names (and a second file for one image) are
+           skipped files, reported like every reader's.
            Train = all four images of the train ids; query = the camera-A images of the test ids, gallery =
            their camera-B images (both images of each view: single-shot or multi-shot is the evaluation's
            choice, reidtrain.metrics.evaluate_single_shot / evaluate_market).
@@ -659,8 +661,8 @@ def _read_cuhk01(root: Path, dataset: str = "cuhk01", num_test_ids: int = 486,
         if len(incomplete) > _MAX_LISTED:
             lines.append(f"  ... and {len(incomplete) - _MAX_LISTED} more")
         raise DatasetLayoutError(f"CUHK01 layout under {folder}: {len(incomplete)} of the identities 0001-"
-                                 f"{max(images):04d} lack some of their 4 images (001-002 camera A, 003-004 camera B):\n"
-                                 + "\n".join(lines), skipped)
+                                 f"{max(images):04d} lack some of their 4 images (001-002 camera A, 003-004 "
+                                 f"camera B):\n" + "\n".join(lines), skipped)
     if not 1 <= num_test_ids < len(images):
         raise ValueError(f"{dataset}: num_test_ids must be in 1-{len(images) - 1} for the {len(images)} identities "
                          f"in {folder}, got {num_test_ids}")
