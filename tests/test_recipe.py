@@ -107,6 +107,9 @@ def test_shipped_recipes_carry_the_papers_settings():
         assert recipes[name].crop["body_size"] == [384, 192] and recipes[name].crop["part_size"] == [96, 192]
     demo = recipes["demo"]
     assert demo.synth is not None and demo.models == ["baseline", "intra-inter"]
+    cuhk01 = recipes["cuhk01"]   # the real-data CPU check: its reader options, split and protocol
+    assert cuhk01.dataset.name == "cuhk01" and cuhk01.dataset.options == {"num_test_ids": 486, "split": 0}
+    assert cuhk01.eval["protocol"] == "cuhk01-single-shot" and cuhk01.crop["pose_source"] == "blazepose"
 
 
 @pytest.fixture(scope="module")
