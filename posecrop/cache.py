@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from .atomic import atomic_path, is_temporary
 from .records import SPLITS
 from .schema import IMAGE_COLUMNS, IMAGE_STRUCT, cache_schema, read_settings
+from .errors import ReidError
 
 REPORT_NAME = "crop_report.jsonl"
 PART_RE = re.compile(r"^part-(?P<shard>\d+of\d+)-(?P<seq>\d+)\.parquet$")
@@ -51,7 +52,7 @@ _POSE_SOURCE_KEYS_COMPARED = ("backend", "config", "checkpoint_sha256", "model")
 _COMPARED_WHEN_BOTH_HAVE = ("dataset_options_resolved",)
 
 
-class CacheError(ValueError):
+class CacheError(ReidError, ValueError):
     """A crop cache is missing, unreadable, inconsistent or unsafe; the message names the file."""
 
 
@@ -59,11 +60,11 @@ class UnsafePathError(CacheError):
     """A path stored in a cache is absolute or climbs out of its root ('..')."""
 
 
-class CacheLockedError(RuntimeError):
+class CacheLockedError(ReidError, RuntimeError):
     """Another process holds the lock of the shard this process wants to write."""
 
 
-class CacheWriteError(OSError):
+class CacheWriteError(ReidError, OSError):
     """A cache file cannot be written (disk full, file size limit, read-only); names the file. Nothing
     half-written is left under a final name and the finished part files are kept: re-running resumes."""
 

@@ -38,6 +38,7 @@ from .crops import (BOX_FRAME, EXTENSIONS, FILL_MODES, PNG_COMPRESS_LEVEL, Image
 from .keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from .records import SPLITS, ImageRecord
 from .regions import DEFAULT_REGION_JOINTS, REGION_NAMES, RegionGeometryError, RegionSpec, region_boxes
+from .errors import ReidError
 
 # Worker processes import this module: it stays free of pyarrow (cache / schema are imported where used).
 if TYPE_CHECKING:
@@ -457,7 +458,7 @@ def _estimate(source: Any, records: list[ImageRecord], cfg: CropConfig, report: 
     return ok, np.stack(kp_list), np.stack(sc_list)
 
 
-class WorkerPoolError(RuntimeError):
+class WorkerPoolError(ReidError, RuntimeError):
     """The worker processes keep dying without finishing any task (a broken environment, not a bad image)."""
 
 

@@ -59,6 +59,7 @@ import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
 from .records import SPLITS, ImageRecord
+from .errors import ReidError
 
 DATASET_NAMES: tuple[str, ...] = ("market", "duke", "cuhk03-labeled", "cuhk03-detected", "msmt17", "folder")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
@@ -68,7 +69,7 @@ Skipped = tuple[str, str]  # (path relative to root, reason)
 _MAX_LISTED = 10
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(ReidError, ValueError):
     """A dataset folder does not have the expected layout, or holds files whose names cannot be parsed.
 
     `skipped` lists the unusable files as (path, reason) when that is the problem."""

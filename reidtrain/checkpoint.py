@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from posecrop.atomic import atomic_path
+from posecrop.errors import ReidError
 
 FORMAT = "reidtrain-checkpoint-v1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ReidError, ValueError):
     """A checkpoint file is missing, unreadable, or does not fit; the message names the file."""
 
 

@@ -56,13 +56,10 @@ def _table_from(path: Optional[Path], table: str) -> dict:
 
 
 def _expected_errors():
-    from posecrop.cache import CacheError
-    from posecrop.typedconfig import ConfigError
-
-    from .checkpoint import CheckpointError
-    from .export import ExportError
-    from .train import TrainingDiverged
-    return (ConfigError, CheckpointError, CacheError, ExportError, TrainingDiverged, FileNotFoundError)
+    """Errors printed as one line (exit 1): the project's (posecrop.errors.ReidError) and missing files. OSErrors of
+    the disk (full, read-only) reach cli.main, which prints them as one line too."""
+    from posecrop.errors import ReidError
+    return (ReidError, FileNotFoundError)
 
 
 def _trained_cache(checkpoint: Path) -> str:
@@ -158,8 +155,10 @@ def register(app: typer.Typer) -> None:
         except errors as e:
             _fail(str(e))
         except KeyboardInterrupt:
-            where = f"{cfg.out}/checkpoints/last.pt" if "cfg" in locals() and cfg is not None else "RUN/checkpoints/last.pt"
-            _fail(f"interrupted; finished epochs are in {where} - continue with --resume")
+            last = Path(cfg.out) / "checkpoints" / "last.pt" if "cfg" in locals() and cfg is not None else None
+            if last is not None and last.is_file():
+                _fail(f"interrupted; finished epochs are in {last} - continue with --resume")
+            _fail("interrupted before the first epoch finished; nothing to resume - run the same command again")
         if result.rank == 0:
             typer.echo(f"trained {cfg.model} for {result.epochs_done} epochs: {result.final}")
 

@@ -24,11 +24,12 @@ from posecrop.atomic import atomic_path
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .evaluate import eval_dataset, eval_device, extract_features, load_trained, resolve_checkpoint
+from posecrop.errors import ReidError
 
 FEATURES_METADATA_KEY = b"reidtrain"
 
 
-class ExportError(RuntimeError):
+class ExportError(ReidError, RuntimeError):
     """An export could not be written or does not check out; the message names the file."""
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from posecrop.atomic import atomic_write_text, is_temporary
+from posecrop.errors import ReidError
 from posecrop.regions import REGION_NAMES
 from posecrop.typedconfig import to_dict
 
@@ -45,7 +46,7 @@ from .data import (EpochSampler, ReidDataset, SampleTransform, input_columns, in
 FUSED = "fused"
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(ReidError, RuntimeError):
     """The loss became NaN / infinite."""
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..keypoints import coco17_to_coco18, mark_missing
 from .base import PoseBatchItem
+from ..errors import ReidError
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,11 @@ RANDOM = "random"
 RANDOM_SEED = 0
 
 
-class PoseConfigError(ValueError):
+class PoseConfigError(ReidError, ValueError):
     """The mmpose config is missing, unreadable, or not a top-down COCO-17 model. The message names the file."""
 
 
-class PoseCheckpointError(ValueError):
+class PoseCheckpointError(ReidError, ValueError):
     """The weights could not be obtained or do not fit the model. The message names the path or URL."""
 
 

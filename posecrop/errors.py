@@ -1,0 +1,62 @@
+"""The project's error base: `ReidError` marks an error the user can act on (bad input, a refused operation, a
+failed write) whose message names the file or the option. The command line (cli.py) prints such an error as one
+line and exits 1; any other exception is a bug and keeps its traceback.
+
+The stages' error classes (ConfigError, CacheError, DatasetLayoutError, CheckpointError, ...) derive from it next to
+the built-in type they always had (ValueError, RuntimeError, OSError), so existing `except ValueError` code is
+unaffected.
+"""
+from __future__ import annotations
+
+import errno
+import os
+
+
+class ReidError(Exception):
+    """An error the user can act on; its message names the file or the option."""
+
+
+class OutputPathError(ReidError, OSError):
+    """An output path holds something that must not be replaced (a device, a directory, a FIFO, a socket)."""
+
+
+class RunLockedError(ReidError, RuntimeError):
+    """Another process holds the lock of a run folder or output file."""
+
+
+# OSError numbers that describe the machine or the file system, not a bug: printed as one line by the CLI.
+ENVIRONMENT_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "ENOSPC", "EROFS", "EACCES", "EPERM", "EDQUOT", "EFBIG", "EIO", "ENOENT", "ENOTDIR", "EISDIR", "EEXIST",
+    "ENAMETOOLONG", "EMFILE", "ENFILE", "ENOMEM", "ELOOP", "EXDEV", "ENODEV", "ENXIO") if hasattr(errno, name))
+
+
+def is_environment_error(e: BaseException) -> bool:
+    """An OSError caused by the disk / the file system (full, read-only, permissions, missing path)."""
+    return isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS
+
+
+def os_error_in_chain(e: BaseException) -> OSError | None:
+    """The first environment OSError among `e`, its causes and contexts (libraries often wrap them)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if is_environment_error(e):
+            return e  # type: ignore[return-value]
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def one_line(e: BaseException) -> str:
+    """The message of an expected error on one line (an OSError names its file)."""
+    if isinstance(e, OSError) and not isinstance(e, ReidError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        other = f" -> {e.filename2}" if getattr(e, "filename2", None) else ""
+        return f"{where}{e.strerror}{other}".strip()
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def describe_os_error(e: OSError, path: str | os.PathLike | None = None) -> str:
+    """'PATH: No space left on device' for an OSError, naming `path` when the error does not."""
+    where = e.filename or path
+    return f"{where}: {e.strerror or e}" if where else str(e)
