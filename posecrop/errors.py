@@ -48,7 +48,7 @@ def os_error_in_chain(e: BaseException) -> OSError | None:
 
 def one_line(e: BaseException) -> str:
     """The message of an expected error on one line (an OSError names its file)."""
-    if isinstance(e, OSError) and not isinstance(e, ReidError) and e.strerror:
+    if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename else ""
         other = f" -> {e.filename2}" if getattr(e, "filename2", None) else ""
         return f"{where}{e.strerror}{other}".strip()

@@ -7,6 +7,7 @@ training config, so `evaluate` / `extract` / `export` need nothing but the file.
 """
 from __future__ import annotations
 
+import errno
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,21 @@ class CheckpointError(ReidError, ValueError):
     """A checkpoint file is missing, unreadable, or does not fit; the message names the file."""
 
 
+class CheckpointWriteError(ReidError, OSError):
+    """A checkpoint could not be written (full or read-only disk); the message names the file."""
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save through a temporary file + rename: a kill never leaves a half-written checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """torch.save through a temporary file + rename: a kill never leaves a half-written checkpoint. A failed
+    write (torch reports a full disk as a RuntimeError of its zip writer) is a CheckpointWriteError naming the
+    file; the temporary is removed."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except RuntimeError as e:  # PytorchStreamWriter: "file write failed" / "unexpected pos" on a full disk
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointWriteError(errno.EIO, f"cannot write the checkpoint ({first}); is the disk full?",
+                                   str(path)) from e
 
 
 def load_checkpoint(path: Path) -> dict:

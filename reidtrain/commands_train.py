@@ -113,7 +113,8 @@ def register(app: typer.Typer) -> None:
         erasing: Optional[float] = typer.Option(None, "--erasing", help="Random-erasing probability (0 = off)."
                                                 + _d(_A.erasing)),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes." + _d(_T.workers)),
-        threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (0 = torch's default)."
+        threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (0 = automatic: "
+                                              "torch's default lowered to the free cores, see reidtrain/threads.py)."
                                               + _d(_T.threads)),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of initialisation, data order, augmentation."
                                            + _d(_T.seed)),
@@ -131,9 +132,16 @@ def register(app: typer.Typer) -> None:
                                                    help="Write TensorBoard scalars to RUN/tb." + _d(_T.tensorboard)),
         resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/last.pt (restarts the "
                                     "epoch a kill interrupted; same settings required)."),
+        force: bool = typer.Option(False, "--force", help="Replace the run already in --out: its model.pt, "
+                                   "checkpoints, metrics, tb/ and eval/ are removed first. Without --resume or "
+                                   "--force an existing run is refused."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
         from posecrop.typedconfig import from_mapping, merge
+
+        if resume and force:
+            raise typer.BadParameter("--resume continues the run in --out, --force replaces it: give one",
+                                     param_hint="--force")
 
         errors = _expected_errors()
         try:
@@ -151,7 +159,7 @@ def register(app: typer.Typer) -> None:
             if cfg.cache is None:
                 _fail("--cache is required (or `cache` in the --config file)")
             from .train import train
-            result = train(cfg, resume=resume, progress=progress)
+            result = train(cfg, resume=resume, progress=progress, force=force)
         except errors as e:
             _fail(str(e))
         except KeyboardInterrupt:

@@ -426,9 +426,12 @@ def _worker_init(_: int) -> None:
 
 def make_loader(dataset: ReidDataset, batch_size: int, workers: int, sampler: Sampler | None = None,
                 train: bool = False, pin_memory: bool = False) -> DataLoader:
-    """DataLoader with uint8 batches; training drops the last incomplete batch (batch norm)."""
+    """DataLoader with uint8 batches. Training drops the last incomplete batch (a batch of one breaks batch norm)
+    when there is at least one full batch; a split smaller than one batch is trained as one partial batch (never
+    an epoch of no steps)."""
+    samples = len(sampler) if sampler is not None else len(dataset)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                      drop_last=train, pin_memory=pin_memory, persistent_workers=workers > 0,
+                      drop_last=train and samples >= batch_size, pin_memory=pin_memory, persistent_workers=workers > 0,
                       worker_init_fn=_worker_init if workers > 0 else None,
                       generator=torch.Generator().manual_seed(0),  # keeps the loader off the global RNG
                       prefetch_factor=4 if workers > 0 else None)

@@ -23,7 +23,8 @@ from torch import nn
 from posecrop.atomic import atomic_path
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .evaluate import eval_dataset, eval_device, extract_features, load_trained, resolve_checkpoint
+from .evaluate import eval_dataset, eval_device, extract_features, load_trained, resolve_checkpoint, run_dir_of
+from .runlock import file_lock, reading_run
 from posecrop.errors import ReidError
 
 FEATURES_METADATA_KEY = b"reidtrain"
@@ -39,6 +40,13 @@ def extract_to_parquet(checkpoint: Path, cache: Path, out: Path, splits: Sequenc
     """Features of `splits` of `cache` under the model of `checkpoint`, as one Parquet file at `out`."""
     dev = eval_device(device)
     checkpoint = resolve_checkpoint(Path(checkpoint))
+    with reading_run(run_dir_of(checkpoint)), file_lock(Path(out)):
+        return _extract_to_parquet(checkpoint, dev, cache, out, splits, flip_average, batch_size, workers, progress,
+                                   console)
+
+
+def _extract_to_parquet(checkpoint: Path, dev, cache: Path, out: Path, splits: Sequence[str], flip_average: bool,
+                        batch_size: int, workers: int, progress: bool, console) -> Path:
     model, meta, epoch = load_trained(checkpoint, dev)
     tables = []
     dim = None
@@ -108,18 +116,43 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = 17, exporter: str = "a
     deviation relative to the largest feature value must stay below 1e-3.
     Returns {"path", "inputs", "output", "feature_dim", "max_rel_deviation" (or None), "exporter"}.
     """
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}")
+    lo, hi = opset_range(exporter)
+    if not lo <= opset <= hi:
+        raise ExportError(f"--opset {opset}: the {exporter} exporter writes opsets {lo} to {hi}")
+    if exporter == "auto" and opset > opset_range("torchscript")[1]:
+        exporter = "dynamo"  # only the dynamo exporter writes the newest opsets
+    checkpoint = resolve_checkpoint(Path(checkpoint))
+    with reading_run(run_dir_of(checkpoint)), file_lock(Path(out)):
+        return _export_onnx(checkpoint, Path(out), opset, exporter, verify, batch)
+
+
+def opset_range(exporter: str) -> tuple[int, int]:
+    """The ONNX opsets an exporter of this torch writes ('auto': either's)."""
+    try:
+        from torch.onnx import _constants as c
+        low, script_max, high = c.ONNX_MIN_OPSET, c.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET, c.ONNX_MAX_OPSET
+    except (ImportError, AttributeError):
+        low, script_max, high = 7, 20, 23
+    return {"torchscript": (low, script_max), "dynamo": (DYNAMO_MIN_OPSET, high)}.get(exporter, (low, high))
+
+
+DYNAMO_MIN_OPSET = 18   # the dynamo exporter writes at least opset 18
+
+
+def _export_onnx(checkpoint: Path, out: Path, opset: int, exporter: str, verify: bool, batch: int) -> dict:
     import warnings
 
     import onnx
 
-    model, meta, _ = load_trained(resolve_checkpoint(Path(checkpoint)), "cpu")
+    from posecrop.errors import os_error_in_chain
+
+    model, meta, _ = load_trained(checkpoint, "cpu")
     wrapper = InferenceModel(model, meta["normalize"]).eval()
     sizes = {k: tuple(meta["body_size"]) if k == "body" else tuple(meta["part_size"]) for k in wrapper.keys}
     example = tuple(torch.rand(batch, 3, *sizes[k]) for k in wrapper.keys)
     names = list(wrapper.keys)
-    if exporter not in ("auto", "torchscript", "dynamo"):
-        raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}")
-    out = Path(out)
 
     def run(kind: str, tmp: Path) -> None:
         with warnings.catch_warnings():
@@ -139,12 +172,15 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = 17, exporter: str = "a
         try:
             try:
                 run(used, tmp)
-            except Exception:
-                if exporter != "auto":
+            except Exception as e:
+                if exporter != "auto" or os_error_in_chain(e) is not None:  # a full disk is no tracing problem
                     raise
                 used = "dynamo"
                 run(used, tmp)
         except Exception as e:  # the exporters raise many types; say which model and file
+            disk = os_error_in_chain(e)
+            if disk is not None:
+                raise ExportError(f"{out}: cannot write the ONNX file ({disk.strerror or disk})") from e
             raise ExportError(f"{out}: ONNX export of {meta['model']!r} ({used} exporter) failed: "
                               f"{type(e).__name__}: {e}") from e
         graph = onnx.load(str(tmp))
@@ -155,8 +191,10 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = 17, exporter: str = "a
         deviation = _verify(graph, wrapper, sizes) if verify else None
         if deviation is not None and not deviation < 1e-3:
             raise ExportError(f"{out}: ONNX output deviates from PyTorch by {deviation:.2e} (relative)")
+    written = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=opset)
     return {"path": str(out), "inputs": {k: [None, 3, *sizes[k]] for k in names}, "output": "features",
-            "feature_dim": int(model.feature_dim), "max_rel_deviation": deviation, "exporter": used}
+            "feature_dim": int(model.feature_dim), "max_rel_deviation": deviation, "exporter": used,
+            "opset": int(written)}
 
 
 def _verify(graph, wrapper: InferenceModel, sizes: dict) -> float:
