@@ -141,12 +141,17 @@ def register(app: typer.Typer) -> None:
         if config is not None:
             try:
                 doc = tomllib.loads(config.read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError) as e:
-                _fail(f"{config}: cannot read the recipe ({e})")
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+                _fail(f"{config}: cannot read the recipe ({getattr(e, 'strerror', None) or e})")
             section = doc.get("crop", doc)
             if not isinstance(section, dict):
                 _fail(f"{config}: 'crop' must be a table, got {type(section).__name__}")
             values = dict(section)
+            ds = doc.get("dataset")
+            if "crop" in doc and isinstance(ds, dict):  # a recipe: its [dataset] table says what to read
+                for key, field in (("name", "dataset"), ("root", "root"), ("options", "dataset_options")):
+                    if key in ds and field not in values:
+                        values[field] = ds[key]
             for key in ("pose_options", "dataset_options"):
                 if key in values and not isinstance(values[key], dict):
                     _fail(f"{config}: crop.{key} must be a table, got {type(values[key]).__name__}")
@@ -170,8 +175,8 @@ def register(app: typer.Typer) -> None:
             "dataset_options": ({**values.get("dataset_options", {}), **parse_options(dataset_option,
                                  "--dataset-option")} if dataset_option else None),
             "beta": beta, "threshold": threshold, "min_reliable": min_reliable, "bank": bank,
-            "body_size": parse_size(body_size, "--body-size") if body_size else None,
-            "part_size": parse_size(part_size, "--part-size") if part_size else None,
+            "body_size": parse_size(body_size, "--body-size") if body_size is not None else None,
+            "part_size": parse_size(part_size, "--part-size") if part_size is not None else None,
             "encoding": encoding, "jpeg_quality": jpeg_quality, "fill": fill, "shard": shard, "workers": workers,
             "batch_size": batch_size, "rows_per_part": rows_per_part, "limit": limit, "progress": progress,
         }
@@ -189,6 +194,9 @@ def register(app: typer.Typer) -> None:
         console = Console()
         try:
             summary = run_crop(cfg)
+        except KeyboardInterrupt:
+            _fail(f"interrupted; the rows written so far are kept in {cfg.out} - run the same command again to "
+                  f"continue")
         except CacheLockedError as e:
             _fail(str(e), EXIT_LOCKED)
         except (CacheError, DatasetLayoutError, PoseReadError, WorkerPoolError, ValueError, OSError) as e:
@@ -196,7 +204,9 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"[bold]{summary.cache}[/] shard {summary.shard}: {summary.written} rows written "
             f"({', '.join(f'{k} {v}' for k, v in summary.per_split.items())}), {summary.already_done} already there, "
-            f"{summary.failed} failed, {summary.skipped} skipped in {summary.seconds:.1f}s; "
+            f"{summary.failed} failed, {summary.skipped} skipped"
+            + (f", {summary.excluded} junk (pid -1, excluded by the protocol)" if summary.excluded else "")
+            + f" in {summary.seconds:.1f}s; "
             f"repaired joints {summary.repaired_joints:.1%}, fallback {summary.fallback_joints:.1%}."
             + (f" See {summary.report}" if summary.failed or summary.skipped else ""), highlight=False)
         if summary.failed or summary.skipped:

@@ -55,6 +55,9 @@ KEYPOINT_FRAME = "source pixels, pixel centres at integer coordinates (as OpenPo
 PIXEL_CENTRE = 0.5
 
 
+MIN_CROP_SIDE = 8   # the smallest crop side the network takes (reidtrain.config.check_size)
+
+
 @dataclass
 class CropConfig:
     """Everything the crop stage needs (defaults <- recipe TOML <- CLI flags, see posecrop.typedconfig)."""
@@ -92,10 +95,16 @@ class CropConfig:
             raise ValueError(f"beta must be a fraction of H in [0, 1], got {self.beta}")
         if self.min_reliable < 0:
             raise ValueError("min_reliable must be >= 0")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold is a joint confidence in [0, 1], got {self.threshold} (above 1 every joint "
+                             f"would be repaired)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or not given: all images), got {self.limit}")
         for name in ("body_size", "part_size"):
             size = tuple(getattr(self, name))
-            if len(size) != 2 or min(size) < 1 or max(size) > 4096:
-                raise ValueError(f"{name} must be (height, width) in 1..4096, got {size}")
+            if len(size) != 2 or min(size) < MIN_CROP_SIDE or max(size) > 4096:
+                raise ValueError(f"{name} must be (height, width) in {MIN_CROP_SIDE}..4096 (the network needs "
+                                 f">= {MIN_CROP_SIDE}), got {size}")
             setattr(self, name, (int(size[0]), int(size[1])))
         if self.encoding not in EXTENSIONS:
             raise ValueError(f"encoding must be one of {tuple(EXTENSIONS)}, got {self.encoding!r}")
@@ -154,6 +163,7 @@ class CropSummary:
     fallback_joints: float  # share taken from the frame fallback
     seconds: float
     report: str
+    excluded: int = 0       # files the protocol leaves out (Market / Duke junk, pid -1): counted, not cropped
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -560,13 +570,13 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
     cfg.pose_source, `bank` (a CanonicalBank) overrides cfg.bank."""
     from .cache import CacheWriter, RunReport, Shard
     from .canonical import load_bank
-    from .datasets import resolve_dataset_options, scan_dataset
+    from .datasets import resolve_dataset_options, scan_dataset_all
     from .schema import WHOLE_COLUMN
 
     t0 = time.perf_counter()
     shard = Shard.parse(cfg.shard)
     resolved = resolve_dataset_options(cfg.dataset, cfg.root, cfg.dataset_options)
-    records, skipped = scan_dataset(cfg.dataset, cfg.root, **resolved)
+    records, skipped, excluded = scan_dataset_all(cfg.dataset, cfg.root, **resolved)
     records = [r for r in records if shard.owns(r.path)]
     if pose_source is None:
         from .sources import make_pose_source
@@ -606,7 +616,8 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
                     failed += 1
                 progress.advance(res.num_rows + len(res.failures))
 
-        progress = _Progress(cfg.progress, len(todo), f"crop {cfg.dataset} [{shard}]")
+        label = f"crop {cfg.dataset}" + (f" (shard {shard})" if shard.count > 1 else "")
+        progress = _Progress(cfg.progress, len(todo), label)
         pool = _Pool(workers, wsettings) if todo else None
         try:
             with progress:
@@ -631,7 +642,8 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
             processed=len(todo), written=sum(per_split.values()), failed=failed,
             skipped=sum(1 for p, _ in skipped if shard.owns(p)), per_split=per_split,
             repaired_joints=float(joint_counts[1] / total_joints), fallback_joints=float(joint_counts[2] / total_joints),
-            seconds=round(time.perf_counter() - t0, 3), report=str(report.path))
+            seconds=round(time.perf_counter() - t0, 3), report=str(report.path),
+            excluded=sum(1 for p, _ in excluded if shard.owns(p)))
         report.add_summary({k: v for k, v in summary.as_dict().items() if k not in ("run_id", "report")})
     return summary
 

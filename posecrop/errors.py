@@ -52,7 +52,11 @@ def one_line(e: BaseException) -> str:
         where = f"{e.filename}: " if e.filename else ""
         other = f" -> {e.filename2}" if getattr(e, "filename2", None) else ""
         return f"{where}{e.strerror}{other}".strip()
-    text = " ".join(str(e).split())
+    text = str(e)
+    if "Original Traceback (most recent call last)" in text:  # re-raised from a DataLoader worker
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    text = " ".join(text.split())
     return text or type(e).__name__
 
 

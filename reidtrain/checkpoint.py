@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from posecrop.atomic import atomic_path
+from posecrop.atomic import atomic_path, looks_like_torch_file
 from posecrop.errors import ReidError
 
 FORMAT = "reidtrain-checkpoint-v1"
@@ -49,10 +49,14 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if not looks_like_torch_file(path):
+        raise CheckpointError(f"{path}: not a loadable checkpoint (not a torch file: neither a zip archive nor a "
+                              f"pickle, {path.stat().st_size} bytes)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError / RuntimeError / EOFError for bad files
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {first})") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
     return obj

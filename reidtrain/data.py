@@ -197,7 +197,9 @@ def relabel(pids: np.ndarray) -> tuple[np.ndarray, list[int]]:
 
 # ------------------------------------------------------------------------------------------------- transforms
 def decode(encoded: np.ndarray, where: str) -> np.ndarray:
-    """JPEG/PNG bytes -> HxWx3 uint8 RGB."""
+    """JPEG/PNG bytes -> HxWx3 uint8 RGB; CacheReadError naming `where` for empty or undecodable bytes."""
+    if len(encoded) == 0:  # cv2.imdecode raises cv2.error on an empty buffer
+        raise CacheReadError(f"{where}: empty image bytes (0 bytes stored)")
     if _IMREAD_RGB is not None:
         img = cv2.imdecode(encoded, _IMREAD_RGB)
     else:

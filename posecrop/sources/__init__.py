@@ -4,6 +4,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from ..errors import ReidError
+from ..typedconfig import ConfigError
 from .base import PoseBatchItem, PoseReadError, PoseSource
 
 POSE_SOURCE_KINDS: tuple[str, ...] = ("openpose-json", "posegan-csv", "mmpose")
@@ -20,7 +22,7 @@ def _source_class(kind: str) -> type:
     if kind == "mmpose":
         from .mmpose_source import MMPoseSource
         return MMPoseSource
-    raise ValueError(f"unknown pose source {kind!r}; known kinds: {', '.join(POSE_SOURCE_KINDS)}")
+    raise ConfigError(f"unknown pose source {kind!r}; known kinds: {', '.join(POSE_SOURCE_KINDS)}")
 
 
 def make_pose_source(kind: str, **options: Any) -> PoseSource:
@@ -32,9 +34,16 @@ def make_pose_source(kind: str, **options: Any) -> PoseSource:
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = sorted(set(options) - set(accepted))
     if unknown and not takes_any:
-        raise ValueError(f"pose source {kind!r} does not take option(s) {', '.join(unknown)}; "
-                         f"accepted: {', '.join(accepted)}")
-    return cls(**options)
+        raise ConfigError(f"pose source {kind!r} does not take option(s) {', '.join(unknown)}; "
+                          f"accepted: {', '.join(accepted)}")
+    try:
+        return cls(**options)
+    except TypeError as e:  # an option of the wrong kind (a number where a path is expected, ...)
+        raise ConfigError(f"pose source {kind!r}: bad option value ({e})") from e
+    except ValueError as e:
+        if isinstance(e, ReidError):
+            raise
+        raise ConfigError(f"pose source {kind!r}: {e}") from e
 
 
 __all__ = ["POSE_SOURCE_KINDS", "PoseBatchItem", "PoseReadError", "PoseSource", "make_pose_source"]
