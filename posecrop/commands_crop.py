@@ -263,6 +263,10 @@ def register(app: typer.Typer) -> None:
         ):
             t2.add_row(key, str(value))
         console.print(t2)
+        for split, reason in data.get("empty_splits", {}).items():  # train / evaluate will refuse such a cache
+            from rich.markup import escape
+            console.print(f"[bold yellow]warning:[/] split {split!r} has no rows: {escape(reason)}", soft_wrap=True,
+                          highlight=False)
         rep = data["report"]
         console.print(f"report {rep['path']}: {rep['runs']} run(s), {rep['failed']} failed and {rep['skipped']} "
                       f"skipped entries (last run: {rep['last_run_failed']} failed)", highlight=False)

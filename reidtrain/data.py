@@ -70,7 +70,8 @@ def read_split_table(cache: Path, split: str, columns: Sequence[str]) -> pa.Tabl
     """Read `columns` of one split (posecrop.cache.read_split), ordered by image_id (stable across runs)."""
     table = read_split(Path(cache), split, list(columns))
     if table.num_rows == 0:
-        raise CacheReadError(f"{cache}/{split}: the split has no rows")
+        from posecrop.cache import empty_split_reason
+        raise CacheReadError(f"{cache}/{split}: the split has no rows: {empty_split_reason(cache, split)}")
     return table.sort_by("image_id")
 
 
