@@ -49,7 +49,7 @@ def main() -> None:
         if not (isinstance(e, ReidError) or is_environment_error(e)):
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(getattr(e, "exit_code", 1))
 
 
 if __name__ == "__main__":

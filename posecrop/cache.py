@@ -63,6 +63,8 @@ class UnsafePathError(CacheError):
 class CacheLockedError(ReidError, RuntimeError):
     """Another process holds the lock of the shard this process wants to write."""
 
+    exit_code = 3
+
 
 class CacheWriteError(ReidError, OSError):
     """A cache file cannot be written (disk full, file size limit, read-only); names the file. Nothing

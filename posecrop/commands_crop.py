@@ -10,7 +10,7 @@ import typer
 HELP_DEFAULTS = {"dataset": "market", "beta": 0.1, "threshold": 0.1, "min_reliable": 4, "body_size": "384x192",
                  "part_size": "96x192", "encoding": "jpeg", "jpeg_quality": 95, "fill": "mean", "shard": "0/1",
                  "batch_size": 32, "rows_per_part": 1000}
-EXIT_BAD_INPUT, EXIT_LOCKED = 1, 3
+EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 3, 130
 MAX_LISTED = 10  # failed / skipped images printed after a run (all of them are in the report)
 
 
@@ -44,7 +44,8 @@ def parse_options(items: List[str] | None, option: str) -> dict:
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     from rich.console import Console
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    from rich.markup import escape
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -196,7 +197,7 @@ def register(app: typer.Typer) -> None:
             summary = run_crop(cfg)
         except KeyboardInterrupt:
             _fail(f"interrupted; the rows written so far are kept in {cfg.out} - run the same command again to "
-                  f"continue")
+                  f"continue", EXIT_INTERRUPTED)
         except CacheLockedError as e:
             _fail(str(e), EXIT_LOCKED)
         except (CacheError, DatasetLayoutError, PoseReadError, WorkerPoolError, ValueError, OSError) as e:

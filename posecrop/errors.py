@@ -13,7 +13,9 @@ import os
 
 
 class ReidError(Exception):
-    """An error the user can act on; its message names the file or the option."""
+    """An error the user can act on; its message names the file or the option. `exit_code`: the command line's."""
+
+    exit_code = 1
 
 
 class OutputPathError(ReidError, OSError):
@@ -21,7 +23,9 @@ class OutputPathError(ReidError, OSError):
 
 
 class RunLockedError(ReidError, RuntimeError):
-    """Another process holds the lock of a run folder or output file."""
+    """Another process holds the lock of a run folder or output file (exit code 3, as a locked crop cache)."""
+
+    exit_code = 3
 
 
 # OSError numbers that describe the machine or the file system, not a bug: printed as one line by the CLI.

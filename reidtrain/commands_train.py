@@ -38,11 +38,11 @@ def one_line(e: BaseException) -> str:
     return _one_line(e)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     from rich.console import Console
     from rich.markup import escape
     Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
+    raise typer.Exit(code)
 
 
 def _read_toml(path: Path) -> dict:
@@ -198,7 +198,7 @@ def register(app: typer.Typer) -> None:
             from .train import train
             result = train(cfg, resume=resume, progress=progress, force=force)
         except errors as e:
-            _fail(one_line(e))
+            _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
         except KeyboardInterrupt:
             last = Path(cfg.out) / "checkpoints" / "last.pt" if "cfg" in locals() and cfg is not None else None
             if last is not None and last.is_file():
@@ -256,7 +256,7 @@ def register(app: typer.Typer) -> None:
                 cfg = merge(cfg, {"cache": _trained_cache(checkpoint)})
             outcome = evaluate(cfg, progress=progress)
         except errors as e:
-            _fail(one_line(e))
+            _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
         from .recipe import results_table
         console = Console()
         console.print(results_table(f"{outcome.metrics['dataset']}", {outcome.metrics["model"]: outcome.metrics}))
@@ -290,7 +290,7 @@ def register(app: typer.Typer) -> None:
                                       progress)
             table, feats, _ = read_features(path)
         except errors as e:
-            _fail(one_line(e))
+            _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
         typer.echo(f"wrote {table.num_rows} features of dimension {feats.shape[1]} to {path}")
 
     @app.command("export", help="Export a trained model to ONNX (inputs: RGB in [0,1] per input crop, NCHW, dynamic "
@@ -308,7 +308,7 @@ def register(app: typer.Typer) -> None:
             from .export import export_onnx
             info = export_onnx(checkpoint, out, opset, exporter, verify)
         except errors + (ValueError,) as e:
-            _fail(one_line(e))
+            _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
         dev = info["max_rel_deviation"]
         typer.echo(f"wrote {info['path']} ({info['exporter']} exporter): inputs {info['inputs']}, output features "
                    f"({info['feature_dim']})"
@@ -351,7 +351,7 @@ def _run(recipe_path: Path, out: Optional[Path], models: Optional[List[str]], ov
         recipe = load_recipe(recipe_path, overrides)
         result = run_recipe(recipe, out, force, models, progress, Console(stderr=True), jobs)
     except errors as e:
-        _fail(one_line(e))
+        _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
     except KeyboardInterrupt:
         _fail("interrupted; finished stages and epochs are kept - run the same command again to continue")
     from .recipe import results_table

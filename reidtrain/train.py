@@ -191,14 +191,31 @@ def _append_metrics(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    """{'augment': {'pad': 10}} -> {'augment.pad': 10}: a changed augmentation value is named on its own."""
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _same_value(key: str, a, b) -> bool:
+    if key in ("cache", "init_from") and a is not None and b is not None:  # ./cache and /abs/cache are one folder
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
+
+
 def _check_resume_config(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
     stored = ckpt.get("meta", {}).get("config")
     if stored is None:
         raise CheckpointError(f"{path}: no training config stored - not a reidtrain training checkpoint")
     from posecrop.typedconfig import from_mapping
-    old = result_config(from_mapping(TrainConfig, stored))
-    new = result_config(cfg)
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    old = _flat(result_config(from_mapping(TrainConfig, stored)))
+    new = _flat(result_config(cfg))
+    diff = sorted(k for k in set(old) | set(new) if not _same_value(k, old.get(k), new.get(k)))
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
         raise CheckpointError(f"{path}: cannot resume with a different configuration ({detail}); "
