@@ -298,7 +298,8 @@ def register(app: typer.Typer) -> None:
     def export_cmd(
         checkpoint: Path = typer.Argument(..., help="model.pt / last.pt, or a training run folder."),
         out: Path = typer.Option(..., "--out", help="ONNX file to write (atomic)."),
-        opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+        opset: int = typer.Option(17, "--opset", help="ONNX opset version (torchscript exporter: 7-20, dynamo: "
+                                  "18 and up; 'auto' falling back to dynamo writes at least 18)."),
         exporter: str = typer.Option("auto", "--exporter", help="'torchscript' (seconds), 'dynamo' (torch.export "
                                      "based, slower) or 'auto' (torchscript, dynamo where tracing fails)."),
         verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the graph once and compare with PyTorch."),
@@ -310,7 +311,8 @@ def register(app: typer.Typer) -> None:
         except errors + (ValueError,) as e:
             _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
         dev = info["max_rel_deviation"]
-        typer.echo(f"wrote {info['path']} ({info['exporter']} exporter): inputs {info['inputs']}, output features "
+        typer.echo(f"wrote {info['path']} ({info['exporter']} exporter, opset {info['opset']}): inputs {info['inputs']}, "
+                   f"output features "
                    f"({info['feature_dim']})"
                    + (f"; max relative deviation from PyTorch {dev:.1e}" if dev is not None else ""))
 

@@ -55,6 +55,11 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
+def run_folder(path: Path) -> Path:
+    """The run folder of a `checkpoint` argument (a run folder itself, or a checkpoint file in one)."""
+    return Path(path) if Path(path).is_dir() else run_dir_of(Path(path))
+
+
 def run_dir_of(checkpoint: Path) -> Path:
     """The training run directory a checkpoint belongs to (checkpoints/last.pt -> RUN_DIR)."""
     checkpoint = Path(checkpoint)
@@ -290,52 +295,62 @@ def publish_staged(stage: Path, out: Path, names: list[str]) -> list[Path]:
 
 
 def evaluate(cfg: EvalConfig, progress: bool = True, console=None) -> EvalOutcome:
-    """Evaluate cfg.checkpoint on cfg.cache (query vs gallery); write metrics and reports to cfg.out."""
-    from rich.console import Console
+    """Evaluate cfg.checkpoint on cfg.cache (query vs gallery); write metrics and reports to cfg.out.
 
-    from .reports import plot_cmc, write_summary
+    Locks (reidtrain.runlock): the run folder shared (no train replaces it meanwhile), the output folder
+    exclusive. The reports are written into a staging folder and moved into place at the end, so a failure
+    (a full disk) leaves the previous reports whole and no partial set."""
+    from rich.console import Console
 
     if cfg.checkpoint is None or cfg.cache is None:
         raise ValueError("EvalConfig needs a checkpoint and a cache")
     console = console or Console(stderr=True)
     set_threads(cfg.threads, cfg.workers)
     device = eval_device(cfg.device)
-    checkpoint = resolve_checkpoint(Path(cfg.checkpoint))
-    out = Path(cfg.out) if cfg.out is not None else run_dir_of(checkpoint) / "eval"
-    with reading_run(run_dir_of(checkpoint)), RunLock(out / LOCK_NAME, f"evaluation folder {out}"):
-        model, meta, epoch = load_trained(checkpoint, device)
-        q_ds, g_ds = eval_dataset(cfg.cache, "query", meta), eval_dataset(cfg.cache, "gallery", meta)
-        feats = {}
-        for name, ds in (("query", q_ds), ("gallery", g_ds)):
-            feats[name] = extract_features(model, ds, meta["normalize"], device, cfg.batch_size, cfg.workers,
-                                           cfg.flip_average, progress, console)
-        q, g = feats["query"], feats["gallery"]
-        dataset = q_ds.data.dataset
-        protocol = choose_protocol(cfg.protocol, Path(cfg.cache), dataset, len(np.unique(q.pids)))
-        result = compute_result(cfg, protocol, q, g)
-        summary = result.summary(SUMMARY_RANKS)
-        metrics = {"model": meta["model"], "checkpoint": str(checkpoint), "epoch": epoch, "cache": str(cfg.cache),
-                   "dataset": dataset, "protocol": protocol, "distance": cfg.distance, "rerank": cfg.rerank,
-                   "flip_average": cfg.flip_average, **summary, "cmc": [float(v) for v in result.cmc],
-                   "num_gallery": int(len(g.pids)), "notes": result.notes, "eval_config": to_dict(cfg)}
-        # Everything is written into a staging folder inside `out` and moved into place at the end (metrics.json
-        # last): a full disk or a kill never leaves a half-written report set, and the previous one stays whole.
-        with staging_folder(out) as stage:
-            files = [stage / "metrics.json"]
-            atomic_write_text(files[0], json.dumps(metrics, indent=1, default=str))
-            if cfg.reports:
-                label = meta["model"]
-                figures = [plot_cmc({label: result}, stage / "cmc.png",
-                                    title=f"CMC - {dataset} ({protocol} protocol)")]
-                ranked = ranked_lists(q, g, cfg.distance, cfg.ranked_queries, cfg.topk)
-                atomic_write_text(stage / RANKED_FILE, json.dumps(ranked))
-                files.append(stage / RANKED_FILE)
-                figure = ranked_list_figure(stage / "ranked_list.png", q_ds, g_ds, ranked, label)
-                figures += [figure] if figure is not None else []
-                figures += attention_figures(stage, model, q_ds, meta, device, cfg.attention_samples)
-                summary_path = write_summary(stage, {label: result}, figures,
-                                             {"eval": to_dict(cfg), "train": meta.get("config", {}), "epoch": epoch},
-                                             title=f"{label} on {dataset}: {protocol} protocol")
-                files += [Path(f) for f in figures] + [summary_path, summary_path.with_suffix(".html")]
-            files = publish_staged(stage, out, [Path(f).name for f in files])
+    with reading_run(run_folder(Path(cfg.checkpoint))):
+        checkpoint = resolve_checkpoint(Path(cfg.checkpoint))
+        out = Path(cfg.out) if cfg.out is not None else run_dir_of(checkpoint) / "eval"
+        with RunLock(out / LOCK_NAME, f"evaluation folder {out}"):
+            return _evaluate(cfg, checkpoint, out, device, progress, console)
+
+
+def _evaluate(cfg: EvalConfig, checkpoint: Path, out: Path, device: torch.device, progress: bool,
+              console) -> EvalOutcome:
+    from .reports import plot_cmc, write_summary
+
+    model, meta, epoch = load_trained(checkpoint, device)
+    q_ds, g_ds = eval_dataset(cfg.cache, "query", meta), eval_dataset(cfg.cache, "gallery", meta)
+    feats = {}
+    for name, ds in (("query", q_ds), ("gallery", g_ds)):
+        feats[name] = extract_features(model, ds, meta["normalize"], device, cfg.batch_size, cfg.workers,
+                                       cfg.flip_average, progress, console)
+    q, g = feats["query"], feats["gallery"]
+    dataset = q_ds.data.dataset
+    protocol = choose_protocol(cfg.protocol, Path(cfg.cache), dataset, len(np.unique(q.pids)))
+    result = compute_result(cfg, protocol, q, g)
+    summary = result.summary(SUMMARY_RANKS)
+    metrics = {"model": meta["model"], "checkpoint": str(checkpoint), "epoch": epoch, "cache": str(cfg.cache),
+               "dataset": dataset, "protocol": protocol, "distance": cfg.distance, "rerank": cfg.rerank,
+               "flip_average": cfg.flip_average, **summary, "cmc": [float(v) for v in result.cmc],
+               "num_gallery": int(len(g.pids)), "notes": result.notes, "eval_config": to_dict(cfg)}
+    # Everything is written into a staging folder inside `out` and moved into place at the end (metrics.json
+    # last): a full disk or a kill never leaves a half-written report set, and the previous one stays whole.
+    with staging_folder(out) as stage:
+        files = [stage / "metrics.json"]
+        atomic_write_text(files[0], json.dumps(metrics, indent=1, default=str))
+        if cfg.reports:
+            label = meta["model"]
+            figures = [plot_cmc({label: result}, stage / "cmc.png",
+                                title=f"CMC - {dataset} ({protocol} protocol)")]
+            ranked = ranked_lists(q, g, cfg.distance, cfg.ranked_queries, cfg.topk)
+            atomic_write_text(stage / RANKED_FILE, json.dumps(ranked))
+            files.append(stage / RANKED_FILE)
+            figure = ranked_list_figure(stage / "ranked_list.png", q_ds, g_ds, ranked, label)
+            figures += [figure] if figure is not None else []
+            figures += attention_figures(stage, model, q_ds, meta, device, cfg.attention_samples)
+            summary_path = write_summary(stage, {label: result}, figures,
+                                         {"eval": to_dict(cfg), "train": meta.get("config", {}), "epoch": epoch},
+                                         title=f"{label} on {dataset}: {protocol} protocol")
+            files += [Path(f) for f in figures] + [summary_path, summary_path.with_suffix(".html")]
+        files = publish_staged(stage, out, [Path(f).name for f in files])
     return EvalOutcome(out, metrics, result, files)

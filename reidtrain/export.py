@@ -23,7 +23,7 @@ from torch import nn
 from posecrop.atomic import atomic_path
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .evaluate import eval_dataset, eval_device, extract_features, load_trained, resolve_checkpoint, run_dir_of
+from .evaluate import eval_dataset, eval_device, extract_features, load_trained, resolve_checkpoint, run_folder
 from .runlock import file_lock, reading_run
 from posecrop.errors import ReidError
 
@@ -39,10 +39,9 @@ def extract_to_parquet(checkpoint: Path, cache: Path, out: Path, splits: Sequenc
                        progress: bool = True, console=None) -> Path:
     """Features of `splits` of `cache` under the model of `checkpoint`, as one Parquet file at `out`."""
     dev = eval_device(device)
-    checkpoint = resolve_checkpoint(Path(checkpoint))
-    with reading_run(run_dir_of(checkpoint)), file_lock(Path(out)):
-        return _extract_to_parquet(checkpoint, dev, cache, out, splits, flip_average, batch_size, workers, progress,
-                                   console)
+    with reading_run(run_folder(Path(checkpoint))), file_lock(Path(out)):
+        return _extract_to_parquet(resolve_checkpoint(Path(checkpoint)), dev, cache, out, splits, flip_average,
+                                   batch_size, workers, progress, console)
 
 
 def _extract_to_parquet(checkpoint: Path, dev, cache: Path, out: Path, splits: Sequence[str], flip_average: bool,
@@ -123,9 +122,8 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = 17, exporter: str = "a
         raise ExportError(f"--opset {opset}: the {exporter} exporter writes opsets {lo} to {hi}")
     if exporter == "auto" and opset > opset_range("torchscript")[1]:
         exporter = "dynamo"  # only the dynamo exporter writes the newest opsets
-    checkpoint = resolve_checkpoint(Path(checkpoint))
-    with reading_run(run_dir_of(checkpoint)), file_lock(Path(out)):
-        return _export_onnx(checkpoint, Path(out), opset, exporter, verify, batch)
+    with reading_run(run_folder(Path(checkpoint))), file_lock(Path(out)):
+        return _export_onnx(resolve_checkpoint(Path(checkpoint)), Path(out), opset, exporter, verify, batch)
 
 
 def opset_range(exporter: str) -> tuple[int, int]:
