@@ -21,6 +21,9 @@ class ReidError(Exception):
 class OutputPathError(ReidError, OSError):
     """An output path holds something that must not be replaced (a device, a directory, a FIFO, a socket)."""
 
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
 
 class RunLockedError(ReidError, RuntimeError):
     """Another process holds the lock of a run folder or output file (exit code 3, as a locked crop cache)."""
