@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from posecrop.atomic import atomic_write_text
+from posecrop.errors import ReidError
 from posecrop.typedconfig import to_dict
 
 from .allocator import keep_freed_memory
@@ -316,8 +317,6 @@ def evaluate(cfg: EvalConfig, progress: bool = True, console=None) -> EvalOutcom
 
 def _evaluate(cfg: EvalConfig, checkpoint: Path, out: Path, device: torch.device, progress: bool,
               console) -> EvalOutcome:
-    from .reports import plot_cmc, write_summary
-
     model, meta, epoch = load_trained(checkpoint, device)
     q_ds, g_ds = eval_dataset(cfg.cache, "query", meta), eval_dataset(cfg.cache, "gallery", meta)
     feats = {}
@@ -335,6 +334,24 @@ def _evaluate(cfg: EvalConfig, checkpoint: Path, out: Path, device: torch.device
                "num_gallery": int(len(g.pids)), "notes": result.notes, "eval_config": to_dict(cfg)}
     # Everything is written into a staging folder inside `out` and moved into place at the end (metrics.json
     # last): a full disk or a kill never leaves a half-written report set, and the previous one stays whole.
+    try:
+        files = _write_reports(cfg, out, meta, epoch, metrics, result, q, g, q_ds, g_ds, model, device, dataset,
+                               protocol)
+    except OSError as e:
+        if e.filename or isinstance(e, ReidError):
+            raise
+        raise EvalWriteError(e.errno, f"cannot write the evaluation reports ({e.strerror or e})", str(out)) from e
+    return EvalOutcome(out, metrics, result, files)
+
+
+class EvalWriteError(ReidError, OSError):
+    """The reports of an evaluation could not be written (full or read-only disk); names the folder."""
+
+
+def _write_reports(cfg: EvalConfig, out: Path, meta: dict, epoch: int, metrics: dict, result, q, g, q_ds, g_ds,
+                   model, device, dataset: str, protocol: str) -> list[Path]:
+    from .reports import plot_cmc, write_summary
+
     with staging_folder(out) as stage:
         files = [stage / "metrics.json"]
         atomic_write_text(files[0], json.dumps(metrics, indent=1, default=str))
@@ -352,5 +369,4 @@ def _evaluate(cfg: EvalConfig, checkpoint: Path, out: Path, device: torch.device
                                          {"eval": to_dict(cfg), "train": meta.get("config", {}), "epoch": epoch},
                                          title=f"{label} on {dataset}: {protocol} protocol")
             files += [Path(f) for f in figures] + [summary_path, summary_path.with_suffix(".html")]
-        files = publish_staged(stage, out, [Path(f).name for f in files])
-    return EvalOutcome(out, metrics, result, files)
+        return publish_staged(stage, out, [Path(f).name for f in files])

@@ -67,8 +67,13 @@ def _extract_to_parquet(checkpoint: Path, dev, cache: Path, out: Path, splits: S
             "normalize": meta["normalize"], "body_size": meta["body_size"], "part_size": meta["part_size"],
             "crops": meta.get("crops", "stored")}
     table = table.replace_schema_metadata({FEATURES_METADATA_KEY: json.dumps(info).encode()})
-    with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
+    try:
+        with atomic_path(out) as tmp:
+            pq.write_table(table, tmp)
+    except OSError as e:  # pyarrow's write errors name no file
+        if isinstance(e, ReidError):
+            raise
+        raise ExportError(f"{out}: cannot write the features file ({' '.join(str(e).split())})") from e
     return Path(out)
 
 
