@@ -138,10 +138,35 @@ def opset_range(exporter: str) -> tuple[int, int]:
         low, script_max, high = c.ONNX_MIN_OPSET, c.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET, c.ONNX_MAX_OPSET
     except (ImportError, AttributeError):
         low, script_max, high = 7, 20, 23
-    return {"torchscript": (low, script_max), "dynamo": (DYNAMO_MIN_OPSET, high)}.get(exporter, (low, high))
+    return {"torchscript": (low, script_max)}.get(exporter, (low, high))
 
 
-DYNAMO_MIN_OPSET = 18   # the dynamo exporter writes at least opset 18
+DYNAMO_MIN_OPSET = 18   # the dynamo exporter writes at least opset 18 (a lower --opset gives 18, and says so)
+
+
+class _OnceFilter:
+    """Let the first "torchvision is not installed" warning of torch.onnx's registry through, drop the repeats
+    (it logs one per torchvision operator it skips: dozens of identical lines per export)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def filter(self, record) -> bool:
+        if "torchvision is not installed" not in str(record.msg):
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        record.msg, record.args = "torchvision is not installed: its operators are not registered (harmless here)", ()
+        return True
+
+
+def _quiet_registry_warnings() -> None:
+    import logging
+
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    if not any(isinstance(f, _OnceFilter) for f in logger.filters):
+        logger.addFilter(_OnceFilter())
 
 
 def _export_onnx(checkpoint: Path, out: Path, opset: int, exporter: str, verify: bool, batch: int) -> dict:
@@ -161,9 +186,10 @@ def _export_onnx(checkpoint: Path, out: Path, opset: int, exporter: str, verify:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # tracer warnings about the input checks (constant here)
             if kind == "dynamo":
+                _quiet_registry_warnings()
                 batch_dim = torch.export.Dim("batch", min=1, max=4096)
                 torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["features"],
-                                  opset_version=max(opset, 18), dynamo=True, external_data=False, verbose=False,
+                                  opset_version=max(opset, DYNAMO_MIN_OPSET), dynamo=True, external_data=False, verbose=False,
                                   dynamic_shapes={"images": tuple({0: batch_dim} for _ in names)})
             else:
                 torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["features"],
