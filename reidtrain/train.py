@@ -8,6 +8,10 @@ Run directory (TrainConfig.out):
     checkpoints/epoch-NNN.pt    every `keep_every` epochs when asked
     model.pt                    final weights + meta (what evaluate / extract / export read)
     init_report.json            what an --init-from checkpoint matched
+    .lock                       held by the training process (reidtrain.runlock); readers hold it shared
+
+A folder already holding a run is refused unless `resume` (continue) or `force` (its outputs removed first).
+A split smaller than one batch trains as one partial batch per epoch; fewer than 2 images per process is refused.
 
 Reproducibility: the data order and augmentation are pure functions of (seed, epoch) (see data.EpochSampler),
 the global RNG states go into every checkpoint, so a run killed anywhere in epoch e and resumed restarts
