@@ -9,7 +9,6 @@ unaffected.
 from __future__ import annotations
 
 import errno
-import os
 
 
 class ReidError(Exception):
@@ -66,8 +65,3 @@ def one_line(e: BaseException) -> str:
     text = " ".join(text.split())
     return text or type(e).__name__
 
-
-def describe_os_error(e: OSError, path: str | os.PathLike | None = None) -> str:
-    """'PATH: No space left on device' for an OSError, naming `path` when the error does not."""
-    where = e.filename or path
-    return f"{where}: {e.strerror or e}" if where else str(e)
