@@ -35,5 +35,22 @@ for _name in COMMAND_MODULES:
         continue
     _module.register(app)
 
+
+def main() -> None:
+    """Run the app; the project's errors (posecrop.errors.ReidError) and OSErrors of the disk or file system (full,
+    read-only, permissions) become one line on stderr and exit code 1. Anything else is a bug: its traceback stays."""
+    import sys
+
+    from posecrop.errors import ReidError, is_environment_error, one_line
+
+    try:
+        app()
+    except Exception as e:
+        if not (isinstance(e, ReidError) or is_environment_error(e)):
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 1))
+
+
 if __name__ == "__main__":
-    app()
+    main()

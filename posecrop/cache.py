@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_path, is_temporary
 from .records import SPLITS
+from .errors import ReidError
 from .schema import IMAGE_COLUMNS, IMAGE_STRUCT, POSE_SOURCE_COLUMN, cache_schema, read_settings
 
 REPORT_NAME = "crop_report.jsonl"
@@ -51,7 +52,7 @@ _POSE_SOURCE_KEYS_COMPARED = ("backend", "config", "checkpoint_sha256", "model")
 _COMPARED_WHEN_BOTH_HAVE = ("dataset_options_resolved",)
 
 
-class CacheError(ValueError):
+class CacheError(ReidError, ValueError):
     """A crop cache is missing, unreadable, inconsistent or unsafe; the message names the file."""
 
 
@@ -59,11 +60,13 @@ class UnsafePathError(CacheError):
     """A path stored in a cache is absolute or climbs out of its root ('..')."""
 
 
-class CacheLockedError(RuntimeError):
+class CacheLockedError(ReidError, RuntimeError):
     """Another process holds the lock of the shard this process wants to write."""
 
+    exit_code = 3
 
-class CacheWriteError(OSError):
+
+class CacheWriteError(ReidError, OSError):
     """A cache file cannot be written (disk full, file size limit, read-only); names the file. Nothing
     half-written is left under a final name and the finished part files are kept: re-running resumes."""
 
@@ -591,7 +594,8 @@ def read_split(cache: str | os.PathLike, split: str, columns: Sequence[str] | No
         raise CacheError(f"unknown split {split!r}; a cache has {SPLITS}")
     files = part_files(cache, split)
     if not files:
-        raise CacheError(f"{cache}: split {split!r} has no part files ({Path(cache) / split}/part-*.parquet)")
+        raise CacheError(f"{cache}: split {split!r} has no part files ({Path(cache) / split}/part-*.parquet): "
+                         f"{empty_split_reason(cache, split)}")
     tables = []
     for f in files:
         try:
@@ -605,6 +609,22 @@ def read_split(cache: str | os.PathLike, split: str, columns: Sequence[str] | No
         raise CacheError(f"{cache}/{split}: part files have different schemas ({e})") from e
     validate_paths(table, where=f"{cache}/{split}")
     return table
+
+
+def empty_split_reason(cache: str | os.PathLike, split: str) -> str:
+    """Why a split of a cache has no rows, from its report: how many of its images failed and the first reason
+    (e.g. a pose source that does not cover the split: the pose-gan CSVs have no Market-1501 query images)."""
+    failed: dict[str, str] = {}
+    for e in read_report(cache):
+        if e.get("split") == split and e.get("status") == "failed":
+            failed.setdefault(str(e.get("image_id")), str(e.get("reason")))
+    report = Path(cache) / REPORT_NAME
+    if failed:
+        image, reason = next(iter(failed.items()))
+        reason = reason if image in reason else f"{image}: {reason}"
+        return f"{len(failed)} image(s) of it failed in {report}, first reason: {reason}"
+    return (f"no image of it was cropped and {report} records no failure for it (a --limit, a shard or an "
+            f"interrupted `crop`? run it again)")
 
 
 def validate_paths(table: pa.Table, where: str = "cache") -> None:
@@ -692,4 +712,6 @@ def cache_info(cache: str | os.PathLike) -> dict:
               "skipped": sum(e.get("status") == "skipped" for e in entries),
               "implausible": sum(e.get("status") == "implausible" for e in entries),   # kept, pose repaired
               "last_run_failed": sum(e.get("status") == "failed" and e.get("run") == last for e in entries)}
-    return {"cache": str(cache), "splits": splits, "settings": cache_settings(cache), "report": report}
+    empty = {split: empty_split_reason(cache, split) for split in SPLITS if split not in splits}
+    return {"cache": str(cache), "splits": splits, "settings": cache_settings(cache), "report": report,
+            "empty_splits": empty}

@@ -69,6 +69,7 @@ import numpy as np
 from .atomic import atomic_write_text
 from .keypoints import FLIP_PERMUTATION, KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
 from .shape_model import DEFAULT_COMPONENTS, DEFAULT_NOISE, ShapeModel, learn_shape_model_incomplete
+from .errors import ReidError
 
 JOINT_DETECTED, JOINT_REPAIRED, JOINT_FALLBACK = 0, 1, 2
 DEFAULT_BANK_PATH = Path(__file__).resolve().parent / "data" / "canonical_bank.json"
@@ -87,7 +88,7 @@ FALLBACK_FRAME_WEIGHT = 0.5  # weight (in joints) of the frame placement against
 _TORSO = [KEYPOINT_INDEX[n] for n in ("neck", "r_shoulder", "l_shoulder", "r_hip", "l_hip")]
 
 
-class BankFormatError(ValueError):
+class BankFormatError(ReidError, ValueError):
     """A canonical bank file is unreadable or malformed; the message names the file."""
 
 

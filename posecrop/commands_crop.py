@@ -10,7 +10,7 @@ import typer
 HELP_DEFAULTS = {"dataset": "market", "beta": 0.1, "threshold": 0.1, "min_reliable": 4, "body_size": "384x192",
                  "part_size": "96x192", "encoding": "jpeg", "jpeg_quality": 95, "fill": "mean", "shard": "0/1",
                  "batch_size": 32, "rows_per_part": 1000}
-EXIT_BAD_INPUT, EXIT_LOCKED = 1, 3
+EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 3, 130
 MAX_LISTED = 10  # failed / skipped images printed after a run (all of them are in the report)
 
 
@@ -44,7 +44,8 @@ def parse_options(items: List[str] | None, option: str) -> dict:
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     from rich.console import Console
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    from rich.markup import escape
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -152,12 +153,17 @@ def register(app: typer.Typer) -> None:
         if config is not None:
             try:
                 doc = tomllib.loads(config.read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError) as e:
-                _fail(f"{config}: cannot read the recipe ({e})")
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+                _fail(f"{config}: cannot read the recipe ({getattr(e, 'strerror', None) or e})")
             section = doc.get("crop", doc)
             if not isinstance(section, dict):
                 _fail(f"{config}: 'crop' must be a table, got {type(section).__name__}")
             values = dict(section)
+            ds = doc.get("dataset")
+            if "crop" in doc and isinstance(ds, dict):  # a recipe: its [dataset] table says what to read
+                for key, field in (("name", "dataset"), ("root", "root"), ("options", "dataset_options")):
+                    if key in ds and field not in values:
+                        values[field] = ds[key]
             for key in ("pose_options", "dataset_options"):
                 if key in values and not isinstance(values[key], dict):
                     _fail(f"{config}: crop.{key} must be a table, got {type(values[key]).__name__}")
@@ -181,8 +187,8 @@ def register(app: typer.Typer) -> None:
             "dataset_options": ({**values.get("dataset_options", {}), **parse_options(dataset_option,
                                  "--dataset-option")} if dataset_option else None),
             "beta": beta, "threshold": threshold, "min_reliable": min_reliable, "bank": bank,
-            "body_size": parse_size(body_size, "--body-size") if body_size else None,
-            "part_size": parse_size(part_size, "--part-size") if part_size else None,
+            "body_size": parse_size(body_size, "--body-size") if body_size is not None else None,
+            "part_size": parse_size(part_size, "--part-size") if part_size is not None else None,
             "encoding": encoding, "jpeg_quality": jpeg_quality, "fill": fill, "shard": shard, "workers": workers,
             "batch_size": batch_size, "rows_per_part": rows_per_part, "limit": limit, "progress": progress,
         }
@@ -200,6 +206,9 @@ def register(app: typer.Typer) -> None:
         console = Console()
         try:
             summary = run_crop(cfg)
+        except KeyboardInterrupt:
+            _fail(f"interrupted; the rows written so far are kept in {cfg.out} - run the same command again to "
+                  f"continue", EXIT_INTERRUPTED)
         except CacheLockedError as e:
             _fail(str(e), EXIT_LOCKED)
         except (CacheError, DatasetLayoutError, PoseReadError, WorkerPoolError, ValueError, OSError) as e:
@@ -207,7 +216,9 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"[bold]{summary.cache}[/] shard {summary.shard}: {summary.written} rows written "
             f"({', '.join(f'{k} {v}' for k, v in summary.per_split.items())}), {summary.already_done} already there, "
-            f"{summary.failed} failed, {summary.skipped} skipped in {summary.seconds:.1f}s; "
+            f"{summary.failed} failed, {summary.skipped} skipped"
+            + (f", {summary.excluded} junk (pid -1, excluded by the protocol)" if summary.excluded else "")
+            + f" in {summary.seconds:.1f}s; "
             f"repaired joints {summary.repaired_joints:.1%}, fallback {summary.fallback_joints:.1%}; pose source "
             f"{', '.join(f'{k} {v}' for k, v in sorted(summary.pose_sources.items())) or '-'}."
             + (f" See {summary.report}" if summary.failed or summary.skipped else ""), highlight=False)
@@ -276,6 +287,10 @@ def register(app: typer.Typer) -> None:
         ):
             t2.add_row(key, str(value))
         console.print(t2)
+        for split, reason in data.get("empty_splits", {}).items():  # train / evaluate will refuse such a cache
+            from rich.markup import escape
+            console.print(f"[bold yellow]warning:[/] split {split!r} has no rows: {escape(reason)}", soft_wrap=True,
+                          highlight=False)
         rep = data["report"]
         console.print(f"report {rep['path']}: {rep['runs']} run(s), {rep['failed']} failed and {rep['skipped']} "
                       f"skipped entries (last run: {rep['last_run_failed']} failed), {rep.get('implausible', 0)} "

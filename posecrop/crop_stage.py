@@ -48,6 +48,7 @@ from .plausibility import (DEFAULT_RULES, LAST_RESORT, PlausibilityRules, check_
                            issue_counts)
 from .records import SPLITS, ImageRecord
 from .regions import DEFAULT_REGION_JOINTS, REGION_NAMES, RegionGeometryError, RegionSpec, region_boxes
+from .errors import ReidError
 
 # Worker processes import this module: it stays free of pyarrow (cache / schema are imported where used).
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ REGION_DEFINITION = ("DESIGN.md section 2 (paper Eq. 1-2): top(R0)=top(R1)=2 min
 # it at i + 0.5. Eq. 1-2 is translation-equivariant, so boxes = region_boxes(keypoints) + PIXEL_CENTRE.
 KEYPOINT_FRAME = "source pixels, pixel centres at integer coordinates (as OpenPose writes them)"
 PIXEL_CENTRE = 0.5
+
+
+MIN_CROP_SIDE = 8   # the smallest crop side the network takes (reidtrain.config.check_size)
 
 
 @dataclass
@@ -101,10 +105,16 @@ class CropConfig:
             raise ValueError(f"beta must be a fraction of H in [0, 1], got {self.beta}")
         if self.min_reliable < 0:
             raise ValueError("min_reliable must be >= 0")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold is a joint confidence in [0, 1], got {self.threshold} (above 1 every joint "
+                             f"would be repaired)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or not given: all images), got {self.limit}")
         for name in ("body_size", "part_size"):
             size = tuple(getattr(self, name))
-            if len(size) != 2 or min(size) < 1 or max(size) > 4096:
-                raise ValueError(f"{name} must be (height, width) in 1..4096, got {size}")
+            if len(size) != 2 or min(size) < MIN_CROP_SIDE or max(size) > 4096:
+                raise ValueError(f"{name} must be (height, width) in {MIN_CROP_SIDE}..4096 (the network needs "
+                                 f">= {MIN_CROP_SIDE}), got {size}")
             setattr(self, name, (int(size[0]), int(size[1])))
         if self.encoding not in EXTENSIONS:
             raise ValueError(f"encoding must be one of {tuple(EXTENSIONS)}, got {self.encoding!r}")
@@ -162,6 +172,7 @@ class CropSummary:
     pose_sources: dict[str, int] = field(default_factory=dict)  # written rows per source of their keypoints
     # poses whose joints were distrusted despite their scores: {"implausible", "repaired", "fallback", "by_rule"}
     pose_issues: dict = field(default_factory=dict)
+    excluded: int = 0       # files the protocol leaves out (Market / Duke junk, pid -1): counted, not cropped
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -529,7 +540,7 @@ def _estimate(chain: Any, records: list[ImageRecord], cfg: CropConfig, report: R
     return [items[i].record for i in ok], state.keypoints, state.scores, state
 
 
-class WorkerPoolError(RuntimeError):
+class WorkerPoolError(ReidError, RuntimeError):
     """The worker processes keep dying without finishing any task (a broken environment, not a bad image)."""
 
 
@@ -631,13 +642,13 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
     cfg.pose_source, `bank` (a CanonicalBank) overrides cfg.bank."""
     from .cache import CacheWriter, RunReport, Shard
     from .canonical import load_bank
-    from .datasets import resolve_dataset_options, scan_dataset
+    from .datasets import resolve_dataset_options, scan_dataset_all
     from .schema import WHOLE_COLUMN
 
     t0 = time.perf_counter()
     shard = Shard.parse(cfg.shard)
     resolved = resolve_dataset_options(cfg.dataset, cfg.root, cfg.dataset_options)
-    records, skipped = scan_dataset(cfg.dataset, cfg.root, **resolved)
+    records, skipped, excluded = scan_dataset_all(cfg.dataset, cfg.root, **resolved)
     records = [r for r in records if shard.owns(r.path)]
     from .sources.chain import PoseChain
     chain = cfg.pose_chain() if pose_source is None else (
@@ -686,7 +697,8 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
                     failed += 1
                 progress.advance(res.num_rows + len(res.failures))
 
-        progress = _Progress(cfg.progress, len(todo), f"crop {cfg.dataset} [{shard}]")
+        label = f"crop {cfg.dataset}" + (f" (shard {shard})" if shard.count > 1 else "")
+        progress = _Progress(cfg.progress, len(todo), label)
         pool = _Pool(workers, wsettings) if todo else None
         try:
             with progress:
@@ -712,7 +724,7 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
             skipped=sum(1 for p, _ in skipped if shard.owns(p)), per_split=per_split,
             repaired_joints=float(joint_counts[1] / total_joints), fallback_joints=float(joint_counts[2] / total_joints),
             seconds=round(time.perf_counter() - t0, 3), report=str(report.path), pose_sources=pose_counts,
-            pose_issues=issue_counts(issues))
+            pose_issues=issue_counts(issues), excluded=sum(1 for p, _ in excluded if shard.owns(p)))
         report.add_summary({k: v for k, v in summary.as_dict().items() if k not in ("run_id", "report")})
     return summary
 

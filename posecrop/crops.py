@@ -27,6 +27,7 @@ from typing import Iterator, Literal, Sequence
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from .errors import ReidError
 
 BOX_FRAME = "continuous pixels of the source image: the image covers [0, width] x [0, height]"
 FillMode = Literal["mean", "zeros"]
@@ -39,7 +40,7 @@ PIL_FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".
 PNG_COMPRESS_LEVEL = 1  # crops are small; level 1 is several times faster than the default 6 for ~10 % more bytes
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(ReidError, ValueError):
     """A source image cannot be decoded (empty, corrupt, truncated, unsupported, too large). Names the file."""
 
 

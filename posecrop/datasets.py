@@ -71,6 +71,8 @@ import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
 from .records import SPLITS, ImageRecord
+from .errors import ReidError
+from .typedconfig import ConfigError
 
 DATASET_NAMES: tuple[str, ...] = ("market", "duke", "cuhk03-labeled", "cuhk03-detected", "msmt17", "cuhk01",
                                    "folder")
@@ -81,7 +83,7 @@ Skipped = tuple[str, str]  # (path relative to root, reason)
 _MAX_LISTED = 10
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(ReidError, ValueError):
     """A dataset folder does not have the expected layout, or holds files whose names cannot be parsed.
 
     `skipped` lists the unusable files as (path, reason) when that is the problem."""
@@ -94,24 +96,36 @@ class DatasetLayoutError(ValueError):
 # --------------------------------------------------------------------------------------------------- public API
 
 
+EXCLUDED = "excluded by the protocol: "   # reason prefix of files the protocol leaves out (Market junk, pid -1)
+
+
 def scan_dataset(name: str, root: str | os.PathLike, **options: Any) -> tuple[list[ImageRecord], list[Skipped]]:
     """Read a dataset; return (records, skipped) where skipped lists (path, reason) of files that were not used
-    (unparseable names, listed-but-missing files). Junk images (Market pid -1) are dropped by protocol, not listed."""
+    (unparseable names, listed-but-missing files). Junk images (Market pid -1) are dropped by protocol, not listed
+    (scan_dataset_all lists them too)."""
+    records, skipped, _ = scan_dataset_all(name, root, **options)
+    return records, skipped
+
+
+def scan_dataset_all(name: str, root: str | os.PathLike, **options: Any
+                     ) -> tuple[list[ImageRecord], list[Skipped], list[Skipped]]:
+    """scan_dataset plus the files the protocol excludes, as (path, reason): (records, skipped, excluded)."""
     reader = _READERS.get(name)
     if reader is None:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASET_NAMES)}")
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASET_NAMES)}")
     accepted = [p for p in inspect.signature(reader).parameters if p not in ("root", "dataset")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(f"dataset {name!r} does not take option(s) {', '.join(unknown)}; "
-                         f"accepted: {', '.join(accepted) or 'none'}")
+        raise ConfigError(f"dataset {name!r} does not take option(s) {', '.join(unknown)}; "
+                          f"accepted: {', '.join(accepted) or 'none'}")
     root = Path(root)
     if not root.is_dir():
         raise DatasetLayoutError(f"{name} dataset root {root} does not exist or is not a folder")
-    records, skipped = reader(root, dataset=name, **options)
+    records, listed = reader(root, dataset=name, **options)
     order = {s: i for i, s in enumerate(SPLITS)}
     records.sort(key=lambda r: (order[r.split], r.path))
-    return records, sorted(skipped)
+    skipped = sorted(s for s in listed if not s[1].startswith(EXCLUDED))
+    return records, skipped, sorted(s for s in listed if s[1].startswith(EXCLUDED))
 
 
 def resolve_dataset_options(name: str, root: str | os.PathLike, options: dict[str, Any]) -> dict[str, Any]:
@@ -251,10 +265,12 @@ def _read_box_dataset(spec: _BoxDataset, root: Path, dataset: str) -> tuple[list
             if not 1 <= cam <= spec.num_cameras:
                 skipped.append((rel, f"camera c{cam} outside c1-c{spec.num_cameras}"))
                 continue
-            if pid == -1:  # junk boxes: excluded by the protocol
+            if pid == -1:  # junk boxes: excluded by the protocol (counted, see scan_dataset_all)
+                skipped.append((rel, EXCLUDED + "junk image (pid -1)"))
                 continue
             records.append(ImageRecord(rel, pid, cam - 1, split, dataset))
-        if len(skipped) - before == len(files):  # nothing usable: a broken split (or the wrong --dataset)
+        if sum(not r.startswith(EXCLUDED) for _, r in skipped[before:]) == len(files):  # nothing usable: a broken
+            # split (or the wrong --dataset)
             raise DatasetLayoutError(
                 f"{spec.title} layout under {base}: none of the {len(files)} images in folder {folder} can be "
                 f"used (expected names like {spec.name_format}; is this another dataset?):\n"

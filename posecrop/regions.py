@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES
+from .errors import ReidError
 
 REGION_NAMES: tuple[str, ...] = ("body", "head", "upper_body", "upper_leg", "lower_leg")
 
@@ -43,7 +44,7 @@ class RegionSpec:
         return m
 
 
-class RegionGeometryError(ValueError):
+class RegionGeometryError(ReidError, ValueError):
     """Eq. 1-2 cannot place the regions (non-finite joints, or a body height H <= 0)."""
 
 

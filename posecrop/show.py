@@ -3,9 +3,10 @@
 One row per sampled image: the source image (the `whole` column) on a grey canvas large enough to hold every
 region box (boxes may leave the image), with the skeleton, the joints (detected: filled green; repaired: orange
 ring; frame fallback: magenta square) and the five boxes R0-R4; then the five crops side by side, labelled, with
-the image id, identity, camera and the share of each box outside the image. A pose the plausibility rules
-distrusted (the `pose_issue` column) gets a coloured frame around its source panel and its reason in the text:
-orange when its distrusted joints were repaired, red when the frame fallback placed it.
+the image id, identity, camera (1-based, as c<N> in Market-style file names: camid + 1) and the share of
+each box outside the image. A pose the plausibility rules distrusted (the `pose_issue` column) gets a coloured
+frame around its source panel and its reason in the text: orange when its distrusted joints were repaired, red
+when the frame fallback placed it.
 """
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ def render_rows(rows: Sequence[dict], title: str = "") -> Image.Image:
             x += panel.width + GAP
         outside = np.asarray(row.get("outside", [0] * len(REGION_NAMES)), dtype=np.float32)
         src = np.asarray(row["joint_source"])
-        info = [str(row["image_id"]), f"pid {row['pid']}  cam {row['camid']}",
+        info = [str(row["image_id"]), f"pid {row['pid']}  cam c{int(row['camid']) + 1}",
                 f"joints: {int((src == 0).sum())} detected, {int((src == 1).sum())} repaired, "
                 f"{int((src == 2).sum())} fallback",
                 "outside: " + ", ".join(f"{n} {v:.0%}" for n, v in zip(REGION_NAMES, outside))]
@@ -163,6 +164,22 @@ def render_rows(rows: Sequence[dict], title: str = "") -> Image.Image:
     return sheet
 
 
+def _unreadable_part(cache: str | Path, splits: list[str]) -> Path | None:
+    """The first part file of `splits` that does not read completely (for the error message)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .cache import part_files
+
+    for split in splits:
+        for part in part_files(cache, split):
+            try:
+                pq.read_table(part)
+            except (pa.ArrowException, OSError):
+                return part
+    return None
+
+
 def contact_sheet(cache: str | Path, out: str | Path, n: int = 8, split: str | None = None, seed: int = 0,
                   implausible: bool = False) -> Path:
     """Write a contact sheet PNG of `n` images sampled (seeded) from `split` (None: all splits) of a cache;
@@ -173,13 +190,23 @@ def contact_sheet(cache: str | Path, out: str | Path, n: int = 8, split: str | N
     from .records import SPLITS
     from .schema import IMAGE_COLUMNS
 
+    import pyarrow as pa
+
+    from .typedconfig import ConfigError
+
+    if Path(out).suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: the contact sheet is a PNG image; give a name ending in .png")
     splits = [split] if split else list(SPLITS)
     ds = open_cache(cache, splits)
     has_issue = "pose_issue" in ds.schema.names   # caches written before the column lack it
     if implausible and not has_issue:
         raise CacheError(f"{cache}: written before the pose_issue column: no implausible poses to show")
-    ids = ds.to_table(columns=["image_id"], filter=(pc.field("pose_issue") != "") if implausible else None
-                      ).column("image_id").to_pylist()
+    try:
+        ids = ds.to_table(columns=["image_id"], filter=(pc.field("pose_issue") != "") if implausible else None
+                          ).column("image_id").to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise CacheError(f"{_unreadable_part(cache, splits) or cache}: unreadable part file ({e}); move it away "
+                         f"(and re-run `crop` to redo its images)") from e
     if not ids:
         raise CacheError(f"{cache}: no {'implausible poses' if implausible else 'rows'} to show")
     rng = np.random.default_rng(seed)
@@ -188,7 +215,11 @@ def contact_sheet(cache: str | Path, out: str | Path, n: int = 8, split: str | N
     cols = ["image_id", "pid", "camid", "keypoints", "joint_source", "boxes", "outside", *IMAGE_COLUMNS]
     if has_issue:
         cols.append("pose_issue")
-    table = ds.to_table(columns=cols, filter=pc.field("image_id").isin(wanted))
+    try:
+        table = ds.to_table(columns=cols, filter=pc.field("image_id").isin(wanted))
+    except (pa.ArrowException, OSError) as e:
+        raise CacheError(f"{_unreadable_part(cache, splits) or cache}: unreadable part file ({e}); move it away "
+                         f"(and re-run `crop` to redo its images)") from e
     validate_paths(table, where=str(cache))  # a cache from elsewhere: refuse absolute or '..' paths
     rows = sorted(table.to_pylist(), key=lambda r: r["image_id"])
     s = cache_settings(cache)

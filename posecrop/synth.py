@@ -37,6 +37,7 @@ import numpy as np
 from posecrop.atomic import atomic_write_bytes, atomic_write_text
 from posecrop.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
 from posecrop import synth_render as R
+from .errors import ReidError
 
 SPLIT_FOLDERS = {"train": "bounding_box_train", "gallery": "bounding_box_test", "query": "query"}
 KEYPOINTS_FOLDER = "keypoints"
@@ -49,7 +50,7 @@ FORMAT_VERSION = 1
 _K_PLAN, _K_FAMILY, _K_CAMERA, _K_SCENE, _K_TRACK, _K_IMAGE, _K_DISTRACTOR, _K_JUNK = range(1, 9)
 
 
-class SynthError(ValueError):
+class SynthError(ReidError, ValueError):
     """The output folder cannot take a synthetic dataset (names the folder and the problem)."""
 
 

@@ -10,11 +10,12 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar, get_args, get_origin
+from .errors import ReidError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(ReidError, ValueError):
     """A configuration value is unknown or of the wrong type; the message names the key."""
 
 

@@ -7,6 +7,7 @@ training config, so `evaluate` / `extract` / `export` need nothing but the file.
 """
 from __future__ import annotations
 
+import errno
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,19 +17,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from posecrop.atomic import atomic_path
+from posecrop.atomic import atomic_path, looks_like_torch_file
+from posecrop.errors import ReidError
 
 FORMAT = "reidtrain-checkpoint-v1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ReidError, ValueError):
     """A checkpoint file is missing, unreadable, or does not fit; the message names the file."""
 
 
+class CheckpointWriteError(ReidError, OSError):
+    """A checkpoint could not be written (full or read-only disk); the message names the file."""
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save through a temporary file + rename: a kill never leaves a half-written checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """torch.save through a temporary file + rename: a kill never leaves a half-written checkpoint. A failed
+    write (torch reports a full disk as a RuntimeError of its zip writer) is a CheckpointWriteError naming the
+    file; the temporary is removed."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except RuntimeError as e:  # PytorchStreamWriter: "file write failed" / "unexpected pos" on a full disk
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointWriteError(errno.EIO, f"cannot write the checkpoint ({first}); is the disk full?",
+                                   str(path)) from e
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -36,10 +49,14 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if not looks_like_torch_file(path):
+        raise CheckpointError(f"{path}: not a loadable checkpoint (not a torch file: neither a zip archive nor a "
+                              f"pickle, {path.stat().st_size} bytes)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError / RuntimeError / EOFError for bad files
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {first})") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
     return obj

@@ -33,36 +33,70 @@ def _size(text: Optional[str], option: str) -> Optional[tuple[int, int]]:
     return h, w
 
 
-def _fail(message: str) -> None:
+def one_line(e: BaseException) -> str:
+    from posecrop.errors import one_line as _one_line
+    return _one_line(e)
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     from rich.console import Console
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
+    from rich.markup import escape
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _read_toml(path: Path) -> dict:
+    import tomllib
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        _fail(f"{path}: config file not found")
+    except IsADirectoryError:
+        _fail(f"{path}: is a directory, not a TOML config file")
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(f"{path}: cannot read the config file ({getattr(e, 'strerror', None) or e})")
+    except tomllib.TOMLDecodeError as e:
+        _fail(f"{path}: not valid TOML ({e})")
 
 
 def _table_from(path: Optional[Path], table: str) -> dict:
     """The [table] of a TOML file, or its top-level keys when it has no such table."""
     if path is None:
         return {}
-    import tomllib
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        _fail(f"{path}: config file not found")
-    except tomllib.TOMLDecodeError as e:
-        _fail(f"{path}: not valid TOML ({e})")
+    data = _read_toml(path)
     if table in data:
+        if not isinstance(data[table], dict):
+            _fail(f"{path}: '{table}' must be a table, got {type(data[table]).__name__}")
         return dict(data[table])
     return {k: v for k, v in data.items() if not isinstance(v, dict) or k == "augment"}
 
 
-def _expected_errors():
-    from posecrop.cache import CacheError
-    from posecrop.typedconfig import ConfigError
+def _train_table(path: Optional[Path], model_flag: Optional[str]) -> dict:
+    """The TrainConfig keys of a --config file; for a recipe (it has a [train] table) also what `run` takes from
+    its other tables: the input sizes of [crop] and the model of [model] names (one name, or --model)."""
+    table = _table_from(path, "train")
+    if path is None:
+        return table
+    data = _read_toml(path)
+    if "train" not in data:
+        return table
+    crop = data.get("crop") if isinstance(data.get("crop"), dict) else {}
+    for key in ("body_size", "part_size"):
+        if key in crop and key not in table:
+            table[key] = crop[key]
+    names = (data.get("model") or {}).get("names") if isinstance(data.get("model"), dict) else None
+    if names and "model" not in table and model_flag is None:
+        if not isinstance(names, list) or len(names) != 1:
+            _fail(f"{path}: [model] names {names!r} - several models; choose one with --model")
+        table["model"] = names[0]
+    return table
 
-    from .checkpoint import CheckpointError
-    from .export import ExportError
-    from .train import TrainingDiverged
-    return (ConfigError, CheckpointError, CacheError, ExportError, TrainingDiverged, FileNotFoundError)
+
+def _expected_errors():
+    """Errors printed as one line (exit 1): the project's (posecrop.errors.ReidError) and missing files. OSErrors of
+    the disk (full, read-only) reach cli.main, which prints them as one line too."""
+    from posecrop.errors import ReidError
+    return (ReidError, FileNotFoundError)
 
 
 def _trained_cache(checkpoint: Path) -> str:
@@ -116,7 +150,8 @@ def register(app: typer.Typer) -> None:
         erasing: Optional[float] = typer.Option(None, "--erasing", help="Random-erasing probability (0 = off)."
                                                 + _d(_A.erasing)),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes." + _d(_T.workers)),
-        threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (0 = torch's default)."
+        threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (0 = automatic: "
+                                              "torch's default lowered to the free cores, see reidtrain/threads.py)."
                                               + _d(_T.threads)),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of initialisation, data order, augmentation."
                                            + _d(_T.seed)),
@@ -134,13 +169,20 @@ def register(app: typer.Typer) -> None:
                                                    help="Write TensorBoard scalars to RUN/tb." + _d(_T.tensorboard)),
         resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/last.pt (restarts the "
                                     "epoch a kill interrupted; same settings required)."),
+        force: bool = typer.Option(False, "--force", help="Replace the run already in --out: its model.pt, "
+                                   "checkpoints, metrics, tb/ and eval/ are removed first. Without --resume or "
+                                   "--force an existing run is refused."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
         from posecrop.typedconfig import from_mapping, merge
 
+        if resume and force:
+            raise typer.BadParameter("--resume continues the run in --out, --force replaces it: give one",
+                                     param_hint="--force")
+
         errors = _expected_errors()
         try:
-            base = from_mapping(TrainConfig, _table_from(config, "train"))
+            base = from_mapping(TrainConfig, _train_table(config, model))
             aug = merge(base.augment, {"flip": flip, "pad": pad, "erasing": erasing})
             cfg = merge(base, {"cache": cache, "out": out, "model": model, "crops": crops, "epochs": epochs,
                                "batch_size": batch_size,
@@ -154,12 +196,14 @@ def register(app: typer.Typer) -> None:
             if cfg.cache is None:
                 _fail("--cache is required (or `cache` in the --config file)")
             from .train import train
-            result = train(cfg, resume=resume, progress=progress)
+            result = train(cfg, resume=resume, progress=progress, force=force)
         except errors as e:
-            _fail(str(e))
+            _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
         except KeyboardInterrupt:
-            where = f"{cfg.out}/checkpoints/last.pt" if "cfg" in locals() and cfg is not None else "RUN/checkpoints/last.pt"
-            _fail(f"interrupted; finished epochs are in {where} - continue with --resume")
+            last = Path(cfg.out) / "checkpoints" / "last.pt" if "cfg" in locals() and cfg is not None else None
+            if last is not None and last.is_file():
+                _fail(f"interrupted; finished epochs are in {last} - continue with --resume")
+            _fail("interrupted before the first epoch finished; nothing to resume - run the same command again")
         if result.rank == 0:
             typer.echo(f"trained {cfg.model} for {result.epochs_done} epochs: {result.final}")
 
@@ -186,6 +230,8 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the CUHK03 / CUHK01 samplings." + _d(_E.seed)),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward." + _d(_E.batch_size)),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers." + _d(_E.workers)),
+        threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (0 = automatic, as "
+                                              "train)." + _d(_E.threads)),
         device: Optional[str] = typer.Option(None, "--device", help="'auto', 'cpu', 'cuda'." + _d(_E.device)),
         ranked_queries: Optional[int] = typer.Option(None, "--ranked-queries", help="Queries in ranked_list.png."
                                                      + _d(_E.ranked_queries)),
@@ -204,14 +250,15 @@ def register(app: typer.Typer) -> None:
             cfg = merge(from_mapping(EvalConfig, _table_from(config, "eval")), {
                 "checkpoint": checkpoint, "cache": cache, "out": out, "distance": distance, "rerank": rerank,
                 "flip_average": flip_average, "protocol": protocol, "repeats": repeats, "seed": seed,
-                "batch_size": batch_size, "workers": workers, "device": device, "ranked_queries": ranked_queries,
+                "batch_size": batch_size, "workers": workers, "threads": threads, "device": device,
+                "ranked_queries": ranked_queries,
                 "topk": topk, "reports": reports})
             from .evaluate import evaluate
             if cfg.cache is None:
                 cfg = merge(cfg, {"cache": _trained_cache(checkpoint)})
             outcome = evaluate(cfg, progress=progress)
         except errors as e:
-            _fail(str(e))
+            _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
         from .recipe import results_table
         console = Console()
         console.print(results_table(f"{outcome.metrics['dataset']}", {outcome.metrics["model"]: outcome.metrics}))
@@ -245,7 +292,7 @@ def register(app: typer.Typer) -> None:
                                       progress)
             table, feats, _ = read_features(path)
         except errors as e:
-            _fail(str(e))
+            _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
         typer.echo(f"wrote {table.num_rows} features of dimension {feats.shape[1]} to {path}")
 
     @app.command("export", help="Export a trained model to ONNX (inputs: RGB in [0,1] per input crop, NCHW, dynamic "
@@ -253,7 +300,8 @@ def register(app: typer.Typer) -> None:
     def export_cmd(
         checkpoint: Path = typer.Argument(..., help="model.pt / last.pt, or a training run folder."),
         out: Path = typer.Option(..., "--out", help="ONNX file to write (atomic)."),
-        opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+        opset: int = typer.Option(17, "--opset", help="ONNX opset version (torchscript exporter: 7-20, dynamo: "
+                                  "18 and up; 'auto' falling back to dynamo writes at least 18)."),
         exporter: str = typer.Option("auto", "--exporter", help="'torchscript' (seconds), 'dynamo' (torch.export "
                                      "based, slower) or 'auto' (torchscript, dynamo where tracing fails)."),
         verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the graph once and compare with PyTorch."),
@@ -263,9 +311,10 @@ def register(app: typer.Typer) -> None:
             from .export import export_onnx
             info = export_onnx(checkpoint, out, opset, exporter, verify)
         except errors + (ValueError,) as e:
-            _fail(str(e))
+            _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
         dev = info["max_rel_deviation"]
-        typer.echo(f"wrote {info['path']} ({info['exporter']} exporter): inputs {info['inputs']}, output features "
+        typer.echo(f"wrote {info['path']} ({info['exporter']} exporter, opset {info['opset']}): inputs {info['inputs']}, "
+                   f"output features "
                    f"({info['feature_dim']})"
                    + (f"; max relative deviation from PyTorch {dev:.1e}" if dev is not None else ""))
 
@@ -306,7 +355,7 @@ def _run(recipe_path: Path, out: Optional[Path], models: Optional[List[str]], ov
         recipe = load_recipe(recipe_path, overrides)
         result = run_recipe(recipe, out, force, models, progress, Console(stderr=True), jobs)
     except errors as e:
-        _fail(str(e))
+        _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
     except KeyboardInterrupt:
         _fail("interrupted; finished stages and epochs are kept - run the same command again to continue")
     from .recipe import results_table

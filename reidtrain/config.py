@@ -61,8 +61,9 @@ class TrainConfig:
     The loss is Eq. 11: L = lambda_intra * sum_j CE_intra^j (the five branch classifiers) + CE_inter (fused).
     Optimiser: SGD with momentum 0.9 and weight decay 5e-4 (the paper names SGD only; 0.9 / 5e-4 are the usual
     ReID values), lr 0.01 divided by 10 every 40 epochs, 100 epochs, batch 32 (per process under DDP: the global
-    batch is batch_size * world_size). `threads`: torch intra-op threads (0 = torch's default); 1 is often
-    fastest for small inputs on a busy CPU. Inputs are normalised by subtracting the channel means of the
+    batch is batch_size * world_size). `threads`: torch intra-op threads (0 = automatic: torch's default
+    lowered to the free cores, reidtrain.threads); 1 is often fastest for small inputs on a busy CPU. Inputs are
+    normalised by subtracting the channel means of the
     sample's whole-body image (Sec. 4.1), the same means for its part crops (data.normalize_inputs);
     `normalize = "imagenet"` uses the ImageNet mean/std instead (for ImageNet-initialised weights).
     `crops`: where the five region crops come from - "recrop" (default): cut by the loader from the cached source
@@ -114,6 +115,8 @@ class TrainConfig:
                              f"instances_per_id ({self.instances_per_id})")
         if self.workers < 0 or self.keep_every < 0 or self.threads < 0:
             raise ValueError("workers, threads and keep_every must be >= 0")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
 # Fields that change what a training run computes: a resume or an up-to-date check must see the same values.
@@ -176,3 +179,5 @@ class EvalConfig:
             raise ValueError("batch_size, repeats and topk must be >= 1")
         if min(self.workers, self.threads, self.ranked_queries, self.attention_samples) < 0:
             raise ValueError("workers, threads, ranked_queries and attention_samples must be >= 0")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")

@@ -70,7 +70,8 @@ def read_split_table(cache: Path, split: str, columns: Sequence[str]) -> pa.Tabl
     """Read `columns` of one split (posecrop.cache.read_split), ordered by image_id (stable across runs)."""
     table = read_split(Path(cache), split, list(columns))
     if table.num_rows == 0:
-        raise CacheReadError(f"{cache}/{split}: the split has no rows")
+        from posecrop.cache import empty_split_reason
+        raise CacheReadError(f"{cache}/{split}: the split has no rows: {empty_split_reason(cache, split)}")
     return table.sort_by("image_id")
 
 
@@ -197,7 +198,9 @@ def relabel(pids: np.ndarray) -> tuple[np.ndarray, list[int]]:
 
 # ------------------------------------------------------------------------------------------------- transforms
 def decode(encoded: np.ndarray, where: str) -> np.ndarray:
-    """JPEG/PNG bytes -> HxWx3 uint8 RGB."""
+    """JPEG/PNG bytes -> HxWx3 uint8 RGB; CacheReadError naming `where` for empty or undecodable bytes."""
+    if len(encoded) == 0:  # cv2.imdecode raises cv2.error on an empty buffer
+        raise CacheReadError(f"{where}: empty image bytes (0 bytes stored)")
     if _IMREAD_RGB is not None:
         img = cv2.imdecode(encoded, _IMREAD_RGB)
     else:
@@ -426,9 +429,12 @@ def _worker_init(_: int) -> None:
 
 def make_loader(dataset: ReidDataset, batch_size: int, workers: int, sampler: Sampler | None = None,
                 train: bool = False, pin_memory: bool = False) -> DataLoader:
-    """DataLoader with uint8 batches; training drops the last incomplete batch (batch norm)."""
+    """DataLoader with uint8 batches. Training drops the last incomplete batch (a batch of one breaks batch norm)
+    when there is at least one full batch; a split smaller than one batch is trained as one partial batch (never
+    an epoch of no steps)."""
+    samples = len(sampler) if sampler is not None else len(dataset)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                      drop_last=train, pin_memory=pin_memory, persistent_workers=workers > 0,
+                      drop_last=train and samples >= batch_size, pin_memory=pin_memory, persistent_workers=workers > 0,
                       worker_init_fn=_worker_init if workers > 0 else None,
                       generator=torch.Generator().manual_seed(0),  # keeps the loader off the global RNG
                       prefetch_factor=4 if workers > 0 else None)

@@ -25,7 +25,9 @@ features of its camera-A images.
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,7 @@ import torch
 from torch import nn
 
 from posecrop.atomic import atomic_write_text
+from posecrop.errors import ReidError
 from posecrop.typedconfig import to_dict
 
 from .allocator import keep_freed_memory
@@ -41,6 +44,8 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import EvalConfig, check_size
 from .data import (ReidDataset, SampleTransform, SplitData, decode, input_sizes, load_split, make_loader,
                    normalize_inputs)
+from .runlock import LOCK_NAME, RunLock, reading_run
+from .threads import set_threads
 
 SUMMARY_RANKS = (1, 5, 10, 20)
 
@@ -55,6 +60,11 @@ def resolve_checkpoint(path: Path) -> Path:
                 return candidate
         raise CheckpointError(f"{path}: no model.pt or checkpoints/last.pt in this run directory")
     return path
+
+
+def run_folder(path: Path) -> Path:
+    """The run folder of a `checkpoint` argument (a run folder itself, or a checkpoint file in one)."""
+    return Path(path) if Path(path).is_dir() else run_dir_of(Path(path))
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -94,9 +104,8 @@ def load_trained(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[
 
 
 def eval_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    from .devices import torch_device
+    return torch_device(name)
 
 
 def eval_dataset(cache: Path, split: str, meta: dict) -> ReidDataset:
@@ -267,22 +276,64 @@ def attention_figures(out: Path, model: nn.Module, q_ds: ReidDataset, meta: dict
 
 
 # ------------------------------------------------------------------------------------------------- evaluate
-def evaluate(cfg: EvalConfig, progress: bool = True, console=None) -> EvalOutcome:
-    """Evaluate cfg.checkpoint on cfg.cache (query vs gallery); write metrics and reports to cfg.out."""
-    from rich.console import Console
+EVAL_OUTPUT_PATTERNS = ("metrics.json", "cmc.png", "ranked.json", "ranked_list.png", "attention-*.png",
+                        "summary.md", "summary.html")
 
-    from .reports import plot_cmc, write_summary
+
+@contextlib.contextmanager
+def staging_folder(out: Path):
+    """A fresh hidden folder OUT/.eval-<token>.tmp, removed when the block ends (after publish_staged: empty)."""
+    import secrets
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    for leftover in out.glob(".eval-*.tmp"):  # of an evaluation a kill interrupted (we hold OUT/.lock)
+        shutil.rmtree(leftover, ignore_errors=True)
+    stage = out / f".eval-{secrets.token_hex(6)}.tmp"
+    stage.mkdir()
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish_staged(stage: Path, out: Path, names: list[str]) -> list[Path]:
+    """Move the staged files into `out` (metrics.json last: it marks a complete evaluation) after removing the
+    outputs of an earlier evaluation that this one does not rewrite (e.g. more attention figures)."""
+    keep = set(names)
+    for pattern in EVAL_OUTPUT_PATTERNS:
+        for old in out.glob(pattern):
+            if old.name not in keep and old.is_file():
+                old.unlink()
+    order = sorted(names, key=lambda n: n == "metrics.json")
+    for name in order:
+        os.replace(stage / name, out / name)
+    return [out / n for n in names]
+
+
+def evaluate(cfg: EvalConfig, progress: bool = True, console=None) -> EvalOutcome:
+    """Evaluate cfg.checkpoint on cfg.cache (query vs gallery); write metrics and reports to cfg.out.
+
+    Locks (reidtrain.runlock): the run folder shared (no train replaces it meanwhile), the output folder
+    exclusive. The reports are written into a staging folder and moved into place at the end, so a failure
+    (a full disk) leaves the previous reports whole and no partial set."""
+    from rich.console import Console
 
     if cfg.checkpoint is None or cfg.cache is None:
         raise ValueError("EvalConfig needs a checkpoint and a cache")
     console = console or Console(stderr=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads, cfg.workers)
     device = eval_device(cfg.device)
-    checkpoint = resolve_checkpoint(Path(cfg.checkpoint))
+    with reading_run(run_folder(Path(cfg.checkpoint))):
+        checkpoint = resolve_checkpoint(Path(cfg.checkpoint))
+        out = Path(cfg.out) if cfg.out is not None else run_dir_of(checkpoint) / "eval"
+        with RunLock(out / LOCK_NAME, f"evaluation folder {out}"):
+            return _evaluate(cfg, checkpoint, out, device, progress, console)
+
+
+def _evaluate(cfg: EvalConfig, checkpoint: Path, out: Path, device: torch.device, progress: bool,
+              console) -> EvalOutcome:
     model, meta, epoch = load_trained(checkpoint, device)
-    out = Path(cfg.out) if cfg.out is not None else run_dir_of(checkpoint) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     q_ds, g_ds = eval_dataset(cfg.cache, "query", meta), eval_dataset(cfg.cache, "gallery", meta)
     feats = {}
     for name, ds in (("query", q_ds), ("gallery", g_ds)):
@@ -297,19 +348,41 @@ def evaluate(cfg: EvalConfig, progress: bool = True, console=None) -> EvalOutcom
                "dataset": dataset, "protocol": protocol, "distance": cfg.distance, "rerank": cfg.rerank,
                "flip_average": cfg.flip_average, **summary, "cmc": [float(v) for v in result.cmc],
                "num_gallery": int(len(g.pids)), "notes": result.notes, "eval_config": to_dict(cfg)}
-    files = [out / "metrics.json"]
-    atomic_write_text(files[0], json.dumps(metrics, indent=1, default=str))
-    if cfg.reports:
-        label = meta["model"]
-        figures = [plot_cmc({label: result}, out / "cmc.png", title=f"CMC - {dataset} ({protocol} protocol)")]
-        ranked = ranked_lists(q, g, cfg.distance, cfg.ranked_queries, cfg.topk)
-        atomic_write_text(out / RANKED_FILE, json.dumps(ranked))
-        files.append(out / RANKED_FILE)
-        figure = ranked_list_figure(out / "ranked_list.png", q_ds, g_ds, ranked, label)
-        figures += [figure] if figure is not None else []
-        figures += attention_figures(out, model, q_ds, meta, device, cfg.attention_samples)
-        summary_path = write_summary(out, {label: result}, figures,
-                                     {"eval": to_dict(cfg), "train": meta.get("config", {}), "epoch": epoch},
-                                     title=f"{label} on {dataset}: {protocol} protocol")
-        files += [Path(f) for f in figures] + [summary_path, summary_path.with_suffix(".html")]
+    # Everything is written into a staging folder inside `out` and moved into place at the end (metrics.json
+    # last): a full disk or a kill never leaves a half-written report set, and the previous one stays whole.
+    try:
+        files = _write_reports(cfg, out, meta, epoch, metrics, result, q, g, q_ds, g_ds, model, device, dataset,
+                               protocol)
+    except OSError as e:
+        if e.filename or isinstance(e, ReidError):
+            raise
+        raise EvalWriteError(e.errno, f"cannot write the evaluation reports ({e.strerror or e})", str(out)) from e
     return EvalOutcome(out, metrics, result, files)
+
+
+class EvalWriteError(ReidError, OSError):
+    """The reports of an evaluation could not be written (full or read-only disk); names the folder."""
+
+
+def _write_reports(cfg: EvalConfig, out: Path, meta: dict, epoch: int, metrics: dict, result, q, g, q_ds, g_ds,
+                   model, device, dataset: str, protocol: str) -> list[Path]:
+    from .reports import plot_cmc, write_summary
+
+    with staging_folder(out) as stage:
+        files = [stage / "metrics.json"]
+        atomic_write_text(files[0], json.dumps(metrics, indent=1, default=str))
+        if cfg.reports:
+            label = meta["model"]
+            figures = [plot_cmc({label: result}, stage / "cmc.png",
+                                title=f"CMC - {dataset} ({protocol} protocol)")]
+            ranked = ranked_lists(q, g, cfg.distance, cfg.ranked_queries, cfg.topk)
+            atomic_write_text(stage / RANKED_FILE, json.dumps(ranked))
+            files.append(stage / RANKED_FILE)
+            figure = ranked_list_figure(stage / "ranked_list.png", q_ds, g_ds, ranked, label)
+            figures += [figure] if figure is not None else []
+            figures += attention_figures(stage, model, q_ds, meta, device, cfg.attention_samples)
+            summary_path = write_summary(stage, {label: result}, figures,
+                                         {"eval": to_dict(cfg), "train": meta.get("config", {}), "epoch": epoch},
+                                         title=f"{label} on {dataset}: {protocol} protocol")
+            files += [Path(f) for f in figures] + [summary_path, summary_path.with_suffix(".html")]
+        return publish_staged(stage, out, [Path(f).name for f in files])

@@ -23,12 +23,14 @@ from torch import nn
 from posecrop.atomic import atomic_path
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .evaluate import eval_dataset, eval_device, extract_features, load_trained, resolve_checkpoint
+from .evaluate import eval_dataset, eval_device, extract_features, load_trained, resolve_checkpoint, run_folder
+from .runlock import file_lock, reading_run
+from posecrop.errors import ReidError
 
 FEATURES_METADATA_KEY = b"reidtrain"
 
 
-class ExportError(RuntimeError):
+class ExportError(ReidError, RuntimeError):
     """An export could not be written or does not check out; the message names the file."""
 
 
@@ -37,7 +39,13 @@ def extract_to_parquet(checkpoint: Path, cache: Path, out: Path, splits: Sequenc
                        progress: bool = True, console=None) -> Path:
     """Features of `splits` of `cache` under the model of `checkpoint`, as one Parquet file at `out`."""
     dev = eval_device(device)
-    checkpoint = resolve_checkpoint(Path(checkpoint))
+    with reading_run(run_folder(Path(checkpoint))), file_lock(Path(out)):
+        return _extract_to_parquet(resolve_checkpoint(Path(checkpoint)), dev, cache, out, splits, flip_average,
+                                   batch_size, workers, progress, console)
+
+
+def _extract_to_parquet(checkpoint: Path, dev, cache: Path, out: Path, splits: Sequence[str], flip_average: bool,
+                        batch_size: int, workers: int, progress: bool, console) -> Path:
     model, meta, epoch = load_trained(checkpoint, dev)
     tables = []
     dim = None
@@ -59,8 +67,13 @@ def extract_to_parquet(checkpoint: Path, cache: Path, out: Path, splits: Sequenc
             "normalize": meta["normalize"], "body_size": meta["body_size"], "part_size": meta["part_size"],
             "crops": meta.get("crops", "stored")}
     table = table.replace_schema_metadata({FEATURES_METADATA_KEY: json.dumps(info).encode()})
-    with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
+    try:
+        with atomic_path(out) as tmp:
+            pq.write_table(table, tmp)
+    except OSError as e:  # pyarrow's write errors name no file
+        if isinstance(e, ReidError):
+            raise
+        raise ExportError(f"{out}: cannot write the features file ({' '.join(str(e).split())})") from e
     return Path(out)
 
 
@@ -107,26 +120,76 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = 17, exporter: str = "a
     deviation relative to the largest feature value must stay below 1e-3.
     Returns {"path", "inputs", "output", "feature_dim", "max_rel_deviation" (or None), "exporter"}.
     """
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}")
+    lo, hi = opset_range(exporter)
+    if not lo <= opset <= hi:
+        raise ExportError(f"--opset {opset}: the {exporter} exporter writes opsets {lo} to {hi}")
+    if exporter == "auto" and opset > opset_range("torchscript")[1]:
+        exporter = "dynamo"  # only the dynamo exporter writes the newest opsets
+    with reading_run(run_folder(Path(checkpoint))), file_lock(Path(out)):
+        return _export_onnx(resolve_checkpoint(Path(checkpoint)), Path(out), opset, exporter, verify, batch)
+
+
+def opset_range(exporter: str) -> tuple[int, int]:
+    """The ONNX opsets an exporter of this torch writes ('auto': either's)."""
+    try:
+        from torch.onnx import _constants as c
+        low, script_max, high = c.ONNX_MIN_OPSET, c.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET, c.ONNX_MAX_OPSET
+    except (ImportError, AttributeError):
+        low, script_max, high = 7, 20, 23
+    return {"torchscript": (low, script_max)}.get(exporter, (low, high))
+
+
+DYNAMO_MIN_OPSET = 18   # the dynamo exporter writes at least opset 18 (a lower --opset gives 18, and says so)
+
+
+class _OnceFilter:
+    """Let the first "torchvision is not installed" warning of torch.onnx's registry through, drop the repeats
+    (it logs one per torchvision operator it skips: dozens of identical lines per export)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def filter(self, record) -> bool:
+        if "torchvision is not installed" not in str(record.msg):
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        record.msg, record.args = "torchvision is not installed: its operators are not registered (harmless here)", ()
+        return True
+
+
+def _quiet_registry_warnings() -> None:
+    import logging
+
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    if not any(isinstance(f, _OnceFilter) for f in logger.filters):
+        logger.addFilter(_OnceFilter())
+
+
+def _export_onnx(checkpoint: Path, out: Path, opset: int, exporter: str, verify: bool, batch: int) -> dict:
     import warnings
 
     import onnx
 
-    model, meta, _ = load_trained(resolve_checkpoint(Path(checkpoint)), "cpu")
+    from posecrop.errors import os_error_in_chain
+
+    model, meta, _ = load_trained(checkpoint, "cpu")
     wrapper = InferenceModel(model, meta["normalize"]).eval()
     sizes = {k: tuple(meta["body_size"]) if k == "body" else tuple(meta["part_size"]) for k in wrapper.keys}
     example = tuple(torch.rand(batch, 3, *sizes[k]) for k in wrapper.keys)
     names = list(wrapper.keys)
-    if exporter not in ("auto", "torchscript", "dynamo"):
-        raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}")
-    out = Path(out)
 
     def run(kind: str, tmp: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # tracer warnings about the input checks (constant here)
             if kind == "dynamo":
+                _quiet_registry_warnings()
                 batch_dim = torch.export.Dim("batch", min=1, max=4096)
                 torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["features"],
-                                  opset_version=max(opset, 18), dynamo=True, external_data=False, verbose=False,
+                                  opset_version=max(opset, DYNAMO_MIN_OPSET), dynamo=True, external_data=False, verbose=False,
                                   dynamic_shapes={"images": tuple({0: batch_dim} for _ in names)})
             else:
                 torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["features"],
@@ -138,12 +201,15 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = 17, exporter: str = "a
         try:
             try:
                 run(used, tmp)
-            except Exception:
-                if exporter != "auto":
+            except Exception as e:
+                if exporter != "auto" or os_error_in_chain(e) is not None:  # a full disk is no tracing problem
                     raise
                 used = "dynamo"
                 run(used, tmp)
         except Exception as e:  # the exporters raise many types; say which model and file
+            disk = os_error_in_chain(e)
+            if disk is not None:
+                raise ExportError(f"{out}: cannot write the ONNX file ({disk.strerror or disk})") from e
             raise ExportError(f"{out}: ONNX export of {meta['model']!r} ({used} exporter) failed: "
                               f"{type(e).__name__}: {e}") from e
         graph = onnx.load(str(tmp))
@@ -154,8 +220,10 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = 17, exporter: str = "a
         deviation = _verify(graph, wrapper, sizes) if verify else None
         if deviation is not None and not deviation < 1e-3:
             raise ExportError(f"{out}: ONNX output deviates from PyTorch by {deviation:.2e} (relative)")
+    written = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=opset)
     return {"path": str(out), "inputs": {k: [None, 3, *sizes[k]] for k in names}, "output": "features",
-            "feature_dim": int(model.feature_dim), "max_rel_deviation": deviation, "exporter": used}
+            "feature_dim": int(model.feature_dim), "max_rel_deviation": deviation, "exporter": used,
+            "opset": int(written)}
 
 
 def _verify(graph, wrapper: InferenceModel, sizes: dict) -> float:

@@ -8,6 +8,10 @@ Run directory (TrainConfig.out):
     checkpoints/epoch-NNN.pt    every `keep_every` epochs when asked
     model.pt                    final weights + meta (what evaluate / extract / export read)
     init_report.json            what an --init-from checkpoint matched
+    .lock                       held by the training process (reidtrain.runlock); readers hold it shared
+
+A folder already holding a run is refused unless `resume` (continue) or `force` (its outputs removed first).
+A split smaller than one batch trains as one partial batch per epoch; fewer than 2 images per process is refused.
 
 Reproducibility: the data order and augmentation are pure functions of (seed, epoch) (see data.EpochSampler),
 the global RNG states go into every checkpoint, so a run killed anywhere in epoch e and resumed restarts
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from posecrop.atomic import atomic_write_text, is_temporary
+from posecrop.errors import ReidError
 from posecrop.regions import REGION_NAMES
 from posecrop.typedconfig import to_dict
 
@@ -41,12 +46,50 @@ from .checkpoint import (FORMAT, CheckpointError, InitReport, init_from_checkpoi
 from .config import TrainConfig, config_hash, result_config
 from .data import (EpochSampler, ReidDataset, SampleTransform, input_columns, input_sizes, load_split, make_loader,
                    normalize_inputs, relabel)
+from .devices import torch_device
+from .runlock import run_lock
+from .threads import set_threads
 
 FUSED = "fused"
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(ReidError, RuntimeError):
     """The loss became NaN / infinite."""
+
+
+class TooFewImagesError(ReidError, ValueError):
+    """The training split cannot fill one batch-norm batch (fewer than 2 images per process)."""
+
+
+MIN_BATCH = 2   # batch norm needs two samples per step
+# What a training run writes (model.pt first: removed first by --force, so a half-cleared folder is never taken for
+# a finished run); config.json goes last and is rewritten only after the others are gone.
+RUN_OUTPUTS = ("model.pt", "checkpoints", "metrics.jsonl", "tb", "eval", "init_report.json", "config.json")
+
+
+class RunExistsError(ReidError, FileExistsError):
+    """`train` into a folder holding another run, without --resume or --force."""
+
+
+def _existing_run(out: Path) -> list[str]:
+    """The outputs of an earlier run in `out` that a fresh run would replace."""
+    found = [name for name in ("model.pt", "metrics.jsonl", "eval") if (out / name).exists()]
+    ckpts = out / "checkpoints"
+    if ckpts.is_dir() and any(p.suffix == ".pt" for p in ckpts.iterdir()):
+        found.append("checkpoints/")
+    return found
+
+
+def clear_run(out: Path) -> None:
+    """Remove the outputs of an earlier run (train --force), model.pt first and config.json last."""
+    import shutil
+
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 @dataclass
@@ -98,16 +141,8 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     """Device from cfg.device ("auto": CUDA if present), process group from torchrun's environment, AMP dtype."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device(f"cuda:{local}")
+    device = torch_device(cfg.device, local)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            from posecrop.typedconfig import ConfigError
-            raise ConfigError(f"device {cfg.device!r} asked but CUDA is not available")
         torch.cuda.set_device(device)
     created = False
     if world > 1 and not dist.is_initialized():
@@ -117,7 +152,8 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if amp == "auto":
         amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
     if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp = 'fp16' needs a CUDA device (use 'bf16' or 'off' on the CPU)")
+        from posecrop.typedconfig import ConfigError
+        raise ConfigError(f"--amp fp16 needs a CUDA device, the device is {device} (use bf16 or off on the CPU)")
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     return Runtime(device, rank, world, local, created, dtype)
 
@@ -159,14 +195,31 @@ def _append_metrics(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    """{'augment': {'pad': 10}} -> {'augment.pad': 10}: a changed augmentation value is named on its own."""
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _same_value(key: str, a, b) -> bool:
+    if key in ("cache", "init_from") and a is not None and b is not None:  # ./cache and /abs/cache are one folder
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
+
+
 def _check_resume_config(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
     stored = ckpt.get("meta", {}).get("config")
     if stored is None:
         raise CheckpointError(f"{path}: no training config stored - not a reidtrain training checkpoint")
     from posecrop.typedconfig import from_mapping
-    old = result_config(from_mapping(TrainConfig, stored))
-    new = result_config(cfg)
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    old = _flat(result_config(from_mapping(TrainConfig, stored)))
+    new = _flat(result_config(cfg))
+    diff = sorted(k for k in set(old) | set(new) if not _same_value(k, old.get(k), new.get(k)))
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
         raise CheckpointError(f"{path}: cannot resume with a different configuration ({detail}); "
@@ -198,8 +251,13 @@ StepHook = Callable[[int, int, float], None]   # (epoch 1-based, step 0-based, l
 
 # ------------------------------------------------------------------------------------------------------ train
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console=None,
-          on_step: StepHook | None = None) -> TrainResult:
-    """Train cfg.model on cfg.cache into cfg.out; with `resume`, continue from checkpoints/last.pt if present."""
+          on_step: StepHook | None = None, force: bool = False) -> TrainResult:
+    """Train cfg.model on cfg.cache into cfg.out; with `resume`, continue from checkpoints/last.pt if present.
+
+    The run folder is locked for the whole run (reidtrain.runlock: a second train into it, or a train while an
+    evaluate / extract / export reads it, stops with RunLockedError naming the holder). A folder holding another
+    run (model.pt, checkpoints, metrics.jsonl or eval/) is refused unless `resume` (continue it) or `force`
+    (remove its outputs first, eval/ included, before anything of the new run is written)."""
     from rich.console import Console
 
     from .model import build_model
@@ -212,8 +270,24 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     last_path = ckpt_dir / "last.pt"
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    lock = run_lock(out) if rt.is_main else None
+    try:
+        if lock is not None:
+            lock.acquire()
+            existing = _existing_run(out)
+            if existing and not (resume or force):
+                raise RunExistsError(f"{out}: holds a training run ({', '.join(existing)}); continue it with "
+                                     f"--resume, replace it with --force (removes its outputs, eval/ included), or "
+                                     f"choose another --out")
+            if force and not resume:
+                clear_run(out)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        if rt.created_group and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    set_threads(cfg.threads, cfg.workers)
     keep_freed_memory()
     try:
         _seed_all(cfg.seed)
@@ -226,8 +300,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
         labels, train_pids = relabel(split.pids)
         sizes = input_sizes(list(columns), cfg.body_size, cfg.part_size)
         dataset = ReidDataset(split, SampleTransform(sizes, cfg.augment), labels)
+        if len(split) < MIN_BATCH * rt.world_size:
+            raise TooFewImagesError(
+                f"{cfg.cache}: the train split has {len(split)} image(s); training needs at least {MIN_BATCH} per "
+                f"process ({rt.world_size} process(es)) - crop more images (see crop_report.jsonl for failed ones)")
         sampler = EpochSampler(labels, cfg.batch_size, cfg.sampler, cfg.instances_per_id, cfg.seed,
                                rt.rank, rt.world_size)
+        if len(sampler) < MIN_BATCH:  # the identity sampler draws whole P x K batches: its share can be smaller
+            raise TooFewImagesError(f"{cfg.cache}: the {cfg.sampler} sampler gives {len(sampler)} image(s) per "
+                                    f"epoch and process; at least {MIN_BATCH} are needed")
         loader = make_loader(dataset, cfg.batch_size, cfg.workers, sampler, train=True,
                              pin_memory=rt.device.type == "cuda")
 
@@ -300,11 +381,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
             say(f"{out}: already trained for {start_epoch} epochs (asked {cfg.epochs})")
         say(f"training {cfg.model} on {cfg.cache}: {len(split)} images, {len(train_pids)} identities, "
             f"{cfg.epochs} epochs, batch {cfg.batch_size} x {rt.world_size} process(es), device {rt.device}"
+            + (f", {torch.get_num_threads()} thread(s)" if rt.device.type == "cpu" else "")
             + (f", amp {rt.amp_dtype}" if rt.amp_dtype else ""))
 
         with _progress(console, progress and rt.is_main) as bar:
             for epoch in range(start_epoch + 1, cfg.epochs + 1):
                 row = _run_epoch(cfg, rt, net, loader, sampler, optimizer, scaler, epoch, bar, on_step)
+                if row["images"] == 0:  # cannot happen after the checks above; never report an untrained model
+                    raise TooFewImagesError(f"{cfg.cache}: epoch {epoch} trained on no image")
                 scheduler.step()
                 if rt.world_size > 1:
                     sync_buffers(model)
@@ -334,6 +418,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
             dist.barrier()
         return TrainResult(out, model, max(start_epoch, cfg.epochs), history, rt.rank, rt.world_size)
     finally:
+        if lock is not None:
+            lock.release()
         if rt.created_group and dist.is_initialized():
             dist.destroy_process_group()
 

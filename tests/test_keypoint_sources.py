@@ -269,7 +269,7 @@ def test_posegan_bad_files(tmp_path):
     with pytest.raises(PoseReadError, match=r"c.csv: not a pose-gan keypoint CSV \(expected the header"):
         PoseGanCsvSource(tmp_path / "c.csv")
     (tmp_path / "d.csv").write_text(good.replace("[5,", "[five,"))
-    with pytest.raises(PoseReadError, match="d.csv: non-integer keypoint value"):
+    with pytest.raises(PoseReadError, match="d.csv:2: non-integer keypoint value 'five'"):  # names the line
         PoseGanCsvSource(tmp_path / "d.csv")
     with pytest.raises(PoseReadError, match="e.csv: pose-gan keypoint CSV not found"):
         PoseGanCsvSource(tmp_path / "e.csv")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from ..errors import ReidError
+from ..typedconfig import ConfigError
 from .base import PoseBatchItem, PoseNotCoveredError, PoseReadError, PoseSource
 
 POSE_SOURCE_KINDS: tuple[str, ...] = ("openpose-json", "posegan-csv", "mmpose", "blazepose")
@@ -23,7 +25,7 @@ def _source_class(kind: str) -> type:
     if kind == "blazepose":
         from .blazepose import BlazePoseSource
         return BlazePoseSource
-    raise ValueError(f"unknown pose source {kind!r}; known kinds: {', '.join(POSE_SOURCE_KINDS)}")
+    raise ConfigError(f"unknown pose source {kind!r}; known kinds: {', '.join(POSE_SOURCE_KINDS)}")
 
 
 def make_pose_source(kind: str, **options: Any) -> PoseSource:
@@ -33,9 +35,16 @@ def make_pose_source(kind: str, **options: Any) -> PoseSource:
     accepted, takes_any = source_parameters(kind)
     unknown = sorted(set(options) - set(accepted))
     if unknown and not takes_any:
-        raise ValueError(f"pose source {kind!r} does not take option(s) {', '.join(unknown)}; "
-                         f"accepted: {', '.join(accepted)}")
-    return _source_class(kind)(**options)
+        raise ConfigError(f"pose source {kind!r} does not take option(s) {', '.join(unknown)}; "
+                          f"accepted: {', '.join(accepted)}")
+    try:
+        return _source_class(kind)(**options)
+    except TypeError as e:  # an option of the wrong kind (a number where a path is expected, ...)
+        raise ConfigError(f"pose source {kind!r}: bad option value ({e})") from e
+    except ValueError as e:
+        if isinstance(e, ReidError):
+            raise
+        raise ConfigError(f"pose source {kind!r}: {e}") from e
 
 
 def source_parameters(kind: str) -> tuple[list[str], bool]:

@@ -8,9 +8,10 @@ import numpy as np
 
 from ..keypoints import NUM_KEYPOINTS
 from ..records import ImageRecord
+from ..errors import ReidError
 
 
-class PoseReadError(ValueError):
+class PoseReadError(ReidError, ValueError):
     """Keypoints for one image could not be read (missing/corrupt file, bad values). The message names the file.
     The crop stage reports the image as failed and goes on."""
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..keypoints import coco17_to_coco18, mark_missing
 from .base import PoseBatchItem
+from ..errors import ReidError
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,11 @@ RANDOM = "random"
 RANDOM_SEED = 0
 
 
-class PoseConfigError(ValueError):
+class PoseConfigError(ReidError, ValueError):
     """The mmpose config is missing, unreadable, or not a top-down COCO-17 model. The message names the file."""
 
 
-class PoseCheckpointError(ValueError):
+class PoseCheckpointError(ReidError, ValueError):
     """The weights could not be obtained or do not fit the model. The message names the path or URL."""
 
 
@@ -267,11 +268,16 @@ class MMPoseSource:
                 raise PoseCheckpointError(f"{local}: checkpoint file not found")
         # weights_only explicitly, for downloaded files too: mmengine's loader leaves it to torch's default (False
         # for URLs; for files an environment variable, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, turns it off)
+        from ..atomic import looks_like_torch_file
+        if not looks_like_torch_file(local):
+            raise PoseCheckpointError(f"{local}: not a checkpoint (neither a torch zip archive nor a pickle; "
+                                      f"{local.stat().st_size} bytes)")
         try:
             with torch.serialization.safe_globals(_numpy_safe_globals()):
                 ckpt = torch.load(str(local), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - unpickling errors come in several types
-            raise PoseCheckpointError(f"{local}: cannot read the checkpoint: {exc}") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PoseCheckpointError(f"{local}: cannot read the checkpoint: {first}") from exc
 
         state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(state, dict):

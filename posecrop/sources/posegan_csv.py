@@ -31,6 +31,7 @@ from .base import PerImageKeypoints, PoseNotCoveredError, PoseReadError
 
 CROP_HEIGHT, CROP_WIDTH = 128, 64  # the frame the CSV coordinates are given in
 HEADER = "name:keypoints_y:keypoints_x"
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 def _parse_csv(path: Path) -> tuple[list[str], np.ndarray]:
@@ -47,6 +48,7 @@ def _parse_csv(path: Path) -> tuple[list[str], np.ndarray]:
                             f"got {lines[0][:60]!r})" if lines else f"{path}: empty file")
     names: list[str] = []
     chunks: list[str] = []
+    linenos: list[int] = []
     for lineno, line in enumerate(lines[1:], 2):
         if not line.strip():
             continue
@@ -57,11 +59,20 @@ def _parse_csv(path: Path) -> tuple[list[str], np.ndarray]:
         names.append(parts[0].strip())
         chunks.append(parts[1])
         chunks.append(parts[2])
+        linenos.append(lineno)
     flat = ",".join(chunks).replace("[", "").replace("]", "")
     try:
         values = np.array(flat.split(","), dtype=np.int32) if names else np.zeros(0, np.int32)
-    except ValueError as e:
-        raise PoseReadError(f"{path}: non-integer keypoint value ({e})") from e
+    except (ValueError, OverflowError):  # find the line for the message (the fast path parses all at once)
+        for i, lineno in enumerate(linenos):
+            for raw in ",".join(chunks[2 * i: 2 * i + 2]).replace("[", "").replace("]", "").split(","):
+                try:
+                    value = int(raw)
+                except ValueError:
+                    raise PoseReadError(f"{path}:{lineno}: non-integer keypoint value {raw.strip()!r}") from None
+                if not INT32_MIN <= value <= INT32_MAX:
+                    raise PoseReadError(f"{path}:{lineno}: keypoint value {value} out of range") from None
+        raise
     return names, values.reshape(len(names), 2, NUM_KEYPOINTS)
 
 

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from posecrop.errors import ReidError
 from posecrop.regions import REGION_NAMES
 
 from .attention import AttentionHeads, InterAttention, IntraAttentionBlock
@@ -33,7 +34,7 @@ PART_BRANCHES = REGION_NAMES[1:]
 FUSED = "fused"
 
 
-class ModelInputError(ValueError):
+class ModelInputError(ReidError, ValueError):
     """The inputs dict does not match `model.input_keys` or holds a tensor of the wrong shape."""
 
 
