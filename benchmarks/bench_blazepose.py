@@ -139,14 +139,20 @@ def one_core(quick: bool) -> dict:
         stock = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1)
         stock.process(images[0])
     rounds = 2 if quick else 3
+    c0 = time.process_time()
     t_ours = _best(lambda: ours.estimate(items), rounds)
+    c1 = time.process_time()
     t_ref = _best(lambda: [stock.process(im) for im in images], rounds)
+    c2 = time.process_time()
     ours_ips, ref_ips = len(images) / t_ours, len(images) / t_ref
+    cpu_ours, cpu_ref = (1000 * c / (rounds * len(images)) for c in (c1 - c0, c2 - c1))
     return {"stage": "blazepose-1core", "ours": "BlazePoseSource.estimate (fixed region, no detector)",
             "ours_value": round(ours_ips, 1), "reference": "mp.solutions.pose.Pose(static_image_mode=True).process "
             "per image", "reference_value": round(ref_ips, 1), "unit": "img/s", "ratio": round(ours_ips / ref_ips, 3),
             "target": "-", "notes": f"{len(images)} real Market crops 64x128, one process, best of {rounds}; "
-            "the reference runs BlazePose's person detector first (and finds fewer people, see the accuracy table)"}
+            "the reference runs BlazePose's person detector first (and finds fewer people, see the accuracy table); "
+            f"CPU ms per image: ours {cpu_ours:.1f} ({1000 / cpu_ours:.0f} img/s on a free core), reference "
+            f"{cpu_ref:.1f}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} shared CPUs"}
 
 
 def make_market(root: Path, n: int) -> int:
