@@ -139,14 +139,20 @@ def one_core(quick: bool) -> dict:
         stock = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1)
         stock.process(images[0])
     rounds = 2 if quick else 3
+    c0 = time.process_time()
     t_ours = _best(lambda: ours.estimate(items), rounds)
+    c1 = time.process_time()
     t_ref = _best(lambda: [stock.process(im) for im in images], rounds)
+    c2 = time.process_time()
     ours_ips, ref_ips = len(images) / t_ours, len(images) / t_ref
+    cpu_ours, cpu_ref = (1000 * c / (rounds * len(images)) for c in (c1 - c0, c2 - c1))
     return {"stage": "blazepose-1core", "ours": "BlazePoseSource.estimate (fixed region, no detector)",
             "ours_value": round(ours_ips, 1), "reference": "mp.solutions.pose.Pose(static_image_mode=True).process "
             "per image", "reference_value": round(ref_ips, 1), "unit": "img/s", "ratio": round(ours_ips / ref_ips, 3),
             "target": "-", "notes": f"{len(images)} real Market crops 64x128, one process, best of {rounds}; "
-            "the reference runs BlazePose's person detector first (and finds fewer people, see the accuracy table)"}
+            "the reference runs BlazePose's person detector first (and finds fewer people, see the accuracy table); "
+            f"CPU ms per image: ours {cpu_ours:.1f} ({1000 / cpu_ours:.0f} img/s on a free core), reference "
+            f"{cpu_ref:.1f}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} shared CPUs"}
 
 
 def make_market(root: Path, n: int) -> int:
@@ -172,6 +178,33 @@ def _cpu_seconds() -> float:
 
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _pose_loop_seconds(repeat: int) -> float:
+    """Seconds one process takes for BlazePose on the Market crops `repeat` times (after a warm-up)."""
+    from posecrop.sources.blazepose import BlazePoseSource
+
+    images = _load(sorted((MARKET / "crops").glob("*.jpg"))) * repeat
+    items = _items(images, [str(i) for i in range(len(images))])
+    source = BlazePoseSource()
+    source.estimate(items[:2])
+    t0 = time.perf_counter()
+    source.estimate(items)
+    return time.perf_counter() - t0
+
+
+def parallel_capacity(repeat: int = 2) -> float:
+    """How many cores two processes get right now: 2 x (one process alone) / (two at the same time), from the same
+    BlazePose loop (1.0 on a machine whose other jobs leave one core, 2.0 on two free cores)."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        alone = pool.submit(_pose_loop_seconds, repeat).result()
+    with cf.ProcessPoolExecutor(2, mp_context=ctx) as pool:
+        pair = [f.result() for f in [pool.submit(_pose_loop_seconds, repeat) for _ in range(2)]]
+    return 2 * alone / max(pair)
 
 
 def crop_stage(quick: bool) -> dict:
@@ -200,6 +233,7 @@ def crop_stage(quick: bool) -> dict:
         cpu: dict[str, list[float]] = {"ours": [], "ref": [], "ours0": []}
         summary = None
         load = os.getloadavg()[0]
+        capacity = parallel_capacity()
         for r in range(1 if quick else 2):
             for side in ("ours", "ref", "ours0"):
                 out = tmp / f"cache-{side}-{r}"
@@ -225,7 +259,8 @@ def crop_stage(quick: bool) -> dict:
                          f"0 workers {1000 * min(cpu['ours0']) / count:.1f}, reference "
                          f"{1000 * min(cpu['ref']) / count:.1f}; pose sources "
                          f"{summary.pose_sources if summary else {}}; {os.cpu_count()} CPUs shared with other jobs "
-                         f"(load average {load:.1f} at the start): wall-clock ratios are only indicative"}
+                         f"(load average {load:.1f} at the start; two independent BlazePose processes got "
+                         f"{capacity:.2f} cores' worth at the start): wall-clock ratios are only indicative"}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

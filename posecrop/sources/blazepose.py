@@ -12,12 +12,17 @@ Two ways to find the person (`mode`):
   MediaPipe's own landmark subgraph (PoseLandmarkByRoiCpu) does the affine crop, the model and the projection back.
 - "detector": `mediapipe.solutions.pose.Pose(static_image_mode=True, model_complexity=1)`, i.e. BlazePose's person
   detector first, then the landmark model on the detected region.
-Measured on the 56 real Market-1501 crops (64x128) against pose-gan's OpenPose joints (benchmarks/bench_blazepose.py):
-the detector finds a person in 31/56 crops at its default confidence 0.5 (46/56 at 0.1, but PCK falls to 0.75),
-the fixed region in 55/56 with PCK@0.1H 0.96 and median error 0.018 H, and it is faster (no detector). Padding the
-crop sideways or upscaling it did not help either mode. `pad` (fraction of the width added on each side, edge
-pixels repeated) and `upscale` stay options. In both modes the landmark model's own presence score decides whether
-a person was found; an image without one gets an all-missing pose (the crop stage then uses the frame fallback).
+Measured on the 56 real Market-1501 crops (64x128) against pose-gan's OpenPose joints of the 23 crops the CSVs cover
+(benchmarks/bench_blazepose.py; PCK counts a joint the model leaves out, or an image without a person, as a miss):
+the detector finds a person in 31/56 crops at its default confidence 0.5 (PCK@0.1H 0.51) and in 46/56 at 0.1 (PCK
+0.60, median error 0.022 H); the fixed region (roi_scale 1.25) in 55/56 with PCK@0.1H 0.95 and median error
+0.018 H, and on 200/200 CUHK01 images (detector: 191/200), at less CPU per image (no detector). roi_scale 1.0 is
+worse (PCK 0.91), 1.5 alike (0.96, median 0.021 H). Padding the crop sideways (w/4 each side) changed nothing with
+the fixed region and little with the detector (46/56 either way, median error 0.026 H); upscaling 2x gained 4 of
+350 joints with the fixed region (PCK 0.963) at more CPU. So the default is the fixed region at 1.25 without padding or upscaling; `mode`, `roi_scale`, `pad` (fraction of
+the width added on each side, edge pixels repeated), `upscale` and `min_detection_confidence` stay options.
+In both modes the landmark model's own presence score decides whether a person was found; an image without one
+gets an all-missing pose (the crop stage then uses the frame fallback).
 
 Output: the 33 BlazePose landmarks -> COCO-18 by `landmarks_to_coco18` (see LANDMARKS_TO_COCO18; the neck is the
 shoulder midpoint with the smaller shoulder visibility); the landmark visibility is the joint score. Coordinates are
