@@ -295,7 +295,7 @@ def test_a_split_whose_every_image_failed_is_named_with_the_reason(data, trained
     ((), "dataset root data/Market-1501-v15.09.15 does not exist"),
     (("dataset.name=nope",), "unknown dataset 'nope'"),
     (("crop.pose_source=nope",), "unknown pose source 'nope'"),
-    (("crop.pose_options.bogus=1",), "does not take option(s) bogus"),
+    (("crop.pose_options.bogus=1",), "pose option 'bogus' is not taken"),
 ], ids=["no-root", "unknown-dataset", "unknown-pose-source", "wrong-pose-option"])
 def test_run_turns_crop_stage_errors_into_one_line(data, tmp_path, sets, expected):
     args = [a for s in sets for a in ("--set", s)]

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..keypoints import NUM_KEYPOINTS
 from . import POSE_SOURCE_KINDS, make_pose_source, source_parameters
+from ..typedconfig import ConfigError
 from .base import PoseBatchItem, PoseNotCoveredError, PoseReadError
 
 AUTO = "auto"
@@ -40,20 +41,20 @@ PRECOMPUTED = ("openpose-json", "posegan-csv")
 
 def parse_chain(spec: str | Sequence[str] | None) -> list[str]:
     """'posegan-csv,blazepose' -> ['posegan-csv', 'blazepose']; None / 'auto' -> ['auto']. Unknown kinds and
-    repeated sources raise ValueError."""
+    repeated sources raise ConfigError (a ValueError)."""
     if spec is None:
         return [AUTO]
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
     if not items or any(not s for s in items):
-        raise ValueError(f"pose source chain {spec!r}: empty entry (write e.g. posegan-csv,blazepose)")
+        raise ConfigError(f"pose source chain {spec!r}: empty entry (write e.g. posegan-csv,blazepose)")
     unknown = [s for s in items if s not in (*POSE_SOURCE_KINDS, AUTO)]
     if unknown:
-        raise ValueError(f"unknown pose source {unknown[0]!r}; known kinds: {', '.join(POSE_SOURCE_KINDS)}, or {AUTO} "
+        raise ConfigError(f"unknown pose source {unknown[0]!r}; known kinds: {', '.join(POSE_SOURCE_KINDS)}, or {AUTO} "
                          "(a chain: comma-separated kinds tried per image in order)")
     if AUTO in items and len(items) > 1:
-        raise ValueError(f"pose source chain {spec!r}: '{AUTO}' picks one source and cannot be part of a chain")
+        raise ConfigError(f"pose source chain {spec!r}: '{AUTO}' picks one source and cannot be part of a chain")
     if len(set(items)) != len(items):
-        raise ValueError(f"pose source chain {spec!r} names a source twice")
+        raise ConfigError(f"pose source chain {spec!r} names a source twice")
     return items
 
 
@@ -76,7 +77,7 @@ def route_options(kinds: Sequence[str], options: dict[str, Any]) -> dict[str, di
         takers = [k for k in kinds if key in source_parameters(k)[0]]
         if not takers:
             accepted = {k: source_parameters(k)[0] for k in kinds}
-            raise ValueError(f"pose option {key!r} is not taken by pose source(s) {', '.join(kinds)} (accepted: "
+            raise ConfigError(f"pose option {key!r} is not taken by pose source(s) {', '.join(kinds)} (accepted: "
                              + "; ".join(f"{k}: {', '.join(v)}" for k, v in accepted.items()) + ")")
         for k in takers:
             routed[k].setdefault(key, value)
@@ -128,7 +129,7 @@ def auto_kind(root: Path, options: dict[str, Any]) -> str:
         mediapipe_package()
         return "blazepose"
     except BlazePoseUnavailable as e:
-        raise ValueError(f"--pose-source auto: no pose source can run here: no precomputed keypoints "
+        raise ConfigError(f"--pose-source auto: no pose source can run here: no precomputed keypoints "
                          f"({Path(root) / 'keypoints'} does not exist), mmpose weights {why}, and {e}") from None
 
 
@@ -161,7 +162,7 @@ def _check_order(names: Sequence[str], in_worker: Sequence[bool]) -> int:
     split = next((i for i, w in enumerate(in_worker) if w), len(names))
     late = [n for n, w in zip(names[split:], in_worker[split:]) if not w and n not in PRECOMPUTED]
     if late:
-        raise ValueError(f"pose source chain {','.join(names)}: {late[0]} runs batched in the main process and must "
+        raise ConfigError(f"pose source chain {','.join(names)}: {late[0]} runs batched in the main process and must "
                          f"come before {names[split]} (which runs in the worker processes)")
     return split
 
@@ -176,7 +177,7 @@ class PoseChain:
 
     def __init__(self, sources: Sequence[Any], auto: bool = False) -> None:
         if not sources:
-            raise ValueError("a pose source chain needs at least one source")
+            raise ConfigError("a pose source chain needs at least one source")
         self.sources = list(sources)
         self.names = [str(getattr(s, "name", type(s).__name__)) for s in self.sources]
         self.auto = auto
