@@ -44,6 +44,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import ReidError
 from ..keypoints import NUM_KEYPOINTS, mark_missing
 from .base import PoseBatchItem, PoseReadError
 
@@ -114,7 +115,7 @@ def quiet_native_stderr():
                 sys.stderr.flush()
 
 
-class BlazePoseUnavailable(ValueError):
+class BlazePoseUnavailable(ReidError, ValueError):
     """mediapipe is missing, or is a release without the bundled BlazePose model / the legacy solutions API."""
 
 
