@@ -37,7 +37,8 @@ from .crops import (BOX_FRAME, EXTENSIONS, FILL_MODES, PNG_COMPRESS_LEVEL, Image
                     decode_image, encode_image, outside_fraction, probe_size)
 from .keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from .records import SPLITS, ImageRecord
-from .regions import DEFAULT_REGION_JOINTS, REGION_NAMES, RegionGeometryError, RegionSpec, region_boxes
+from .regions import (DEFAULT_REGION_JOINTS, REGION_NAMES, REGION_WIDTHS, RegionGeometryError, RegionSpec, fit_width,
+                      region_boxes)
 
 # Worker processes import this module: it stays free of pyarrow (cache / schema are imported where used).
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class CropConfig:
     pose_source: str | None = None          # None: openpose-json if ROOT/keypoints exists, else mmpose
     pose_options: dict[str, Any] = field(default_factory=dict)
     beta: float = 0.1                       # region overlap as a fraction of the body height H (paper: H/10)
+    region_width: Literal["paper", "image"] = "paper"  # "image": Eq. 1 boxes clipped to the image columns
     threshold: float = 0.1                  # joints with a lower score are repaired
     min_reliable: int = 4                   # fewer reliable joints -> frame fallback
     bank: Path | None = None                # canonical pose bank (None: the one shipped with the package)
@@ -87,6 +89,8 @@ class CropConfig:
         self.root, self.out = Path(self.root), Path(self.out)
         if self.bank is not None:
             self.bank = Path(self.bank)
+        if self.region_width not in REGION_WIDTHS:
+            raise ValueError(f"region_width must be one of {REGION_WIDTHS}, got {self.region_width!r}")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta must be a fraction of H in [0, 1], got {self.beta}")
         if self.min_reliable < 0:
@@ -183,6 +187,7 @@ def build_settings(cfg: CropConfig, source_description: dict, bank_sha256: str) 
         "box_frame": BOX_FRAME,
         "keypoint_frame": KEYPOINT_FRAME,
         "beta": cfg.beta,
+        "region_width": cfg.region_width,
         "beta_column": "per-row beta = beta * H in source pixels",
         "threshold": cfg.threshold,
         "min_reliable": cfg.min_reliable,
@@ -213,6 +218,7 @@ class WorkerSettings:
     fill: str
     max_pixels: int
     whole_column: str = "whole"
+    region_width: str = "paper"
 
 
 @dataclass
@@ -355,7 +361,7 @@ def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
     boxes: list[np.ndarray | str] = [e or "" for e in errors]
     if repaired:
         for j, b in zip(repaired, _boxes_per_pose(keypoints[repaired], s.spec, s.beta)):
-            boxes[j] = b
+            boxes[j] = b if s.region_width == "paper" or isinstance(b, str) else fit_width(b[None], sizes_wh[j:j + 1, 0])[0]
     placed = [j for j, b in enumerate(boxes) if not isinstance(b, str)]
     outside = np.zeros((len(records), len(REGION_NAMES)), np.float32)
     if placed:
@@ -588,7 +594,7 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
             todo = todo[: cfg.limit]
         wsettings = WorkerSettings(str(cfg.root), bank, cfg.region_spec(), cfg.beta, cfg.threshold, cfg.min_reliable,
                                    cfg.region_sizes(), cfg.encoding, cfg.jpeg_quality, cfg.fill, cfg.max_pixels,
-                                   WHOLE_COLUMN)
+                                   WHOLE_COLUMN, cfg.region_width)
         # one batch or less is not worth starting processes for; never more workers than batches
         workers = min(cfg.num_workers(), -(-len(todo) // cfg.batch_size)) if len(todo) > cfg.batch_size else 0
 
