@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
                               "CACHE/crop_report.jsonl and the run goes on.")
     def crop(
         dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset reader: market, duke, cuhk03-labeled, "
-                                              "cuhk03-detected, msmt17, folder." + _d("dataset")),
+                                              "cuhk03-detected, msmt17, cuhk01, folder." + _d("dataset")),
         root: Optional[Path] = typer.Option(None, "--root", help="Dataset root folder (required unless in --config)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Cache folder to create or resume (required unless in "
                                            "--config)."),

@@ -41,6 +41,16 @@ cuhk03-labeled / cuhk03-detected   (option protocol: "auto" (default), "classic"
              {"train": [pids], "test": [pids]} overrides that choice.
            auto: classic if the raw .mat (or an extraction marker) exists, else new if its config exists, else
              folder.
+cuhk01     CUHK01 (campus): `root/campus/PPPPIII.png` (or a flat folder of them, or a parent holding a single
+           `CUHK01*` folder with campus/), PPPP = identity (0001-0971), III = image 001-004: 001-002 camera A
+           (camid 0), 003-004 camera B (camid 1). Identities are numbered 1..N and each must have all four
+           images: a missing image (or identity) is a DatasetLayoutError naming the identities and files (a protocol split of incomplete identities would
+           not be the published one). Options `num_test_ids` (default 486: the 485/486 protocol; 100: the
+           871/100 protocol) and `split` (default 0): the test ids are the first `num_test_ids` of
+           `np.random.default_rng(split).permutation(ids)` (ids sorted ascending first), the others train.
+           Train = all four images of the train ids; query = the camera-A images of the test ids, gallery =
+           their camera-B images (both images of each view: single-shot or multi-shot is the evaluation's
+           choice, reidtrain.metrics.evaluate_single_shot / evaluate_market).
 folder     generic: `root/{train,query,gallery}/<pid>/<image>` (.jpg/.jpeg/.png). pid = the folder name (an
            integer >= 0); camera from a `c<N>` token in the file name (1-based, camid = N - 1), else camid 0.
            Either `train`, or `query` and `gallery`, or all three must exist.
@@ -60,7 +70,8 @@ import numpy as np
 from .atomic import atomic_path, atomic_write_text
 from .records import SPLITS, ImageRecord
 
-DATASET_NAMES: tuple[str, ...] = ("market", "duke", "cuhk03-labeled", "cuhk03-detected", "msmt17", "folder")
+DATASET_NAMES: tuple[str, ...] = ("market", "duke", "cuhk03-labeled", "cuhk03-detected", "msmt17", "cuhk01",
+                                   "folder")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 CUHK03_PROTOCOLS: tuple[str, ...] = ("auto", "classic", "new", "folder")
 
@@ -105,6 +116,8 @@ def resolve_dataset_options(name: str, root: str | os.PathLike, options: dict[st
     """The options as the reader will apply them, "auto" choices made (CUHK03 protocol="auto" -> the protocol
     this folder's files select), so that a cache records - and a resumed run compares - what was actually read."""
     resolved = dict(options)
+    if name == "cuhk01":  # the defaults written out: the split is defined by (num_test_ids, split)
+        resolved = {**dataset_options(name), **resolved}
     if name.startswith("cuhk03") and resolved.get("protocol", "auto") == "auto" and Path(root).is_dir():
         resolved["protocol"] = _cuhk03_protocol(Path(root), _cuhk_kind(name))
     return resolved
@@ -581,6 +594,86 @@ def extract_cuhk03(f: Mapping | Any, kind: str, images_dir: Path, source: str = 
     return info
 
 
+# --------------------------------------------------------------------------------------------------- CUHK01
+
+_CUHK01_NAME = re.compile(r"^(?P<pid>\d{4})(?P<image>\d{3})$")
+_CUHK01_IMAGES = (1, 2, 3, 4)           # 1-2: camera A, 3-4: camera B
+_CUHK01_FORMAT = "PPPPIII.png (identity 0001-9999, image 001-004)"
+
+
+def _cuhk01_folder(root: Path) -> Path:
+    """The folder holding the PPPPIII images: root/campus, root itself (flat), or CUHK01*/campus inside root."""
+    if (root / "campus").is_dir():
+        return root / "campus"
+    if _image_files(root, root):
+        return root
+    candidates = sorted(c for c in root.iterdir() if c.is_dir() and c.name.lower().startswith("cuhk01"))
+    if len(candidates) == 1 and (candidates[0] / "campus").is_dir():
+        return candidates[0] / "campus"
+    raise DatasetLayoutError(f"CUHK01 layout not found under {root}: expected a folder campus/ of PPPPIII.png "
+                             f"images, the images themselves, or a single CUHK01* folder holding campus/")
+
+
+def cuhk01_test_ids(ids: Iterable[int], num_test_ids: int, split: int) -> set[int]:
+    """The test identities of CUHK01 split `split`: the first `num_test_ids` of
+    np.random.default_rng(split).permutation(sorted ids)."""
+    ordered = np.array(sorted(ids), dtype=np.int64)
+    return {int(i) for i in np.random.default_rng(split).permutation(ordered)[:num_test_ids]}
+
+
+def _read_cuhk01(root: Path, dataset: str = "cuhk01", num_test_ids: int = 486,
+                 split: int = 0) -> tuple[list[ImageRecord], list[Skipped]]:
+    for key, value in (("num_test_ids", num_test_ids), ("split", split)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{dataset}: {key} must be an integer >= 0, got {value!r}")
+    folder = _cuhk01_folder(root)
+    files = _image_files(folder, root)
+    if not files:
+        raise DatasetLayoutError(f"CUHK01 layout under {folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    skipped: list[Skipped] = []
+    images: dict[int, dict[int, str]] = {}
+    for name, rel in files:
+        m = _CUHK01_NAME.match(_bare_stem(name))
+        if m is None:
+            skipped.append((rel, f"file name does not match {_CUHK01_FORMAT}"))
+            continue
+        pid, image = int(m["pid"]), int(m["image"])
+        if pid < 1 or image not in _CUHK01_IMAGES:
+            skipped.append((rel, f"identity {m['pid']} / image {m['image']} outside 0001-9999 / 001-004"))
+            continue
+        seen = images.setdefault(pid, {})
+        if image in seen:
+            skipped.append((rel, f"a second file for identity {pid:04d} image {image:03d} (also {seen[image]})"))
+            continue
+        seen[image] = rel
+    if not images:
+        raise DatasetLayoutError(f"CUHK01 layout under {folder}: none of the {len(files)} images can be used "
+                                 f"(expected names like {_CUHK01_FORMAT}; is this another dataset?):\n"
+                                 + _listing(skipped), skipped)
+    # identities are numbered 1..N: a number in that range without images is an identity missing entirely
+    incomplete = [(pid, [i for i in _CUHK01_IMAGES if i not in images.get(pid, {})])
+                  for pid in range(1, max(images) + 1) if len(images.get(pid, {})) < len(_CUHK01_IMAGES)]
+    if incomplete:
+        lines = [f"  identity {pid:04d}: missing " + ", ".join(f"{pid:04d}{i:03d}" for i in miss)
+                 for pid, miss in incomplete[:_MAX_LISTED]]
+        if len(incomplete) > _MAX_LISTED:
+            lines.append(f"  ... and {len(incomplete) - _MAX_LISTED} more")
+        raise DatasetLayoutError(f"CUHK01 layout under {folder}: {len(incomplete)} of the identities 0001-"
+                                 f"{max(images):04d} lack some of their 4 images (001-002 camera A, 003-004 camera B):\n"
+                                 + "\n".join(lines), skipped)
+    if not 1 <= num_test_ids < len(images):
+        raise ValueError(f"{dataset}: num_test_ids must be in 1-{len(images) - 1} for the {len(images)} identities "
+                         f"in {folder}, got {num_test_ids}")
+    test_ids = cuhk01_test_ids(images, int(num_test_ids), int(split))
+    records: list[ImageRecord] = []
+    for pid, got in images.items():
+        for image, rel in got.items():
+            camid = 0 if image <= 2 else 1
+            split_name = ("query" if camid == 0 else "gallery") if pid in test_ids else "train"
+            records.append(ImageRecord(rel, pid, camid, split_name, dataset))
+    return records, skipped
+
+
 # --------------------------------------------------------------------------------------------------- generic folder
 
 _CAMERA_TOKEN = re.compile(r"(?<![A-Za-z0-9])c(\d+)")
@@ -625,6 +718,7 @@ _READERS: dict[str, Callable[..., tuple[list[ImageRecord], list[Skipped]]]] = {
     "cuhk03-labeled": _read_cuhk03,
     "cuhk03-detected": _read_cuhk03,
     "msmt17": _read_msmt17,
+    "cuhk01": _read_cuhk01,
     "folder": _read_folder,
 }
 assert tuple(_READERS) == DATASET_NAMES

@@ -164,8 +164,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"trained {cfg.model} for {result.epochs_done} epochs: {result.final}")
 
     @app.command("evaluate", help="CMC rank-1/5/10/20 and mAP of a trained model on the query/gallery splits "
-                                  "(Market/Duke protocol, or CUHK03 classic single-gallery-shot with seeded repeats); "
-                                  "writes metrics.json, cmc.png, ranked_list.png, attention-N.png, summary.md/html.")
+                                  "(Market/Duke protocol, CUHK03 classic single-gallery-shot or CUHK01 single-shot "
+                                  "with seeded repeats); writes metrics.json, cmc.png, ranked_list.png, "
+                                  "attention-N.png, summary.md/html.")
     def evaluate_cmd(
         checkpoint: Path = typer.Argument(..., help="model.pt / last.pt, or a training run folder."),
         cache: Optional[Path] = typer.Option(None, "--cache", help="Crop cache (default: the one it was trained on)."),
@@ -177,11 +178,12 @@ def register(app: typer.Typer) -> None:
         flip_average: Optional[bool] = typer.Option(None, "--flip-average/--no-flip-average",
                                                     help="Average features with the mirrored inputs'."
                                                     + _d(_E.flip_average)),
-        protocol: Optional[str] = typer.Option(None, "--protocol", help="'auto' (from the dataset), 'market' or "
-                                               "'cuhk03-classic'." + _d(_E.protocol)),
-        repeats: Optional[int] = typer.Option(None, "--repeats", help="CUHK03 classic: gallery samplings averaged."
-                                              + _d(_E.repeats)),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the CUHK03 gallery samplings." + _d(_E.seed)),
+        protocol: Optional[str] = typer.Option(None, "--protocol", help="'auto' (from the dataset), 'market', "
+                                               "'cuhk03-classic', 'cuhk01-single-shot', 'cuhk01-multi-shot' or "
+                                               "'cuhk01-multi-query'." + _d(_E.protocol)),
+        repeats: Optional[int] = typer.Option(None, "--repeats", help="CUHK03 classic / CUHK01 single-shot: "
+                                              "samplings averaged." + _d(_E.repeats)),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the CUHK03 / CUHK01 samplings." + _d(_E.seed)),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward." + _d(_E.batch_size)),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers." + _d(_E.workers)),
         device: Optional[str] = typer.Option(None, "--device", help="'auto', 'cpu', 'cuda'." + _d(_E.device)),

@@ -142,7 +142,10 @@ class EvalConfig:
 
     protocol "auto" picks from the cache's dataset name: market / duke / msmt17 / folder and the CUHK03 767/700
     split -> the Market-1501 protocol (CMC + mAP, same-camera matches ignored); CUHK03 classic 1,367/100 split ->
-    single-gallery-shot CMC averaged over `repeats` seeded gallery samplings.
+    single-gallery-shot CMC averaged over `repeats` seeded gallery samplings; CUHK01 -> "cuhk01-single-shot" (one
+    query and one gallery image per identity, averaged over `repeats` seeded draws); "cuhk01-multi-shot" (all
+    camera-A against all camera-B images) and "cuhk01-multi-query" (per identity the mean camera-A feature) on
+    request.
     Features are [E_g, E_l] (Eq. 9); `flip_average` adds the features of the mirrored crops (not in the paper).
     """
 
@@ -155,7 +158,8 @@ class EvalConfig:
     rerank_k2: int = 6
     rerank_lambda: float = 0.3
     flip_average: bool = False
-    protocol: Literal["auto", "market", "cuhk03-classic"] = "auto"
+    protocol: Literal["auto", "market", "cuhk03-classic", "cuhk01-single-shot", "cuhk01-multi-shot",
+                      "cuhk01-multi-query"] = "auto"
     repeats: int = 10
     seed: int = 0
     batch_size: int = 64

@@ -16,9 +16,15 @@ made with the classic (1,367/100) split use the single-gallery-shot CMC averaged
 everything else (Market-1501, DukeMTMC-reID, MSMT17, CUHK03 767/700, folder datasets) the Market-1501
 protocol. A CUHK03 cache whose recorded reader option is "auto" is taken
 as classic when its query set has at most 200 identities (classic: 100, new: 700).
+CUHK01 caches (query = camera A, gallery = camera B) use "cuhk01-single-shot": per seeded repeat one query
+image and one gallery image per identity, CMC and mAP (= mean reciprocal rank) averaged over `repeats`;
+"cuhk01-multi-shot" ranks every camera-A image against every camera-B image (the Market-1501 ranking, two
+true matches per query); "cuhk01-multi-query" does the same with one query per identity, the mean of the
+features of its camera-A images.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,9 +145,12 @@ def extract_features(model: nn.Module, dataset: ReidDataset, normalize: str = "c
 
 # ------------------------------------------------------------------------------------------------- protocol
 def choose_protocol(requested: str, cache: Path, dataset: str, num_query_ids: int) -> str:
-    """'market' or 'cuhk03-classic' (see the module docstring); `requested` other than 'auto' wins."""
+    """'market', 'cuhk03-classic' or 'cuhk01-single-shot' (see the module docstring); `requested` other than
+    'auto' wins."""
     if requested != "auto":
         return requested
+    if dataset == "cuhk01":
+        return "cuhk01-single-shot"
     if not dataset.startswith("cuhk03"):
         return "market"
     from posecrop.cache import cache_settings
@@ -155,8 +164,11 @@ def choose_protocol(requested: str, cache: Path, dataset: str, num_query_ids: in
 
 def compute_result(cfg: EvalConfig, protocol: str, q: Features, g: Features):
     """EvalResult of the protocol, with the configured distance and optional k-reciprocal re-ranking."""
-    from .metrics import evaluate_cuhk03_classic, evaluate_market
+    from .metrics import average_per_identity, evaluate_cuhk03_classic, evaluate_market, evaluate_single_shot
 
+    if protocol == "cuhk01-multi-query":   # one query per identity: the mean of its (camera-A) query features
+        qf, qp, qc = average_per_identity(q.features, q.pids, q.camids)
+        q = Features(q.split, [f"pid {p}" for p in qp.tolist()], qp, qc, qf)
     kwargs = dict(qf=q.features, gf=g.features, q_pids=q.pids, g_pids=g.pids, q_camids=q.camids,
                   g_camids=g.camids, metric=cfg.distance)
     if cfg.rerank:
@@ -169,7 +181,11 @@ def compute_result(cfg: EvalConfig, protocol: str, q: Features, g: Features):
         kwargs.update(qf=None, gf=None, distmat=distmat)
     if protocol == "cuhk03-classic":
         return evaluate_cuhk03_classic(repeats=cfg.repeats, seed=cfg.seed, **kwargs)
-    return evaluate_market(**kwargs)
+    if protocol == "cuhk01-single-shot":
+        return dataclasses.replace(evaluate_single_shot(repeats=cfg.repeats, seed=cfg.seed, **kwargs),
+                                   protocol=protocol)
+    result = evaluate_market(**kwargs)
+    return dataclasses.replace(result, protocol=protocol) if protocol.startswith("cuhk01") else result
 
 
 # -------------------------------------------------------------------------------------------------- reports

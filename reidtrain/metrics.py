@@ -19,6 +19,10 @@ Protocols
         query, one image per gallery identity is drawn at random (seeded) among that query's valid gallery
         images (other camera, as above), the query is ranked against those, and the CMC is averaged over the
         repeats. mAP is None (the paper prints '-'; one image per identity makes it meaningless).
+    `evaluate_single_shot`  CUHK01 single-shot: per seeded repeat one query image per identity and one gallery
+        image per identity (one gallery for all queries); CMC over the repeats, mAP = mean reciprocal rank.
+        CUHK01 multi-shot is `evaluate_market` on all camera-A against all camera-B images (cross-view by
+        construction); multi-query first averages each identity's query features (`average_per_identity`).
 
 Ranking and ties
     Distances are ranked as float32 (a float64 distmat is rounded to float32 first). The gallery order is
@@ -325,6 +329,26 @@ def _market_masks(qp, qc, g_pids, g_camids) -> tuple[np.ndarray, np.ndarray]:
     return same_pid & valid, valid
 
 
+def _identity_groups(pids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(perm, starts, group): the pid-sorting permutation of the columns, the first sorted column of each
+    identity, and the identity group of each sorted column - what `_one_per_identity` needs."""
+    perm = np.argsort(pids, kind="stable")
+    sorted_pids = pids[perm]
+    new_group = np.r_[True, sorted_pids[1:] != sorted_pids[:-1]]
+    return perm, np.flatnonzero(new_group), np.cumsum(new_group) - 1
+
+
+def _one_per_identity(u: np.ndarray, groups: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Per row of the uniform draws `u` (n, N), the column of each identity with the largest draw (columns with
+    u < 0 never chosen; an identity whose columns are all < 0 gets none). Returns the (n, N) chosen mask."""
+    perm, starts, group = groups
+    us = u[:, perm]
+    best = np.maximum.reduceat(us, starts, axis=1)[:, group]
+    chosen = np.empty(u.shape, dtype=bool)
+    chosen[:, perm] = (us == best) & (us >= 0.0)
+    return chosen
+
+
 # --------------------------------------------------------------------------------------------- protocols
 
 def evaluate_market(qf, gf, q_pids, g_pids, q_camids, g_camids, metric: Metric = "euclidean",
@@ -366,11 +390,7 @@ def evaluate_cuhk03_classic(qf, gf, q_pids, g_pids, q_camids, g_camids, repeats:
     if ng == 0:
         return EvalResult(cmc=np.zeros(max_rank), mAP=None, num_valid_queries=0, num_queries=nq,
                           protocol="cuhk03-classic", metric=metric, notes={"repeats": repeats, "seed": seed})
-    perm = np.argsort(g_pids, kind="stable")
-    sorted_pids = g_pids[perm]
-    new_group = np.r_[True, sorted_pids[1:] != sorted_pids[:-1]]
-    starts = np.flatnonzero(new_group)        # first column of each identity in the pid-sorted gallery
-    group = np.cumsum(new_group) - 1          # identity group of each pid-sorted column
+    groups = _identity_groups(g_pids)
     rngs = [np.random.default_rng([seed, r]) for r in range(repeats)]
     cmc_sum = np.zeros((nq, max_rank))
     has = np.zeros(nq, dtype=bool)
@@ -381,10 +401,7 @@ def evaluate_cuhk03_classic(qf, gf, q_pids, g_pids, q_camids, g_camids, repeats:
         for rng in rngs:
             u = rng.random(d.shape)
             u[~valid] = -1.0
-            us = u[:, perm]
-            best = np.maximum.reduceat(us, starts, axis=1)[:, group]
-            chosen = np.empty_like(valid)
-            chosen[:, perm] = (us == best) & (us >= 0.0)
+            chosen = _one_per_identity(u, groups)
             _, first = _accumulate(*_match_ranks(d, pos & chosen, chosen))
             ok = first >= 0
             cmc_sum[start:stop][ok] += first[ok][:, None] <= np.arange(max_rank)[None, :]
@@ -392,6 +409,83 @@ def evaluate_cuhk03_classic(qf, gf, q_pids, g_pids, q_camids, g_camids, repeats:
     return EvalResult(cmc=cmc, mAP=None, num_valid_queries=int(has.sum()), num_queries=nq,
                       protocol="cuhk03-classic", metric="precomputed" if distmat is not None else metric,
                       notes={"repeats": repeats, "seed": seed})
+
+
+def evaluate_single_shot(qf, gf, q_pids, g_pids, q_camids, g_camids, repeats: int = 10, seed: int = 0,
+                         max_rank: int = 20, metric: Metric = "euclidean", chunk_size: int | None = None,
+                         distmat=None) -> EvalResult:
+    """Single-shot CMC and mAP (the CUHK01 protocol): one query image per identity against one gallery image
+    per identity, averaged over `repeats` seeded draws.
+
+    Repeat r draws from np.random.default_rng([seed, r]): first one uniform per query image, then one per
+    gallery image. Each query identity is represented by its image with the largest draw among those that
+    have a true match in the gallery (other camera, as in `evaluate_market`); each gallery identity by its
+    non-junk image with the largest draw, the same gallery for every query of the repeat (unlike
+    `evaluate_cuhk03_classic`, which draws a gallery per query image). A drawn query whose own identity's drawn
+    gallery image is from its camera has no match in that repeat and is skipped. CMC = hits over the evaluated
+    (repeat, query) pairs. With one true match, AP = 1 / (1-based rank of the match), so mAP is the mean
+    reciprocal rank. first_rank and ap are None (they differ per repeat). num_queries / num_valid_queries:
+    query identities / those with a true match. The result depends on (seed, repeats) only, not on chunk_size.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    q_pids, g_pids, q_camids, g_camids, nq, ng = _check_inputs(
+        qf, gf, q_pids, g_pids, q_camids, g_camids, distmat, max_rank)
+    # a query can be drawn when its identity has a non-junk gallery image from another camera
+    g_keys = {(int(p), int(c)) for p, c in zip(g_pids, g_camids) if p != JUNK_PID}
+    g_cams: dict[int, set[int]] = {}
+    for p, c in g_keys:
+        g_cams.setdefault(p, set()).add(c)
+    drawable = np.array([bool(g_cams.get(int(p), set()) - {int(c)}) for p, c in zip(q_pids, q_camids)], dtype=bool)
+    num_ids = len(np.unique(q_pids))
+    notes = {"repeats": repeats, "seed": seed, "mAP": "mean reciprocal rank (one true match per query)"}
+    if not drawable.any():
+        return EvalResult(cmc=np.zeros(max_rank), mAP=0.0, num_valid_queries=0, num_queries=num_ids,
+                          protocol="single-shot", metric=metric, notes=notes)
+    q_groups, g_groups = _identity_groups(q_pids), _identity_groups(g_pids)
+    q_chosen = np.zeros((repeats, nq), dtype=bool)
+    g_chosen = np.zeros((repeats, ng), dtype=bool)
+    for r in range(repeats):
+        rng = np.random.default_rng([seed, r])
+        uq, ug = rng.random((1, nq)), rng.random((1, ng))
+        uq[0, ~drawable] = -1.0
+        ug[0, g_pids == JUNK_PID] = -1.0
+        q_chosen[r] = _one_per_identity(uq, q_groups)[0]
+        g_chosen[r] = _one_per_identity(ug, g_groups)[0]
+    hits = np.zeros(max_rank)
+    ap_sum = np.zeros(nq)        # per query image, summed over the repeats: the same sums whatever the chunks
+    evaluated = 0
+    for start, d in _row_blocks(qf, gf, metric, chunk_size, distmat, nq, ng):
+        stop = start + d.shape[0]
+        pos, valid = _market_masks(q_pids[start:stop], q_camids[start:stop], g_pids, g_camids)
+        for r in range(repeats):
+            rows = np.flatnonzero(q_chosen[r, start:stop])
+            if len(rows) == 0:
+                continue
+            g = g_chosen[r][None, :]
+            ap, first = _accumulate(*_match_ranks(d[rows], pos[rows] & g, valid[rows] & g))
+            ok = first >= 0
+            hits += np.count_nonzero(first[ok][:, None] <= np.arange(max_rank)[None, :], axis=0)
+            ap_sum[start + rows[ok]] += ap[ok]
+            evaluated += int(ok.sum())
+    cmc = hits / evaluated if evaluated else np.zeros(max_rank)
+    return EvalResult(cmc=cmc, mAP=float(ap_sum.sum()) / evaluated if evaluated else 0.0,
+                      num_valid_queries=len(np.unique(q_pids[drawable])), num_queries=num_ids,
+                      protocol="single-shot", metric="precomputed" if distmat is not None else metric,
+                      notes={**notes, "evaluated_pairs": evaluated})
+
+
+def average_per_identity(features, pids, camids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Multi-query pooling: the mean feature of each identity's images, (features (P, D), pids (P,), camids (P,)),
+    identities in ascending pid order, each with the camera of its first image (CUHK01 queries: all camera A)."""
+    f = np.asarray(features.cpu().numpy() if isinstance(features, torch.Tensor) else features, dtype=np.float32)
+    pids = _labels(pids, "pids", len(f))
+    camids = _labels(camids, "camids", len(f))
+    uniq, first, inverse = np.unique(pids, return_index=True, return_inverse=True)
+    sums = np.zeros((len(uniq), f.shape[1]), dtype=np.float64)
+    np.add.at(sums, inverse, f)
+    counts = np.bincount(inverse, minlength=len(uniq))
+    return (sums / counts[:, None]).astype(np.float32), uniq, camids[first]
 
 
 # --------------------------------------------------------------------------------------------- reference

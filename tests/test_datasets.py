@@ -164,7 +164,7 @@ def test_unknown_dataset_and_option(tmp_path):
         read_dataset("viper", tmp_path)
     with pytest.raises(ValueError, match="dataset 'market' does not take option.* split; accepted: none"):
         read_dataset("market", tmp_path, split=3)
-    assert set(DATASET_NAMES) == {"market", "duke", "cuhk03-labeled", "cuhk03-detected", "msmt17", "folder"}
+    assert set(DATASET_NAMES) == {"market", "duke", "cuhk03-labeled", "cuhk03-detected", "msmt17", "cuhk01", "folder"}
     assert dataset_options("cuhk03-labeled") == {"protocol": "auto", "split": 0, "num_test_ids": None,
                                                  "split_file": None}
 
@@ -557,3 +557,127 @@ def test_folder_dataset_layout_errors(tmp_path):
     (tmp_path / "query" / "1" / "a.jpg").unlink()
     with pytest.raises(DatasetLayoutError, match="no images found in query, gallery"):
         read_dataset("folder", tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------- CUHK01
+
+
+def cuhk01_folder(folder: Path, num_ids: int, images=(1, 2, 3, 4)) -> Path:
+    for pid in range(1, num_ids + 1):
+        for i in images:
+            touch(folder / f"{pid:04d}{i:03d}.png")
+    return folder
+
+
+def _test_ids(records: list[ImageRecord]) -> set[int]:
+    return {r.pid for r in records if r.split != "train"}
+
+
+def test_cuhk01_real_set_protocols(realdata):
+    root = realdata / "cuhk01"
+    if not (root / "campus").is_dir():
+        pytest.skip(f"CUHK01 not found at {root}")
+    records = read_dataset("cuhk01", root)
+    assert len(records) == 3884 and len({r.pid for r in records}) == 971
+    assert {r.pid for r in records} == set(range(1, 972))
+    assert all((root / r.path).is_file() and r.path.startswith("campus/") for r in records)
+    for r in records:  # camid from the view: images 001-002 camera A, 003-004 camera B
+        assert r.camid == (0 if int(r.path[-7:-4]) <= 2 else 1)
+    splits = {}
+    for num_test, num_train in ((486, 485), (100, 871)):
+        for seed in (0, 1):
+            recs = read_dataset("cuhk01", root, num_test_ids=num_test, split=seed)
+            train = {r.pid for r in recs if r.split == "train"}
+            query = {r.pid for r in recs if r.split == "query"}
+            gallery = {r.pid for r in recs if r.split == "gallery"}
+            assert len(train) == num_train and query == gallery and len(query) == num_test
+            assert not train & query
+            counts = Counter(r.split for r in recs)
+            assert counts == {"train": 4 * num_train, "query": 2 * num_test, "gallery": 2 * num_test}
+            assert all(r.camid == 0 for r in recs if r.split == "query")
+            assert all(r.camid == 1 for r in recs if r.split == "gallery")
+            assert Counter(r.camid for r in recs if r.split == "train") == {0: 2 * num_train, 1: 2 * num_train}
+            splits[num_test, seed] = query
+    assert read_dataset("cuhk01", root) == records          # the defaults are split 0 of 486
+    assert _test_ids(records) == splits[486, 0]
+    assert _test_ids(read_dataset("cuhk01", root, split=1)) == splits[486, 1]   # deterministic per seed
+    assert splits[486, 0] != splits[486, 1] and splits[100, 0] != splits[100, 1]
+    # the documented rule: the first num_test_ids of default_rng(split).permutation(sorted ids)
+    assert splits[100, 1] == {int(i) for i in np.random.default_rng(1).permutation(np.arange(1, 972))[:100]}
+    from posecrop.datasets import resolve_dataset_options
+    assert resolve_dataset_options("cuhk01", root, {}) == {"num_test_ids": 486, "split": 0}
+    assert resolve_dataset_options("cuhk01", root, {"num_test_ids": 100}) == {"num_test_ids": 100, "split": 0}
+    assert dataset_options("cuhk01") == {"num_test_ids": 486, "split": 0}
+
+
+def test_cuhk01_layouts_flat_campus_and_parent(tmp_path):
+    flat = cuhk01_folder(tmp_path / "flat", 6)
+    recs = read_dataset("cuhk01", flat, num_test_ids=2)
+    assert len(recs) == 24 and Counter(r.split for r in recs) == {"train": 16, "query": 4, "gallery": 4}
+    assert all("/" not in r.path for r in recs)
+    cuhk01_folder(tmp_path / "CUHK01" / "campus", 6)
+    (tmp_path / "CUHK01" / "README.md").write_text("x")
+    for root, prefix in ((tmp_path / "CUHK01", "campus/"), (tmp_path, "CUHK01/campus/")):
+        got = read_dataset("cuhk01", root, num_test_ids=2)
+        assert [r.path for r in got] == [prefix + r.path for r in recs]
+        assert [(r.pid, r.camid, r.split) for r in got] == [(r.pid, r.camid, r.split) for r in recs]
+    assert len(_test_ids(recs)) == 2
+
+
+def test_cuhk01_layout_errors_name_the_folder_and_the_problem(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetLayoutError, match=f"CUHK01 layout not found under {empty}: expected a folder campus/"):
+        read_dataset("cuhk01", empty)
+    (empty / "campus").mkdir()
+    with pytest.raises(DatasetLayoutError, match=f"CUHK01 layout under {empty / 'campus'}: no images"):
+        read_dataset("cuhk01", empty)
+    # another dataset's names: none usable
+    market = tmp_path / "market" / "campus"
+    touch(market / "0002_c1s1_000451_03.jpg")
+    touch(market / "0002_c2s1_000301_01.jpg")
+    with pytest.raises(DatasetLayoutError, match="none of the 2 images can be used .*PPPPIII.png") as info:
+        read_dataset("cuhk01", market.parent)
+    assert {p for p, _ in info.value.skipped} == {"campus/0002_c1s1_000451_03.jpg", "campus/0002_c2s1_000301_01.jpg"}
+    # a few wrong names among good ones: strict lists them, scan_dataset reports them and reads the rest
+    mixed = cuhk01_folder(tmp_path / "mixed", 4)
+    touch(mixed / "0001005.png")
+    touch(mixed / "photo.png")
+    with pytest.raises(DatasetLayoutError, match="2 file\\(s\\) could not be used") as info:
+        read_dataset("cuhk01", mixed, num_test_ids=2)
+    assert [p for p, _ in info.value.skipped] == ["0001005.png", "photo.png"]
+    recs, skipped = scan_dataset("cuhk01", mixed, num_test_ids=2)
+    assert len(recs) == 16 and [p for p, _ in skipped] == ["0001005.png", "photo.png"]
+    assert "outside 0001-9999 / 001-004" in skipped[0][1] and "does not match PPPPIII.png" in skipped[1][1]
+    # missing images and a missing identity: an error naming them, even with strict=False
+    holes = cuhk01_folder(tmp_path / "holes", 5)
+    (holes / "0002003.png").unlink()
+    for i in (1, 2, 3, 4):
+        (holes / f"0004{i:03d}.png").unlink()
+    for strict in (True, False):
+        with pytest.raises(DatasetLayoutError, match=f"under {holes}: 2 of the identities 0001-0005 lack") as info:
+            read_dataset("cuhk01", holes, strict=strict, num_test_ids=2)
+        message = str(info.value)
+        assert "identity 0002: missing 0002003\n" in message + "\n"
+        assert "identity 0004: missing 0004001, 0004002, 0004003, 0004004" in message
+    # two files for one image
+    dup = cuhk01_folder(tmp_path / "dup", 3)
+    touch(dup / "0001001.jpg")
+    _, skipped = scan_dataset("cuhk01", dup, num_test_ids=1)
+    assert skipped == [("0001001.png", "a second file for identity 0001 image 001 (also 0001001.jpg)")]
+    # options
+    with pytest.raises(ValueError, match="num_test_ids must be in 1-2 for the 3 identities"):
+        read_dataset("cuhk01", dup, strict=False, num_test_ids=3)
+    with pytest.raises(ValueError, match="split must be an integer >= 0, got 'a'"):
+        read_dataset("cuhk01", dup, split="a")
+    with pytest.raises(ValueError, match="does not take option.* protocol; accepted: num_test_ids, split"):
+        read_dataset("cuhk01", dup, protocol="classic")
+
+
+def test_cuhk01_split_is_a_seeded_permutation_of_the_ids(tmp_path):
+    root = cuhk01_folder(tmp_path / "c", 20)
+    ids = {s: _test_ids(read_dataset("cuhk01", root, num_test_ids=5, split=s)) for s in range(4)}
+    assert all(len(v) == 5 for v in ids.values()) and len({frozenset(v) for v in ids.values()}) > 1
+    assert ids[2] == _test_ids(read_dataset("cuhk01", root, num_test_ids=5, split=2))
+    # the 5 test ids of a split are the first 5 of the permutation that gives 10 (nested test sets per seed)
+    assert ids[3] <= _test_ids(read_dataset("cuhk01", root, num_test_ids=10, split=3))

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from reidtrain import metrics
-from reidtrain.metrics import (EvalResult, cmc_map_reference, evaluate_cuhk03_classic, evaluate_market,
-                               iter_distance_chunks, pairwise_distance, top_k_gallery)
+from reidtrain.metrics import (EvalResult, average_per_identity, cmc_map_reference, evaluate_cuhk03_classic,
+                               evaluate_market, evaluate_single_shot, iter_distance_chunks, pairwise_distance,
+                               top_k_gallery)
 from reidtrain.rerank import (_top_k_stable, iter_k_reciprocal_rerank_features, k_reciprocal_rerank,
                               k_reciprocal_rerank_features)
 
@@ -257,6 +258,122 @@ def test_cuhk03_classic_is_deterministic_given_the_seed():
     assert a.num_valid_queries == 30 and np.all(np.diff(a.cmc) >= 0)
     # one image per identity is drawn: 10 identities -> every query's match is within rank 10, not always rank 9
     assert a.rank(10) == 1.0 and a.rank(9) < 1.0
+
+
+# ------------------------------------------------------------------------------------- CUHK01
+
+def two_views(num_ids: int, per_view: int = 2):
+    """CUHK01-like labels: per identity `per_view` camera-A queries and `per_view` camera-B gallery images."""
+    pids = np.repeat(np.arange(1, num_ids + 1), per_view)
+    return pids, pids.copy(), np.zeros(len(pids), int), np.ones(len(pids), int)
+
+
+def single_shot(d, q_pids, g_pids, q_cams, g_cams, **kw) -> EvalResult:
+    return evaluate_single_shot(None, None, q_pids, g_pids, q_cams, g_cams, distmat=np.asarray(d, np.float32), **kw)
+
+
+def test_single_shot_ranks_against_one_gallery_image_per_identity():
+    # distances depend on the two identities only, so every draw gives the same ranks: id 1's match is
+    # second (behind id 2 only: one id-2 image is in the gallery, not two), id 2's first, id 3's third
+    base = np.array([[0.5, 0.1, 0.9], [0.5, 0.1, 0.5], [0.2, 0.3, 0.9]])
+    qp, gp, qc, gc = two_views(3)
+    d = base[qp[:, None] - 1, gp[None, :] - 1]
+    r = single_shot(d, qp, gp, qc, gc, repeats=5, seed=1, max_rank=4)
+    np.testing.assert_allclose(r.cmc, [1 / 3, 2 / 3, 1, 1])
+    assert r.mAP == pytest.approx((1 / 2 + 1 + 1 / 3) / 3)          # AP = 1 / rank: mean reciprocal rank
+    assert (r.num_queries, r.num_valid_queries, r.notes["evaluated_pairs"]) == (3, 3, 15)
+    assert r.first_rank is None and r.ap is None
+    # multi-shot (every view-A image against every view-B image) sees both id-2 images before id 1's match
+    m = market(d, qp, gp, qc, gc, max_rank=4)
+    assert list(m.first_rank) == [2, 2, 0, 0, 4, 4]
+
+
+def exact_single_shot(d, qp, gp, max_rank):
+    """Expected single-shot CMC and mAP by enumerating every query draw and every gallery draw (2 per id)."""
+    ids = np.unique(qp)
+    q_of = [np.flatnonzero(qp == i) for i in ids]
+    g_of = [np.flatnonzero(gp == i) for i in ids]
+    cmc, rr, n = np.zeros(max_rank), 0.0, 0
+    for q_pick in np.ndindex(*(len(x) for x in q_of)):
+        for g_pick in np.ndindex(*(len(x) for x in g_of)):
+            cols = np.array([g_of[k][j] for k, j in enumerate(g_pick)])
+            for k, j in enumerate(q_pick):
+                row = d[q_of[k][j], cols]
+                rank = int(np.count_nonzero(row < row[k]))  # no ties in a random matrix
+                cmc += rank <= np.arange(max_rank)
+                rr += 1.0 / (rank + 1)
+                n += 1
+    return cmc / n, rr / n
+
+
+def test_single_shot_averages_over_draws_to_the_exact_expectation():
+    rng = np.random.default_rng(8)
+    qp, gp, qc, gc = two_views(4)
+    d = rng.random((8, 8)).astype(np.float32)
+    cmc, mrr = exact_single_shot(d, qp, gp, 4)
+    r = single_shot(d, qp, gp, qc, gc, repeats=3000, seed=2, max_rank=4)
+    np.testing.assert_allclose(r.cmc, cmc, atol=0.02)
+    assert r.mAP == pytest.approx(mrr, abs=0.02)
+    assert not np.allclose(cmc, market(d, qp, gp, qc, gc, max_rank=4).cmc)   # the draws do change the answer
+    # seeded: the same seed gives the same numbers, whatever the chunking or the input form; another seed differs
+    qf, gf = rng.standard_normal((8, 5)), rng.standard_normal((8, 5))
+    a = evaluate_single_shot(qf, gf, qp, gp, qc, gc, repeats=7, seed=4)
+    b = evaluate_single_shot(qf, gf, qp, gp, qc, gc, repeats=7, seed=4, chunk_size=3)
+    c = single_shot(pairwise_distance(qf, gf), qp, gp, qc, gc, repeats=7, seed=4)
+    e = evaluate_single_shot(qf, gf, qp, gp, qc, gc, repeats=7, seed=5)
+    assert np.array_equal(a.cmc, b.cmc) and np.array_equal(a.cmc, c.cmc) and a.mAP == b.mAP == c.mAP
+    assert not (np.array_equal(a.cmc, e.cmc) and a.mAP == e.mAP)
+    assert np.allclose(a.cmc * 4 * 7, np.round(a.cmc * 4 * 7))     # hits over 4 identities x 7 repeats
+
+
+def test_single_shot_skips_identities_without_a_cross_camera_match():
+    # id 3 has queries but no gallery image; id 2's only gallery image is from the query camera
+    d = np.array([[0.1, 0.4], [0.2, 0.3], [0.5, 0.6], [0.7, 0.8]])
+    r = single_shot(d, [1, 1, 2, 3], [1, 2], [0, 0, 0, 0], [1, 0], repeats=4, max_rank=2)
+    assert (r.num_queries, r.num_valid_queries, r.notes["evaluated_pairs"]) == (3, 1, 4)
+    np.testing.assert_allclose(r.cmc, [1.0, 1.0])       # id 1 vs {its image, id 2's image}: first
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        single_shot(d, [1, 1, 2, 3], [1, 2], [0, 0, 0, 0], [1, 0], repeats=0)
+
+
+def test_multi_query_averages_the_features_of_each_identity():
+    # 1-D features: id 1's queries (0 and 4) are each nearer an id-2 image, their mean (2) is on id 1's image
+    qf = np.array([[0.0], [4.0], [-0.4], [-0.6]])
+    gf = np.array([[2.0], [-0.5], [4.6]])
+    qp, gp, qc, gc = np.array([1, 1, 2, 2]), np.array([1, 2, 2]), np.zeros(4, int), np.ones(3, int)
+    shot = evaluate_market(qf, gf, qp, gp, qc, gc, max_rank=3)
+    assert shot.rank(1) == 0.5 and list(shot.first_rank) == [1, 1, 0, 0]
+    mf, mp, mc = average_per_identity(qf, qp, qc)
+    np.testing.assert_allclose(mf, [[2.0], [-0.5]])
+    assert list(mp) == [1, 2] and list(mc) == [0, 0]
+    multi = evaluate_market(mf, gf, mp, gp, mc, gc, max_rank=3)
+    assert multi.rank(1) == 1.0
+    assert multi.mAP == pytest.approx((1 + (1 + 2 / 3) / 2) / 2)     # id 2's second image is third
+
+
+def test_evaluate_chooses_the_cuhk01_protocols(tmp_path):
+    from reidtrain.config import EvalConfig
+    from reidtrain.evaluate import Features, choose_protocol, compute_result
+
+    assert choose_protocol("auto", tmp_path, "cuhk01", 486) == "cuhk01-single-shot"
+    assert choose_protocol("cuhk01-multi-shot", tmp_path, "cuhk01", 486) == "cuhk01-multi-shot"
+    assert choose_protocol("auto", tmp_path, "market", 486) == "market"
+    qf = np.array([[0.0], [4.0], [-0.4], [-0.6]], np.float32)
+    gf = np.array([[2.0], [-0.5], [4.6]], np.float32)
+    q = Features("query", ["a", "b", "c", "d"], np.array([1, 1, 2, 2]), np.zeros(4, np.int64), qf)
+    g = Features("gallery", ["e", "f", "h"], np.array([1, 2, 2]), np.ones(3, np.int64), gf)
+    results = {p: compute_result(EvalConfig(protocol=p, repeats=2000), p, q, g)
+               for p in ("cuhk01-single-shot", "cuhk01-multi-shot", "cuhk01-multi-query")}
+    assert {p: r.protocol for p, r in results.items()} == {p: p for p in results}
+    assert results["cuhk01-multi-shot"].rank(1) == 0.5 and results["cuhk01-multi-shot"].num_queries == 4
+    assert results["cuhk01-multi-query"].rank(1) == 1.0 and results["cuhk01-multi-query"].num_queries == 2
+    single = results["cuhk01-single-shot"]
+    assert single.num_queries == 2 and single.notes["repeats"] == 2000
+    # each identity is first in exactly half of the 4 (query, id-2 gallery image) draws, second otherwise
+    cmc, mrr = exact_single_shot(pairwise_distance(qf, gf), q.pids, g.pids, 2)
+    np.testing.assert_allclose(cmc, [0.5, 1.0])
+    assert single.rank(1) == pytest.approx(0.5, abs=0.03) and single.rank(2) == 1.0
+    assert single.mAP == pytest.approx(mrr, abs=0.03) and mrr == 0.75
 
 
 # ------------------------------------------------------------------------------------- re-ranking
