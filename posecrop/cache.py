@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_path, is_temporary
 from .records import SPLITS
-from .schema import IMAGE_COLUMNS, IMAGE_STRUCT, cache_schema, read_settings
+from .schema import IMAGE_COLUMNS, IMAGE_STRUCT, POSE_SOURCE_COLUMN, cache_schema, read_settings
 
 REPORT_NAME = "crop_report.jsonl"
 PART_RE = re.compile(r"^part-(?P<shard>\d+of\d+)-(?P<seq>\d+)\.parquet$")
@@ -495,6 +495,7 @@ def rows_to_batch(rows: Sequence[dict]) -> dict:
         batch[name] = np.array([r[name] for r in rows], dtype=dtype)
     for name, dtype in _ARRAY_TYPES.items():
         batch[name] = np.stack([np.asarray(r[name], dtype=dtype) for r in rows])
+    batch[POSE_SOURCE_COLUMN] = [r.get(POSE_SOURCE_COLUMN) for r in rows]
     for name in IMAGE_COLUMNS:
         batch[name] = {"bytes": [r[name]["bytes"] for r in rows], "path": [r[name]["path"] for r in rows]}
     return batch
@@ -541,6 +542,7 @@ def batch_to_table(batch: dict, schema: pa.Schema) -> pa.Table:
         cols[name] = pa.array(np.asarray(batch[name], dtype=dtype), type=schema.field(name).type)
     for name, dtype in _ARRAY_TYPES.items():
         cols[name] = _fixed_list(np.asarray(batch[name]), pa.from_numpy_dtype(dtype), schema.field(name).type)
+    cols[POSE_SOURCE_COLUMN] = pa.array(batch.get(POSE_SOURCE_COLUMN) or [None] * len(batch["image_id"]), pa.string())
     for name in IMAGE_COLUMNS:
         paths = batch[name]["path"]
         for image_id, path in zip(batch["image_id"], paths):
@@ -589,7 +591,8 @@ def read_split(cache: str | os.PathLike, split: str, columns: Sequence[str] | No
         except (pa.ArrowException, OSError, KeyError) as e:
             raise CacheError(f"{f}: cannot read columns {list(columns) if columns else 'all'}: {e}") from e
     try:
-        table = pa.concat_tables(tables, promote_options="none")
+        # promote: parts written before the pose_source column existed read it as null next to newer parts
+        table = pa.concat_tables(tables, promote_options="default")
     except pa.ArrowInvalid as e:
         raise CacheError(f"{cache}/{split}: part files have different schemas ({e})") from e
     validate_paths(table, where=f"{cache}/{split}")
@@ -645,6 +648,15 @@ def cache_info(cache: str | os.PathLike) -> dict:
         if not parts:
             continue
         t = read_split(cache, split, ["image_id", "pid", "camid", "joint_source", "outside"])
+        pose_sources: dict[str, int] = {}
+        for part in parts:  # per part: caches written before the column existed lack it
+            try:
+                names = pq.read_table(part, columns=[POSE_SOURCE_COLUMN]).column(0).to_pylist()
+            except (pa.ArrowException, KeyError):
+                names = [None] * pq.ParquetFile(part).metadata.num_rows
+            for name in names:
+                key = name if name is not None else "unrecorded"
+                pose_sources[key] = pose_sources.get(key, 0) + 1
         js = t.column("joint_source").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         counts = np.bincount(js.astype(np.int64), minlength=3) if len(js) else np.zeros(3, np.int64)
         out = t.column("outside").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, 5)
@@ -655,6 +667,7 @@ def cache_info(cache: str | os.PathLike) -> dict:
             "repaired_joints": float(counts[1] / total), "fallback_joints": float(counts[2] / total),
             "body_outside": float(out[:, 0].mean()) if len(out) else 0.0,
             "duplicates": t.num_rows - len(set(t.column("image_id").to_pylist())),
+            "pose_sources": dict(sorted(pose_sources.items())),
         }
     entries = read_report(cache)
     runs = [e for e in entries if e.get("status") == "summary"]

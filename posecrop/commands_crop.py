@@ -83,16 +83,20 @@ def register(app: typer.Typer) -> None:
                                                  "ROOT/keypoints when it exists, else the mmpose model."),
         posegan_csv: Optional[List[Path]] = typer.Option(None, "--posegan-csv", help="pose-gan market-annotation "
                                                          "CSV (repeatable; selects the posegan-csv source)."),
-        pose_source: Optional[str] = typer.Option(None, "--pose-source", help="openpose-json, posegan-csv or "
-                                                  "mmpose. (default: openpose-json if ROOT/keypoints exists, "
-                                                  "else mmpose)"),
+        pose_source: Optional[str] = typer.Option(None, "--pose-source", help="openpose-json, posegan-csv, mmpose, "
+                                                  "blazepose, a chain tried per image in order (e.g. "
+                                                  "posegan-csv,blazepose), or auto. (default: auto = openpose-json "
+                                                  "if ROOT/keypoints exists, else mmpose if its weights are at "
+                                                  "hand, else blazepose)"),
         pose_checkpoint: Optional[Path] = typer.Option(None, "--pose-checkpoint", help="mmpose checkpoint file "
                                                        "(selects the mmpose source; default: mmpose's download)."),
         pose_config: Optional[str] = typer.Option(None, "--pose-config", help="mmpose top-down COCO-17 config: a "
                                                   "shipped name or a config path (selects the mmpose source; "
                                                   "default: rtmpose-s_coco17-256x192)."),
         pose_option: Optional[List[str]] = typer.Option(None, "--pose-option", help="KEY=VALUE option of the pose "
-                                                        "source (repeatable), e.g. checkpoint=PATH, device=cpu."),
+                                                        "source (repeatable), e.g. checkpoint=PATH, device=cpu; "
+                                                        "KIND.KEY=VALUE for one source of a chain, e.g. "
+                                                        "blazepose.roi_scale=1.25."),
         dataset_option: Optional[List[str]] = typer.Option(None, "--dataset-option", help="KEY=VALUE option of the "
                                                            "dataset reader (repeatable), e.g. protocol=new."),
         beta: Optional[float] = typer.Option(None, "--beta", help="Region overlap as a fraction of the body height "
@@ -200,7 +204,8 @@ def register(app: typer.Typer) -> None:
             f"[bold]{summary.cache}[/] shard {summary.shard}: {summary.written} rows written "
             f"({', '.join(f'{k} {v}' for k, v in summary.per_split.items())}), {summary.already_done} already there, "
             f"{summary.failed} failed, {summary.skipped} skipped in {summary.seconds:.1f}s; "
-            f"repaired joints {summary.repaired_joints:.1%}, fallback {summary.fallback_joints:.1%}."
+            f"repaired joints {summary.repaired_joints:.1%}, fallback {summary.fallback_joints:.1%}; pose source "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(summary.pose_sources.items())) or '-'}."
             + (f" See {summary.report}" if summary.failed or summary.skipped else ""), highlight=False)
         if summary.failed or summary.skipped:
             _list_problems(cfg.out, summary.run_id)
@@ -236,6 +241,9 @@ def register(app: typer.Typer) -> None:
                       f"{s['repaired_joints']:.1%}", f"{s['fallback_joints']:.1%}", f"{s['body_outside']:.1%}",
                       str(s["duplicates"]))
         console.print(t)
+        console.print("pose source of the rows: " + "; ".join(
+            f"{split} " + ", ".join(f"{k} {v}" for k, v in (s.get("pose_sources") or {}).items())
+            for split, s in data["splits"].items()), highlight=False)
         st = data["settings"]
         t2 = Table(title="how it was made", show_header=False)
         t2.add_column("key")

@@ -1,8 +1,9 @@
 """The crop stage: dataset -> pose source -> canonical repair -> Eq. 1-2 regions -> crops -> Parquet cache.
 
     records (scan_dataset, this shard, not yet in the cache)
-      -> pose source in the main process, in batches of `batch_size`
-      -> worker processes (`workers`, spawn): read + decode the image, repair the poses of the batch
+      -> pose sources of the chain's head in the main process, in batches of `batch_size`
+      -> worker processes (`workers`, spawn): read + decode the image, pose sources of the chain's tail (BlazePose,
+         one model per worker) for the images still without keypoints, repair the poses of the batch
          (vectorised), region boxes (vectorised), five crops with the outside filled, encode
       -> CacheWriter in the main process (part files every `rows_per_part` rows of a split, atomic)
 
@@ -15,6 +16,8 @@ when the main process dies. A killed run keeps every finished part file; re-runn
 Pose sources that read precomputed keypoints ("openpose-json", "posegan-csv") only need the image size, so the
 main process reads just the image header for them and hands them a zero-cost stand-in array of the image's shape
 (a source can declare `needs_pixels = True/False` to override this); other sources (mmpose) get the decoded image.
+`--pose-source` may name a chain tried per image (posecrop.sources.chain); the `pose_source` column records which
+source gave each row its keypoints ("none": no source found a joint, the frame fallback placed the pose).
 
 Per-row `beta` is the overlap in source pixels (beta * H of Eq. 2); the schema metadata's `beta` is the fraction.
 """
@@ -63,7 +66,7 @@ class CropConfig:
     root: Path = Path("DATA")
     out: Path = Path("CACHE")
     dataset_options: dict[str, Any] = field(default_factory=dict)
-    pose_source: str | None = None          # None: openpose-json if ROOT/keypoints exists, else mmpose
+    pose_source: str | None = None          # a kind, a chain "a,b" or auto (None = auto, see sources.chain)
     pose_options: dict[str, Any] = field(default_factory=dict)
     beta: float = 0.1                       # region overlap as a fraction of the body height H (paper: H/10)
     region_width: Literal["paper", "image"] = "paper"  # "image": Eq. 1 boxes clipped to the image columns
@@ -114,6 +117,8 @@ class CropConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         self.region_spec()  # validates the joint names
+        from .sources.chain import parse_chain
+        parse_chain(self.pose_source)
 
     def region_spec(self) -> RegionSpec:
         joints = dict(DEFAULT_REGION_JOINTS)
@@ -129,16 +134,10 @@ class CropConfig:
     def num_workers(self) -> int:
         return min(4, os.cpu_count() or 1) if self.workers is None else self.workers
 
-    def pose_source_kind(self) -> str:
-        if self.pose_source:
-            return self.pose_source
-        return "openpose-json" if (self.root / "keypoints").is_dir() else "mmpose"
-
-    def pose_source_options(self) -> dict[str, Any]:
-        options = dict(self.pose_options)
-        if self.pose_source_kind() == "openpose-json":
-            options.setdefault("keypoints_dir", self.root / "keypoints")
-        return options
+    def pose_chain(self) -> Any:
+        """The pose sources of this run (posecrop.sources.chain.PoseChain; `auto` resolved for the dataset root)."""
+        from .sources.chain import build_chain
+        return build_chain(self.pose_source, self.root, dict(self.pose_options))
 
 
 @dataclass
@@ -157,6 +156,7 @@ class CropSummary:
     fallback_joints: float  # share taken from the frame fallback
     seconds: float
     report: str
+    pose_sources: dict[str, int] = field(default_factory=dict)  # written rows per source of their keypoints
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -218,6 +218,8 @@ class WorkerSettings:
     fill: str
     max_pixels: int
     whole_column: str = "whole"
+    pose_tail: list = field(default_factory=list)        # chain sources run here, on the decoded image
+    pose_tail_names: list = field(default_factory=list)
     region_width: str = "paper"
 
 
@@ -226,9 +228,11 @@ class CropTask:
     records: list[ImageRecord]
     keypoints: np.ndarray   # (B, 18, 2)
     scores: np.ndarray      # (B, 18)
+    chain: Any = None       # sources.chain.ChainState: pose source per image, images left for the worker's sources
 
     def split(self) -> list["CropTask"]:
-        return [CropTask([r], self.keypoints[i:i + 1], self.scores[i:i + 1]) for i, r in enumerate(self.records)]
+        return [CropTask([r], self.keypoints[i:i + 1], self.scores[i:i + 1],
+                         self.chain.take([i]) if self.chain is not None else None) for i, r in enumerate(self.records)]
 
 
 @dataclass
@@ -337,8 +341,35 @@ def _repair(kp: np.ndarray, sc: np.ndarray, sizes_wh: np.ndarray, s: WorkerSetti
     return keypoints, source, errors
 
 
+def _worker_poses(task: CropTask, keep: list[int], decoded: list, s: WorkerSettings,
+                  failures: list[tuple[ImageRecord, str]]) -> tuple[list[int], list, list[str | None]]:
+    """Run the chain's worker-side sources on the decoded images still without keypoints; returns the images kept
+    (index into the task, decoded image) and the pose source of each."""
+    if task.chain is None:
+        return keep, decoded, [None] * len(keep)
+    from .sources.base import PoseBatchItem
+    from .sources.chain import advance, finish
+
+    state = task.chain.take(keep)
+    if state.pending() and s.pose_tail:
+        items = [PoseBatchItem(task.records[i], d.rgb) if n is None else None
+                 for i, (_, d), n in zip(keep, decoded, state.names)]
+        advance(s.pose_tail, s.pose_tail_names, items, state)  # type: ignore[arg-type]
+    finish(state)
+    task.keypoints[keep], task.scores[keep] = state.keypoints, state.scores
+    ok = []
+    for j, i in enumerate(keep):
+        if j in state.failed:
+            rec = task.records[i]
+            failures.append((rec, state.failed[j] if rec.path in state.failed[j] else f"{rec.path}: {state.failed[j]}"))
+        else:
+            ok.append(j)
+    return [keep[j] for j in ok], [decoded[j] for j in ok], [state.names[j] for j in ok]
+
+
 def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
-    """Decode, repair, place the regions, crop and encode one batch of images (runs in a worker)."""
+    """Decode, pose (the chain's worker-side sources), repair, place the regions, crop and encode one batch of
+    images (runs in a worker)."""
     failures: list[tuple[ImageRecord, str]] = []
     decoded, keep = [], []
     for i, rec in enumerate(task.records):
@@ -351,6 +382,7 @@ def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
             failures.append((rec, str(e)))
         except OSError as e:
             failures.append((rec, f"{rec.path}: cannot read the image file ({e.strerror or e})"))
+    keep, decoded, pose_names = _worker_poses(task, keep, decoded, s, failures)
     if not keep:
         return TaskResult(None, failures)
     records = [task.records[i] for i in keep]
@@ -401,7 +433,7 @@ def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
         "camid": np.array([records[j].camid for j in ok], np.int16),
         "width": sizes_wh[ok, 0].astype(np.int32), "height": sizes_wh[ok, 1].astype(np.int32),
         "keypoints": keypoints[ok], "scores": scores[ok], "joint_source": joint_source[ok].astype(np.int8),
-        "boxes": box_arr, "outside": outside[ok],
+        "boxes": box_arr, "outside": outside[ok], "pose_source": [pose_names[j] for j in ok],
         "beta": (s.beta * (box_arr[:, 0, 3] - box_arr[:, 0, 1])).astype(np.float32),  # beta * H in pixels
         **images,
     }
@@ -419,12 +451,18 @@ def _needs_pixels(source: Any) -> bool:
     return bool(flag) if flag is not None else getattr(source, "name", "") not in PRECOMPUTED_SOURCES
 
 
-def _estimate(source: Any, records: list[ImageRecord], cfg: CropConfig, report: RunReport
-              ) -> tuple[list[ImageRecord], np.ndarray, np.ndarray]:
-    """Run the pose source on one batch; images it cannot handle are reported and dropped."""
-    from .sources import PoseBatchItem, PoseReadError
+def _estimate(chain: Any, records: list[ImageRecord], cfg: CropConfig, report: RunReport
+              ) -> tuple[list[ImageRecord], np.ndarray, np.ndarray, Any]:
+    """Run the main-process sources of the pose chain on one batch; images they fail are reported and dropped.
+    Returns the images left, their keypoints / scores so far and the chain state (images still without keypoints
+    go on to the worker-side sources)."""
+    from .sources import PoseBatchItem
+    from .sources.chain import ChainState, advance, finish
 
-    pixels = _needs_pixels(source)
+    if not chain.head:  # every source runs in the workers, which read the images themselves
+        state = ChainState.empty(len(records))
+        return records, state.keypoints, state.scores, state
+    pixels = any(_needs_pixels(source) for source in chain.head)
     items: list[PoseBatchItem] = []
     for rec in records:
         path = cfg.root / rec.path
@@ -441,26 +479,15 @@ def _estimate(source: Any, records: list[ImageRecord], cfg: CropConfig, report: 
             report.add("failed", rec.path, f"{rec.path}: cannot read the image ({type(e).__name__}: {e})", rec.split)
             continue
         items.append(PoseBatchItem(rec, image))
-    if not items:
-        return [], np.zeros((0, NUM_KEYPOINTS, 2), np.float32), np.zeros((0, NUM_KEYPOINTS), np.float32)
-    try:
-        kps, scores = source.estimate(items)
-        return [it.record for it in items], np.asarray(kps, np.float32), np.asarray(scores, np.float32)
-    except PoseReadError:
-        pass  # find the culprit(s): one image at a time
-    ok, kp_list, sc_list = [], [], []
-    for it in items:
-        try:
-            k, s = source.estimate([it])
-        except PoseReadError as e:
-            report.add("failed", it.record.path, f"pose: {e}", it.record.split)
-            continue
-        ok.append(it.record)
-        kp_list.append(np.asarray(k, np.float32)[0])
-        sc_list.append(np.asarray(s, np.float32)[0])
-    if not ok:
-        return [], np.zeros((0, NUM_KEYPOINTS, 2), np.float32), np.zeros((0, NUM_KEYPOINTS), np.float32)
-    return ok, np.stack(kp_list), np.stack(sc_list)
+    state = ChainState.empty(len(items))
+    advance(chain.head, chain.names[:len(chain.head)], items, state)
+    if not chain.tail:
+        finish(state)
+    for i, reason in state.failed.items():
+        report.add("failed", items[i].record.path, reason, items[i].record.split)
+    ok = [i for i in range(len(items)) if i not in state.failed]
+    state = state.take(ok)
+    return [items[i].record for i in ok], state.keypoints, state.scores, state
 
 
 class WorkerPoolError(RuntimeError):
@@ -573,11 +600,11 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
     resolved = resolve_dataset_options(cfg.dataset, cfg.root, cfg.dataset_options)
     records, skipped = scan_dataset(cfg.dataset, cfg.root, **resolved)
     records = [r for r in records if shard.owns(r.path)]
-    if pose_source is None:
-        from .sources import make_pose_source
-        pose_source = make_pose_source(cfg.pose_source_kind(), **cfg.pose_source_options())
+    from .sources.chain import PoseChain
+    chain = cfg.pose_chain() if pose_source is None else (
+        pose_source if isinstance(pose_source, PoseChain) else PoseChain([pose_source]))
     bank = load_bank(cfg.bank) if bank is None else bank
-    settings = build_settings(cfg, pose_source.describe(), bank.sha256)
+    settings = build_settings(cfg, chain.describe(), bank.sha256)
     settings["dataset_options_resolved"] = _plain(resolved)
     report = RunReport(cfg.out)
     for path, reason in skipped:
@@ -586,6 +613,7 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
 
     per_split = {s: 0 for s in SPLITS}
     joint_counts = np.zeros(3, dtype=np.int64)
+    pose_counts: dict[str, int] = {}
     failed = 0
     with CacheWriter(cfg.out, settings, shard, cfg.rows_per_part, cfg.flush_seconds, report) as writer:
         todo = [r for r in records if r.path not in writer.done]
@@ -594,7 +622,7 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
             todo = todo[: cfg.limit]
         wsettings = WorkerSettings(str(cfg.root), bank, cfg.region_spec(), cfg.beta, cfg.threshold, cfg.min_reliable,
                                    cfg.region_sizes(), cfg.encoding, cfg.jpeg_quality, cfg.fill, cfg.max_pixels,
-                                   WHOLE_COLUMN, cfg.region_width)
+                                   WHOLE_COLUMN, chain.tail, chain.names[len(chain.head):], cfg.region_width)
         # one batch or less is not worth starting processes for; never more workers than batches
         workers = min(cfg.num_workers(), -(-len(todo) // cfg.batch_size)) if len(todo) > cfg.batch_size else 0
 
@@ -606,6 +634,8 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
                     for split in res.batch["split"]:
                         per_split[split] += 1
                     joint_counts[:] += np.bincount(res.batch["joint_source"].ravel(), minlength=3)[:3]
+                    for name in res.batch["pose_source"]:
+                        pose_counts[str(name)] = pose_counts.get(str(name), 0) + 1
                 for rec, reason in res.failures:
                     report.add("failed", rec.path, reason, rec.split)
                     failed += 1
@@ -618,12 +648,12 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
                 for start in range(0, len(todo), cfg.batch_size):
                     batch = todo[start:start + cfg.batch_size]
                     before = report.counts.get("failed", 0)
-                    recs, kps, scores = _estimate(pose_source, batch, cfg, report)
+                    recs, kps, scores, state = _estimate(chain, batch, cfg, report)
                     n_pose_failed = report.counts.get("failed", 0) - before
                     failed += n_pose_failed
                     progress.advance(n_pose_failed)
                     if recs:
-                        consume(pool.submit(CropTask(recs, kps, scores)))  # type: ignore[union-attr]
+                        consume(pool.submit(CropTask(recs, kps, scores, state)))  # type: ignore[union-attr]
                     consume(pool.collect(block=False) if pool else [])
                 if pool is not None:
                     consume(pool.drain())
@@ -636,7 +666,7 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
             processed=len(todo), written=sum(per_split.values()), failed=failed,
             skipped=sum(1 for p, _ in skipped if shard.owns(p)), per_split=per_split,
             repaired_joints=float(joint_counts[1] / total_joints), fallback_joints=float(joint_counts[2] / total_joints),
-            seconds=round(time.perf_counter() - t0, 3), report=str(report.path))
+            seconds=round(time.perf_counter() - t0, 3), report=str(report.path), pose_sources=pose_counts)
         report.add_summary({k: v for k, v in summary.as_dict().items() if k not in ("run_id", "report")})
     return summary
 

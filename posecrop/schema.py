@@ -18,6 +18,7 @@ FORMAT_VERSION = 1
 METADATA_KEY = b"posecrop"          # the project's own schema-metadata key (JSON)
 HF_METADATA_KEY = b"huggingface"    # lets datasets.load_dataset("parquet") decode image columns
 
+POSE_SOURCE_COLUMN = "pose_source"
 JOINT_SOURCES = ("detected", "repaired", "fallback")  # values of joint_source (stored as int8 codes)
 # `whole` keeps the source image (the detector box) unchanged: the `baseline` model of the ablation reads it and
 # cuts its own fixed strips, and `show` draws from it. Beyond DESIGN.md section 4, which had only the five crops:
@@ -43,6 +44,10 @@ POSE_FIELDS = [
     pa.field("boxes", pa.list_(pa.list_(pa.float32(), 4), len(REGION_NAMES))),
     pa.field("outside", pa.list_(pa.float32(), len(REGION_NAMES))),  # share of each box outside the image
     pa.field("beta", pa.float32()),
+    # which pose source gave the row its keypoints (a kind of posecrop.sources, or "none": no source found a joint
+    # and the frame fallback placed the pose). Beyond DESIGN.md section 4; caches written before it lack the column
+    # (read as null).
+    pa.field(POSE_SOURCE_COLUMN, pa.string()),
 ]
 IMAGE_FIELDS = [pa.field(name, IMAGE_STRUCT) for name in IMAGE_COLUMNS]
 
@@ -65,6 +70,7 @@ def hf_features_metadata() -> bytes:
                   "length": len(REGION_NAMES), "_type": "Sequence"},
         "outside": {"feature": {"dtype": "float32", "_type": "Value"}, "length": len(REGION_NAMES), "_type": "Sequence"},
         "beta": {"dtype": "float32", "_type": "Value"},
+        POSE_SOURCE_COLUMN: {"dtype": "string", "_type": "Value"},
     }
     for name in IMAGE_COLUMNS:
         feats[name] = {"_type": "Image"}

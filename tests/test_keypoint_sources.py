@@ -282,9 +282,9 @@ def test_posegan_bad_files(tmp_path):
 
 
 def test_make_pose_source_errors(tmp_path):
-    assert POSE_SOURCE_KINDS == ("openpose-json", "posegan-csv", "mmpose")
+    assert POSE_SOURCE_KINDS == ("openpose-json", "posegan-csv", "mmpose", "blazepose")
     with pytest.raises(ValueError, match="unknown pose source 'openpose'; known kinds: openpose-json, posegan-csv, "
-                                         "mmpose"):
+                                         "mmpose, blazepose"):
         make_pose_source("openpose", keypoints_dir=tmp_path)
     with pytest.raises(ValueError, match=r"pose source 'openpose-json' does not take option\(s\) csv_paths; "
                                          r"accepted: keypoints_dir, layout"):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .base import PoseBatchItem, PoseReadError, PoseSource
+from .base import PoseBatchItem, PoseNotCoveredError, PoseReadError, PoseSource
 
-POSE_SOURCE_KINDS: tuple[str, ...] = ("openpose-json", "posegan-csv", "mmpose")
+POSE_SOURCE_KINDS: tuple[str, ...] = ("openpose-json", "posegan-csv", "mmpose", "blazepose")
 
 
 def _source_class(kind: str) -> type:
@@ -20,21 +20,30 @@ def _source_class(kind: str) -> type:
     if kind == "mmpose":
         from .mmpose_source import MMPoseSource
         return MMPoseSource
+    if kind == "blazepose":
+        from .blazepose import BlazePoseSource
+        return BlazePoseSource
     raise ValueError(f"unknown pose source {kind!r}; known kinds: {', '.join(POSE_SOURCE_KINDS)}")
 
 
 def make_pose_source(kind: str, **options: Any) -> PoseSource:
     """Build a pose source: "openpose-json" (keypoints_dir, layout), "posegan-csv" (csv_paths) or
-    "mmpose" (config, checkpoint, device, batch_size, threads). Unknown options raise ValueError."""
-    cls = _source_class(kind)
-    params = inspect.signature(cls.__init__).parameters
-    accepted = [p for p in params if p != "self"]
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    "mmpose" (config, checkpoint, device, batch_size, threads) or "blazepose" (mode, roi_scale, pad, upscale,
+    min_detection_confidence). Unknown options raise ValueError. Chains of sources: posecrop.sources.chain."""
+    accepted, takes_any = source_parameters(kind)
     unknown = sorted(set(options) - set(accepted))
     if unknown and not takes_any:
         raise ValueError(f"pose source {kind!r} does not take option(s) {', '.join(unknown)}; "
                          f"accepted: {', '.join(accepted)}")
-    return cls(**options)
+    return _source_class(kind)(**options)
 
 
-__all__ = ["POSE_SOURCE_KINDS", "PoseBatchItem", "PoseReadError", "PoseSource", "make_pose_source"]
+def source_parameters(kind: str) -> tuple[list[str], bool]:
+    """The constructor options of a pose source kind, and whether it takes any keyword."""
+    params = inspect.signature(_source_class(kind).__init__).parameters
+    accepted = [p for p in params if p != "self"]
+    return accepted, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+__all__ = ["POSE_SOURCE_KINDS", "PoseBatchItem", "PoseNotCoveredError", "PoseReadError", "PoseSource", "make_pose_source",
+           "source_parameters"]

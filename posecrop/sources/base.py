@@ -15,6 +15,11 @@ class PoseReadError(ValueError):
     The crop stage reports the image as failed and goes on."""
 
 
+class PoseNotCoveredError(PoseReadError):
+    """The source has nothing for this image (no keypoint file, not listed in the CSV): in a chain of pose sources
+    (`--pose-source a,b`) the image goes on to the next source; a corrupt file stays a PoseReadError (reported)."""
+
+
 @dataclass
 class PoseBatchItem:
     record: ImageRecord

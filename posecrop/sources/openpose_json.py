@@ -31,7 +31,7 @@ import numpy as np
 
 from ..keypoints import NUM_KEYPOINTS, body25_to_coco18, mark_missing
 from ..records import ImageRecord
-from .base import PerImageKeypoints, PoseReadError
+from .base import PerImageKeypoints, PoseNotCoveredError, PoseReadError
 
 LAYOUTS = ("mirror", "flat")
 _KEYS = ("pose_keypoints_2d", "pose_keypoints")
@@ -127,7 +127,7 @@ class OpenPoseJsonSource(PerImageKeypoints):
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError as e:
-            raise PoseReadError(f"{path}: OpenPose keypoint file not found (for image {image_path})") from e
+            raise PoseNotCoveredError(f"{path}: OpenPose keypoint file not found (for image {image_path})") from e
         except (OSError, UnicodeDecodeError) as e:
             raise PoseReadError(f"{path}: cannot read the OpenPose keypoint file ({e})") from e
         try:

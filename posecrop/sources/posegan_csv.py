@@ -27,7 +27,7 @@ import numpy as np
 
 from ..keypoints import NUM_KEYPOINTS
 from ..records import ImageRecord
-from .base import PerImageKeypoints, PoseReadError
+from .base import PerImageKeypoints, PoseNotCoveredError, PoseReadError
 
 CROP_HEIGHT, CROP_WIDTH = 128, 64  # the frame the CSV coordinates are given in
 HEADER = "name:keypoints_y:keypoints_x"
@@ -113,7 +113,7 @@ class PoseGanCsvSource(PerImageKeypoints):
         image_path = record.path if isinstance(record, ImageRecord) else str(record)
         i = self._index.get(PurePosixPath(image_path).name)
         if i is None:
-            raise PoseReadError(f"{image_path}: no keypoints for this image in "
+            raise PoseNotCoveredError(f"{image_path}: no keypoints for this image in "
                                 f"{', '.join(map(str, self.csv_paths))} (pose-gan covers bounding_box_train and "
                                 f"bounding_box_test only)")
         scale = np.array([width / CROP_WIDTH, height / CROP_HEIGHT], np.float32)

