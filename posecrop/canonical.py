@@ -55,10 +55,13 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .keypoints import FLIP_PERMUTATION, KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
+from .shape_model import DEFAULT_COMPONENTS, DEFAULT_NOISE, VANISHING_PRIOR, ShapeModel, learn_shape_model
 
 JOINT_DETECTED, JOINT_REPAIRED, JOINT_FALLBACK = 0, 1, 2
 DEFAULT_BANK_PATH = Path(__file__).resolve().parent / "data" / "canonical_bank.json"
-BANK_FORMAT_VERSION = 1
+BANK_FORMAT_VERSION = 2       # 2 adds the shape model; version-1 files (no shape model) still load
+READABLE_FORMAT_VERSIONS = (1, 2)
+REPAIR_METHODS = ("auto", "shape", "bank")
 DEFAULT_K = 8  # clusters; with their mirror images the bank holds up to 2k poses
 MARKET_FRAME = (64.0, 128.0)  # (width, height) of a Market-1501 crop: the frame assumed when image_size is None
 
@@ -96,13 +99,16 @@ def _rounded(a: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True, eq=False)
 class CanonicalBank:
     """K canonical poses (K, 18, 2) in normalised coordinates, their names, the mean pose (18, 2) used by the
-    fallback and the frame prior. `sha256` identifies the bank's content (not its provenance `meta`)."""
+    fallback and the frame prior, and (format 2) the linear-Gaussian `shape_model` that `repair` uses by default.
+    `sha256` identifies the bank's content (not its provenance `meta`); a bank without a shape model has the
+    content, and so the hash, of a format-1 file."""
 
     poses: np.ndarray
     names: tuple[str, ...]
     mean_pose: np.ndarray
     frame: FramePrior = field(default_factory=FramePrior)
     meta: dict = field(default_factory=dict)
+    shape_model: ShapeModel | None = None
 
     def __post_init__(self) -> None:
         poses = _rounded(self.poses)
@@ -131,14 +137,17 @@ class CanonicalBank:
 
     def content(self) -> dict:
         """The JSON-able content that defines the bank (what `sha256` hashes)."""
-        return {
-            "format_version": BANK_FORMAT_VERSION,
+        doc = {
+            "format_version": 1 if self.shape_model is None else BANK_FORMAT_VERSION,
             "joint_names": list(KEYPOINT_NAMES),
             "names": list(self.names),
             "poses": self.poses.tolist(),
             "mean_pose": self.mean_pose.tolist(),
             "frame": {"height_fraction": self.frame.height_fraction, "center": list(self.frame.center)},
         }
+        if self.shape_model is not None:
+            doc["shape_model"] = self.shape_model.content()
+        return doc
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -148,6 +157,8 @@ class CanonicalBank:
     def to_json(self) -> str:
         """Pretty JSON with one joint pair per item and one pose per line (small, diff-able)."""
         doc = {**self.content(), "sha256": self.sha256, "meta": self.meta}
+        if self.shape_model is not None:
+            doc["shape_model_meta"] = self.shape_model.meta
         lines = ["{"]
         items = sorted(doc.items())
         for i, (key, value) in enumerate(items):
@@ -155,6 +166,16 @@ class CanonicalBank:
             if key == "poses":
                 rows = [json.dumps(p, separators=(",", ":")) for p in value]
                 lines.append(' "poses": [\n  ' + ",\n  ".join(rows) + f"\n ]{comma}")
+            elif key == "shape_model":
+                parts = []
+                for sub in sorted(value):
+                    v = value[sub]
+                    if sub == "components":
+                        rows = [json.dumps(c, separators=(",", ":")) for c in v]
+                        parts.append('  "components": [\n   ' + ",\n   ".join(rows) + "\n  ]")
+                    else:
+                        parts.append(f"  {json.dumps(sub)}: {json.dumps(v, separators=(',', ':'))}")
+                lines.append(' "shape_model": {\n' + ",\n".join(parts) + f"\n }}{comma}")
             elif key in ("mean_pose", "joint_names", "names"):
                 lines.append(f" {json.dumps(key)}: {json.dumps(value, separators=(',', ':'))}{comma}")
             else:
@@ -174,12 +195,17 @@ class CanonicalBank:
     def from_json(cls, text: str, source: str = "<string>") -> "CanonicalBank":
         try:
             doc = json.loads(text)
-            if doc.get("format_version") != BANK_FORMAT_VERSION:
+            if doc.get("format_version") not in READABLE_FORMAT_VERSIONS:
                 raise BankFormatError(f"{source}: unsupported canonical bank format_version "
                                       f"{doc.get('format_version')!r}")
             if list(doc.get("joint_names", KEYPOINT_NAMES)) != list(KEYPOINT_NAMES):
                 raise BankFormatError(f"{source}: joint order differs from COCO-18 {KEYPOINT_NAMES}")
             frame = doc.get("frame") or {}
+            shape = None
+            if doc["format_version"] >= 2:
+                if not isinstance(doc.get("shape_model"), dict):
+                    raise BankFormatError(f"{source}: format_version 2 bank without a shape_model")
+                shape = ShapeModel.from_content(doc["shape_model"], doc.get("shape_model_meta"))
             bank = cls(
                 poses=np.asarray(doc["poses"], dtype=np.float64),
                 names=tuple(doc["names"]),
@@ -187,6 +213,7 @@ class CanonicalBank:
                 frame=FramePrior(float(frame.get("height_fraction", FramePrior.height_fraction)),
                                  tuple(frame.get("center", FramePrior.center))),
                 meta=dict(doc.get("meta") or {}),
+                shape_model=shape,
             )
         except BankFormatError:
             raise
@@ -353,20 +380,36 @@ def _frames(image_size: np.ndarray | Sequence[float] | None, n: int) -> np.ndarr
 
 
 def repair(keypoints: np.ndarray, scores: np.ndarray, bank: CanonicalBank | None = None, threshold: float = 0.1,
-           min_reliable: int = 4, image_size: np.ndarray | Sequence[float] | None = None,
-           anisotropy: float = ANISOTROPY_PENALTY, fallback_prior: float = FALLBACK_SCALE_PRIOR,
-           fallback_bank: bool = True, fallback_frame_weight: float = FALLBACK_FRAME_WEIGHT) -> RepairResult:
-    """Fill missing / low-confidence joints of N poses (N, 18, 2) from the canonical bank (module docstring).
+           min_reliable: int = 4, image_size: np.ndarray | Sequence[float] | None = None, method: str = "auto",
+           fallback: str | None = None, anisotropy: float = ANISOTROPY_PENALTY,
+           fallback_prior: float = FALLBACK_SCALE_PRIOR, fallback_bank: bool = True,
+           fallback_frame_weight: float = FALLBACK_FRAME_WEIGHT) -> RepairResult:
+    """Fill missing / low-confidence joints of N poses (N, 18, 2) (module docstring).
 
     Reliable joints (finite, score >= threshold) are returned unchanged (source 0). Poses with at least
-    `min_reliable` of them get their other joints from the best-fitting canonical pose (source 1). The others
-    (source 2) are placed by the image frame (`image_size` (N, 2) or (2,) as width, height; None = a Market-1501
-    crop, 64x128): the mean pose for 0-1 reliable joints, the best bank pose under a frame-scale prior for 2-3
-    (`fallback_bank`), translated towards the reliable joints (`fallback_frame_weight`: the frame's weight in
-    joints). `anisotropy` = inf gives an isotropic fit. The output never holds NaN or inf.
+    `min_reliable` of them get their other joints from the model (source 1); the others (source 2) are placed
+    with the help of the image frame (`image_size` (N, 2) or (2,) as width, height; None = a Market-1501 crop,
+    64x128). `method`: "shape" = the bank's linear-Gaussian shape model (conditional mean of the hidden joints,
+    least-squares placement), "bank" = the best-fitting canonical pose, "auto" (default) = "shape" when the bank
+    has a shape model (format 2), else "bank". `fallback` (default: the same as the method): "shape" = the shape
+    model with Gaussian priors on the person's scale and position in the frame; "bank" = the mean pose for 0-1
+    reliable joints, the best bank pose under a frame-scale prior for 2-3 (`fallback_bank`), translated towards
+    the reliable joints (`fallback_frame_weight`: the frame's weight in joints). `anisotropy` (bank method) = inf
+    gives an isotropic fit. The output never holds NaN or inf. canonical_index is -1 for shape-model fills.
     """
+    if method not in REPAIR_METHODS:
+        raise ValueError(f"unknown repair method {method!r}; known: {REPAIR_METHODS}")
     kp, sc = _check_poses(keypoints, scores)
     bank = load_bank() if bank is None else bank
+    shape = getattr(bank, "shape_model", None)
+    if method == "auto":
+        method = "shape" if shape is not None else "bank"
+    fallback = method if fallback is None else fallback
+    if fallback not in ("shape", "bank"):
+        raise ValueError(f"unknown fallback {fallback!r}; known: ('shape', 'bank')")
+    if "shape" in (method, fallback) and shape is None:
+        raise ValueError("repair method 'shape' needs a bank with a shape model (format 2; `canonical fit` "
+                         "learns one)")
     N = len(kp)
     frames = _frames(image_size, N)
     rel = reliable_mask(kp, sc, threshold)
@@ -380,6 +423,17 @@ def repair(keypoints: np.ndarray, scores: np.ndarray, bank: CanonicalBank | None
     residual = np.zeros(N, dtype=np.float64)
 
     main = n_rel >= max(int(min_reliable), 1)
+    fb = ~main
+    by_shape = (main & (method == "shape")) | (fb & (fallback == "shape"))
+    if by_shape.any():
+        s0, c0 = shape.place_in(frames[by_shape])
+        pose, theta = shape.fill(kp[by_shape], w[by_shape], s0, c0, frame_prior=fb[by_shape])
+        out[by_shape] = pose
+        sq = np.where(rel[by_shape], ((pose - np.nan_to_num(kp[by_shape])) ** 2).sum(-1), 0.0).sum(1)
+        nb = n_rel[by_shape]
+        residual[by_shape] = np.where(nb >= 2, np.sqrt(sq / np.maximum(nb, 1)) / theta[:, 0], 0.0)
+    main = main & (method == "bank")
+    fb = fb & (fallback == "bank")
     if main.any():
         fit = fit_canonical(bank.poses, kp[main], w[main], frame_scale[main], anisotropy=anisotropy)
         best = np.argmin(fit.rss, axis=1)
@@ -388,7 +442,6 @@ def repair(keypoints: np.ndarray, scores: np.ndarray, bank: CanonicalBank | None
         out[main] = bank.poses[best] * s[:, None, :] + t[:, None, :]
         index[main] = best
         residual[main] = np.sqrt(fit.rss[rows, best] / np.maximum(n_rel[main], 1)) / s[:, 1]
-    fb = ~main
     if fb.any():
         nf = n_rel[fb]
         # candidates: the mean pose for 0-1 reliable joints, the whole bank (orientation can be told) for 2+
@@ -416,8 +469,9 @@ def repair(keypoints: np.ndarray, scores: np.ndarray, bank: CanonicalBank | None
         index[fb] = idx
         residual[fb] = np.where(nf >= 2, np.sqrt(rss / np.maximum(nf, 1)) / s[:, 1], 0.0)
 
-    source[main[:, None] & ~rel] = JOINT_REPAIRED
-    source[fb[:, None] & ~rel] = JOINT_FALLBACK
+    fill_main = n_rel >= max(int(min_reliable), 1)
+    source[fill_main[:, None] & ~rel] = JOINT_REPAIRED
+    source[~fill_main[:, None] & ~rel] = JOINT_FALLBACK
     out[rel] = kp[rel]
     # guard against overflow from absurd inputs (coordinates ~1e300): never hand out NaN/inf
     bad = ~np.isfinite(out)
@@ -535,7 +589,8 @@ def fit_bank(keypoints: np.ndarray, scores: np.ndarray, k: int = DEFAULT_K, thre
              min_joints: int = 14, mirror: bool = True, image_size: np.ndarray | Sequence[float] | None = None,
              iterations: int = 60, restarts: int = 3, anisotropy: float = ANISOTROPY_PENALTY,
              duplicate_distance: float = 0.02, meta: dict | None = None,
-             progress: Callable[[str], None] | None = None) -> CanonicalBank:
+             progress: Callable[[str], None] | None = None, components: int | None = DEFAULT_COMPONENTS,
+             noise: float = DEFAULT_NOISE) -> CanonicalBank:
     """Learn canonical poses from the confident, (nearly) complete poses among (N, 18, 2) / (N, 18).
 
     Poses with at least `min_joints` reliable joints (torso included) are normalised (translation + scale) and
@@ -550,6 +605,9 @@ def fit_bank(keypoints: np.ndarray, scores: np.ndarray, k: int = DEFAULT_K, thre
     The mean pose is the k = 1 solution, made left/right symmetric. With `image_size` (the frames the poses were
     detected in, (N, 2) or (2,)) the frame prior (height fraction, centroid position) is measured as medians
     over the training poses. `progress` is called after each k-means restart.
+    The shape model (posecrop.shape_model, `components` principal directions, noise variance `noise`; None = no
+    shape model, a format-1 bank) is learned from the *complete* confident poses and their mirror images; its
+    frame prior (with spreads) is measured like the bank's.
     """
     kp, sc = _check_poses(keypoints, scores)
     if k < 1:
@@ -602,4 +660,11 @@ def fit_bank(keypoints: np.ndarray, scores: np.ndarray, k: int = DEFAULT_K, thre
     info = {"num_input_poses": int(len(kp)), "num_training_poses": int(keep.sum()), "num_complete": n_complete,
             "k": int(k), "mirror": bool(mirror), "threshold": float(threshold), "min_joints": int(min_joints),
             "seed": int(seed), "origin": origin, **(meta or {})}
-    return CanonicalBank(centres, tuple(names), mean, frame, info)
+    shape = None
+    if components is not None:
+        complete = reliable_mask(kp, sc, threshold).all(1)
+        shape = learn_shape_model(kp[complete], components=components, noise=noise,
+                                  meta={"learned_from": f"{int(complete.sum())} complete poses of {len(kp)}"})
+        if image_size is not None:
+            shape = shape.with_frame(_frames(image_size, len(kp))[keep], kp[keep], rel.astype(np.float64))
+    return CanonicalBank(centres, tuple(names), mean, frame, info, shape)

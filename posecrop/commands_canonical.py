@@ -7,6 +7,8 @@ from typing import List, Optional, Tuple
 import typer
 
 DEFAULT_K = 8                      # mirrors posecrop.canonical.DEFAULT_K (kept import-light for --help)
+DEFAULT_COMPONENTS = 24            # mirrors posecrop.shape_model.DEFAULT_COMPONENTS
+DEFAULT_NOISE = 3e-5               # mirrors posecrop.shape_model.DEFAULT_NOISE
 DEFAULT_FRAME = (64.0, 128.0)      # pose-gan CSV frame: a Market-1501 crop (width, height)
 EXIT_BAD_INPUT = 1
 
@@ -80,6 +82,12 @@ def register(app: typer.Typer) -> None:
         restarts: int = typer.Option(3, "--restarts", min=1, help="k-means restarts (the best is kept)."),
         frame: Tuple[float, float] = typer.Option(DEFAULT_FRAME, "--frame", help="WIDTH HEIGHT of the frame the "
                                                   "pose-gan CSV coordinates refer to (Market-1501 crops: 64 128)."),
+        components: int = typer.Option(DEFAULT_COMPONENTS, "--components", min=0, max=33, help="principal "
+                                       "directions of the shape model (learned from the complete poses)."),
+        noise: float = typer.Option(DEFAULT_NOISE, "--noise", min=1e-9, help="noise variance of the shape model "
+                                    "(per coordinate, body heights^2)."),
+        shape_model: bool = typer.Option(True, "--shape-model/--no-shape-model", help="learn the shape model "
+                                         "(format 2; without it the bank is a format-1 bank repaired by its poses)."),
     ) -> None:
         from rich.console import Console
         from rich.table import Table
@@ -96,13 +104,15 @@ def register(app: typer.Typer) -> None:
                            + [f"--openpose-dir {p}" for p in openpose_dir] + [f"--cache {p}" for p in cache]
                            + [f"--k {k} --threshold {threshold} --min-joints {min_joints} --seed {seed} "
                               f"--restarts {restarts}", "--mirror" if mirror else "--no-mirror",
+                              f"--components {components} --noise {noise:g}" if shape_model else "--no-shape-model",
                               f"--frame {frame[0]:g} {frame[1]:g} --out {out}"])
         with _progress() as bar:
             task = bar.add_task(f"k-means on {len(kps)} poses", total=restarts)
             try:
                 bank = fit_bank(kps, scores, k=k, threshold=threshold, seed=seed, min_joints=min_joints, mirror=mirror,
                                 image_size=sizes, restarts=restarts, meta={"inputs": described, "command": command},
-                                progress=lambda _: bar.advance(task))
+                                progress=lambda _: bar.advance(task), components=components if shape_model else None,
+                                noise=noise)
             except ValueError as e:
                 _fail(str(e))
         bank.save(out)
@@ -117,12 +127,21 @@ def register(app: typer.Typer) -> None:
         console.print(f"learned from {bank.meta['num_training_poses']} of {bank.meta['num_input_poses']} poses; "
                       f"frame prior: height {bank.frame.height_fraction:.3f} of the frame, centroid at "
                       f"{tuple(round(c, 3) for c in bank.frame.center)}; sha256 {bank.sha256}")
+        if bank.shape_model is not None:
+            m = bank.shape_model
+            console.print(f"shape model: {m.num_components} components from {m.meta.get('learned_from')} "
+                          f"(+ mirror images), {m.meta.get('explained_variance', float('nan')):.1%} of the aligned "
+                          f"variance, noise {m.noise:g}; fallback frame prior: height {m.height_fraction:.3f} "
+                          f"+- {m.scale_spread:.1%}, centroid {m.center}, spread {m.centre_spread} body heights")
 
     @canonical.command("eval", help="Measure repair quality: hide joints of complete real poses the way real poses "
-                                    "lose them (missing patterns of the incomplete ones; also exactly 1/3/6/10 hidden "
-                                    "and the 15/18 frame fallback), repair, compare with the truth; ours vs isotropic "
-                                    "fit vs mean-pose fill. Use poses the bank was NOT learned from (the shipped bank "
-                                    "comes from the Market train CSV: evaluate on the test CSV).")
+                                    "lose them (missing patterns of the incomplete ones, overall and per number of "
+                                    "hidden joints; plus 15-18 hidden random joints for the frame fallback), repair, "
+                                    "compare with the truth. Methods: the shape model (default repair), the canonical "
+                                    "bank, (a) the mean pose placed by least squares (scale + shift; (a') with "
+                                    "rotation), (b) k-NN regression over the training poses, the mean pose placed "
+                                    "by the frame. Use poses the bank was NOT learned from (the shipped bank comes "
+                                    "from the Market train CSV: evaluate on the test CSV).")
     def evaluate(
         posegan_csv: List[Path] = typer.Option(..., "--posegan-csv", help="held-out pose-gan CSV(s) to evaluate on "
                                                "(e.g. market-annotation-test.csv); repeatable.", show_default=False),
@@ -130,6 +149,10 @@ def register(app: typer.Typer) -> None:
                                                  "the package).", show_default=False),
         fit_csv: List[Path] = typer.Option([], "--fit-csv", help="instead of --bank, learn a bank from these "
                                            "pose-gan CSVs first (with --k, --seed).", show_default=False),
+        train_csv: List[Path] = typer.Option([], "--train-csv", help="training poses for the k-NN baseline "
+                                             "(default: --fit-csv, else market-annotation-train.csv next to the "
+                                             "first --posegan-csv if there is one).", show_default=False),
+        knn: int = typer.Option(5, "--knn", min=1, help="neighbours of the k-NN baseline."),
         k: int = typer.Option(DEFAULT_K, "--k", min=1, help="clusters when learning with --fit-csv."),
         seed: int = typer.Option(0, "--seed", help="seed of the hidden-joint sampling (and of --fit-csv k-means)."),
         repeats: int = typer.Option(3, "--repeats", min=1, help="hidden-joint draws per complete pose and setting."),
@@ -138,6 +161,8 @@ def register(app: typer.Typer) -> None:
         min_reliable: int = typer.Option(4, "--min-reliable", min=1, help="fewer reliable joints -> frame fallback."),
         frame: Tuple[float, float] = typer.Option(DEFAULT_FRAME, "--frame", help="WIDTH HEIGHT of the CSV frame."),
         out: Path = typer.Option(Path("canonical_eval.json"), "--out", "-o", help="JSON report to write."),
+        plot: Optional[Path] = typer.Option(None, "--plot", help="PNG plot of error vs hidden joints (default: the "
+                                            "report path with .png).", show_default=False),
     ) -> None:
         import json
 
@@ -146,10 +171,12 @@ def register(app: typer.Typer) -> None:
 
         from .atomic import atomic_write_text
         from .canonical import BankFormatError, fit_bank, load_bank
-        from .repair_eval import DEFAULT_COUNTS, FALLBACK_COUNTS, evaluation_report, read_posegan_csvs
+        from .repair_eval import (FALLBACK_COUNTS, LS_MEAN, NEW, evaluation_report, plot_report, read_posegan_csvs,
+                                  split_complete, training_poses)
         from .sources.base import PoseReadError
 
         console = Console()
+        console = Console(width=max(console.width, 112))   # the table needs the room, also in logs
         try:
             if fit_csv:
                 _, fk, fs = read_posegan_csvs(fit_csv)
@@ -159,46 +186,60 @@ def register(app: typer.Typer) -> None:
             else:
                 bank = load_bank(bank_path)
             _, kps, scores = read_posegan_csvs(posegan_csv)
+            if not train_csv:
+                guess = posegan_csv[0].parent / "market-annotation-train.csv"
+                train_csv = list(fit_csv) or ([guess] if guess.is_file() and guess not in posegan_csv else [])
+            train = training_poses(*read_posegan_csvs(train_csv)[1:]) if train_csv else None
         except (PoseReadError, BankFormatError, ValueError) as e:
             _fail(str(e))
-        settings = 1 + len(DEFAULT_COUNTS) + len(FALLBACK_COUNTS)
+        if train is None:
+            console.print("[yellow]no --train-csv: the k-NN baseline is left out[/]")
+        _, patterns = split_complete(kps, scores)
+        n_settings = 1 + len(set(patterns.sum(1).tolist())) + len(FALLBACK_COUNTS)
         with _progress() as bar:
-            task = bar.add_task("hide, repair, compare", total=settings)
+            task = bar.add_task("hide, repair, compare", total=n_settings)
             try:
                 report = evaluation_report(bank, kps, scores, image_size=frame, repeats=repeats, seed=seed,
-                                           max_poses=max_poses, min_reliable=min_reliable,
+                                           max_poses=max_poses, min_reliable=min_reliable, train=train, knn=knn,
                                            progress=lambda name: bar.update(task, advance=1, description=name))
             except ValueError as e:
                 _fail(str(e))
         report["data"]["files"] = [str(p) for p in posegan_csv]
+        report["data"]["train_files"] = [str(p) for p in train_csv]
         report["bank"]["path"] = str(bank_path) if bank_path else ("learned from " + ", ".join(map(str, fit_csv))
                                                                     if fit_csv else "shipped default")
         atomic_write_text(out, json.dumps(report, indent=1) + "\n")
+        png = plot_report(report, plot if plot is not None else out.with_suffix(".png"))
 
-        table = Table(title=f"Canonical repair on {report['data']['complete_used']} complete held-out poses "
-                            f"x {repeats} draws (bank {bank.sha256[:12]}, {len(bank)} poses)")
-        for col, just in (("hidden joints", "left"), ("avg", "right"), ("method", "left"), ("mean px", "right"),
-                          ("median px", "right"), ("mean / H", "right"), ("PCK@0.1H", "right")):
-            table.add_column(col, justify=just)
-        last = None
-        for r in report["rows"]:
-            first = r["setting"] != last
-            if first and last is not None:
+        rows = report["rows"]
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        by = {(r["setting"], r["method"]): r for r in rows}
+        table = Table(title=f"Mean error of the hidden joints: px and in body heights H, on "
+                            f"{report['data']['complete_used']} complete held-out poses x {repeats} draws (bank "
+                            f"{bank.sha256[:12]}; best per row in bold)", title_justify="left")
+        table.add_column("hidden")
+        for i, m in enumerate(methods):
+            table.add_column(f"{chr(65 + i)}", justify="right")
+        for setting in dict.fromkeys(r["setting"] for r in rows):
+            cells = [by[(setting, m)] for m in methods]
+            best = min(c["mean_px"] for c in cells)
+            first = cells[0]
+            label = ("all real" if first["count"] is None else str(first["count"])) + \
+                ("" if first["patterns"] == "real" else " *")
+            if first["count"] is not None and first["count"] == min(FALLBACK_COUNTS):
                 table.add_section()
-            last = r["setting"]
-            ours = r["method"].endswith("(ours)")
-            style = "bold" if ours else None
-            label = r["setting"] + ("" if r["patterns"] == "real" else " *")
-            table.add_row(label if first else "", f"{r['hidden']:.1f}" if first else "", r["method"],
-                          f"{r['mean_px']:.2f}", f"{r['median_px']:.2f}", f"{r['mean_rel_h']:.3f}",
-                          f"{r['pck_0.1h']:.3f}", style=style)
+            table.add_row(label if first["count"] is not None else f"{label} ({first['hidden']:.1f})",
+                          *[(f"[bold]{c['mean_px']:.2f}[/]" if c["mean_px"] == best else f"{c['mean_px']:.2f}")
+                            + f" {c['mean_rel_h']:.3f}".replace(" 0.", " .") for c in cells],
+                          end_section=first["count"] is None)
         console.print(table)
-        if any(r["patterns"] != "real" for r in report["rows"]):
-            console.print("* no real pose misses that many joints: uniformly random joints were hidden")
+        console.print("methods: " + "; ".join(f"{chr(65 + i)} = {m}" for i, m in enumerate(methods)))
+        console.print("* no real pose misses that many joints: uniformly random joints were hidden (fewer than "
+                      f"--min-reliable {min_reliable} reliable joints: the frame fallback)")
         gains = report["summary"]
-        emp = gains.get("empirical")
+        emp = gains.get("all real patterns")
         if emp:
-            console.print(f"empirical patterns: ours / mean-pose fill error = {emp['error_ratio']:.2f}, "
-                          f"PCK@0.1H {emp['pck_gain']:+.3f}. Report: {out}")
+            console.print(f"all real patterns: {NEW} / {LS_MEAN} error = {emp['error_ratio']:.2f}, PCK@0.1H "
+                          f"{emp['pck_gain']:+.3f}. Report: {out}, plot: {png}")
 
     app.add_typer(canonical, name="canonical")

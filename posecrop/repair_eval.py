@@ -32,8 +32,7 @@ from .canonical import JOINT_DETECTED, CanonicalBank, repair
 from .keypoints import NUM_KEYPOINTS
 
 POSEGAN_FRAME = (64.0, 128.0)  # pose-gan CSV coordinates are pixels of a 64 (w) x 128 (h) Market-1501 crop
-DEFAULT_COUNTS = (1, 3, 6, 10)
-FALLBACK_COUNTS = (15, 18)
+FALLBACK_COUNTS = (15, 16, 17, 18)
 
 
 def read_posegan_csv(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -168,20 +167,114 @@ def joint_errors(pred: np.ndarray, truth: np.ndarray, hidden: np.ndarray) -> dic
 
 Method = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
+NEW = "shape model (new default)"
+PREVIOUS = "canonical bank (previous)"
+LS_MEAN = "(a) mean pose, LS scale+shift"
+LS_SIMILARITY = "(a') mean pose, LS similarity"
+KNN = "(b) k-NN over train poses"
+FRAME_ONLY = "mean pose placed by the frame"
+DEFAULT_KNN = 5
+
+
+def _keep_reliable(pred: np.ndarray, kps: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    rel = np.isfinite(kps).all(-1) & (np.asarray(scores) > 0)
+    out = np.asarray(pred, dtype=np.float32).copy()
+    out[rel] = kps[rel]
+    return out
+
+
+def knn_fill(train: np.ndarray, kps: np.ndarray, scores: np.ndarray, k: int = DEFAULT_KNN,
+             prior_scale: np.ndarray | None = None, weak: np.ndarray | None = None, chunk: int = 1024) -> np.ndarray:
+    """Nearest-neighbour regression: every normalised training pose (K, 18, 2) is placed on the reliable joints of
+    each pose by least-squares scale + translation; the `k` with the smallest residual (in body heights^2) are
+    averaged, placed, as the pose (N, 18, 2). `prior_scale` (N,) pixels per body height decides fits with no
+    spread; rows in `weak` (N,) bool (too few joints) are pulled towards it like the bank's fallback."""
+    from .canonical import FALLBACK_SCALE_PRIOR, SCALE_PRIOR, fit_canonical
+
+    kps = np.asarray(kps, dtype=np.float64)
+    w = (np.isfinite(kps).all(-1) & (np.asarray(scores) > 0)).astype(np.float64)
+    N = len(kps)
+    s0 = np.full(N, 100.0) if prior_scale is None else np.asarray(prior_scale, dtype=np.float64)
+    weak = np.zeros(N, bool) if weak is None else np.asarray(weak, bool)
+    out = np.empty((N, NUM_KEYPOINTS, 2))
+    k = max(1, min(int(k), len(train)))
+    for lo in range(0, N, chunk):
+        sl = slice(lo, min(N, lo + chunk))
+        for strength, rows in ((SCALE_PRIOR, ~weak[sl]), (FALLBACK_SCALE_PRIOR, weak[sl])):
+            idx = np.flatnonzero(rows) + lo
+            if not len(idx):
+                continue
+            fit = fit_canonical(train, kps[idx], w[idx], s0[idx], prior_strength=strength, anisotropy=np.inf)
+            dist = fit.rss / np.maximum(fit.scale[..., 1] ** 2, 1e-12)
+            nb = np.argpartition(dist, k - 1, axis=1)[:, :k]                                  # (M, k)
+            r = np.arange(len(idx))[:, None]
+            placed = train[nb] * fit.scale[r, nb][:, :, None, :] + fit.shift[r, nb][:, :, None, :]
+            out[idx] = placed.mean(1)
+    return out
+
+
+def training_poses(keypoints: np.ndarray, scores: np.ndarray, mirror: bool = True) -> np.ndarray:
+    """The complete training poses, normalised (centroid 0, height 1), with their mirror images: k-NN's memory."""
+    from .canonical import _normalise, mirror_poses
+
+    present = (np.asarray(scores) > 0) & np.isfinite(keypoints).all(-1)
+    P = _normalise(np.asarray(keypoints, dtype=np.float64)[present.all(1)])
+    if mirror:
+        P = np.concatenate([P, _normalise(mirror_poses(P)[0])])
+    return P
+
 
 def mean_pose_bank(bank: CanonicalBank) -> CanonicalBank:
-    """A one-pose bank holding the bank's mean normalised pose (the mean-pose fill baseline)."""
+    """A one-pose bank holding the bank's mean normalised pose (the old 'mean-pose fill' baseline)."""
     return CanonicalBank(bank.mean_pose[None], ("mean",), bank.mean_pose, bank.frame, {"baseline": "mean pose"})
 
 
-def default_methods(bank: CanonicalBank, min_reliable: int = 4) -> dict[str, Method]:
-    mean_bank = mean_pose_bank(bank)
-    return {
-        "canonical bank (ours)": lambda k, s, f: repair(k, s, bank, min_reliable=min_reliable, image_size=f).keypoints,
-        "canonical bank, isotropic": lambda k, s, f: repair(k, s, bank, min_reliable=min_reliable, image_size=f,
-                                                             anisotropy=np.inf).keypoints,
-        "mean-pose fill": lambda k, s, f: repair(k, s, mean_bank, min_reliable=min_reliable, image_size=f).keypoints,
-    }
+def default_methods(bank: CanonicalBank, min_reliable: int = 4, train: np.ndarray | None = None,
+                    knn: int = DEFAULT_KNN) -> dict[str, Method]:
+    """The compared repairs, each (keypoints, scores, frames) -> keypoints with the reliable joints kept:
+    the shape model (if the bank has one), the canonical bank, (a) the mean pose placed by least squares
+    (isotropic scale + translation) and (a') with rotation (full similarity), (b) k-NN regression over `train`
+    (normalised training poses; skipped when None) and the mean pose placed by the frame alone. The mean pose of
+    (a), (a') and the frame placement is the shape model's (the mean of the aligned complete training poses),
+    else the bank's mean pose. Baselines (a), (a'), (b) fit the joints alone whatever their number (only a
+    vanishing pull to the frame scale decides fits without spread; k-NN uses the bank's fallback pull below
+    `min_reliable` joints)."""
+    from .shape_model import fit_template
+
+    shape = bank.shape_model
+    mean = shape.mean if shape is not None else bank.mean_pose
+    place = shape.place_in if shape is not None else bank.frame.place
+    methods: dict[str, Method] = {}
+    if shape is not None:
+        methods[NEW] = lambda k, s, f: repair(k, s, bank, min_reliable=min_reliable, image_size=f,
+                                              method="shape").keypoints
+    methods[PREVIOUS] = lambda k, s, f: repair(k, s, bank, min_reliable=min_reliable, image_size=f,
+                                               method="bank").keypoints
+
+    def ls(rotation: bool) -> Method:
+        def run(k, s, f):
+            w = (np.isfinite(k).all(-1) & (s > 0)).astype(np.float64)
+            s0, c0 = place(f)
+            return _keep_reliable(fit_template(mean, k, w, s0, c0, rotation=rotation), k, s)
+        return run
+
+    methods[LS_MEAN] = ls(False)
+    methods[LS_SIMILARITY] = ls(True)
+    if train is not None:
+        def knn_method(k, s, f):
+            s0, c0 = place(f)
+            n = (np.isfinite(k).all(-1) & (s > 0)).sum(1)
+            pred = knn_fill(train, k, s, knn, s0, n < min_reliable)
+            none = n == 0            # no joint to find neighbours by: the mean pose placed by the frame
+            pred[none] = mean[None] * s0[none, None, None] + c0[none, None, :]
+            return _keep_reliable(pred, k, s)
+        methods[f"{KNN} (k={knn})"] = knn_method
+
+    def frame_only(k, s, f):
+        s0, c0 = place(f)
+        return _keep_reliable(mean[None] * s0[:, None, None] + c0[:, None, :], k, s)
+    methods[FRAME_ONLY] = frame_only
+    return methods
 
 
 @dataclass
@@ -192,17 +285,22 @@ class EvalSetting:
 
 def evaluate_repair(truth: np.ndarray, patterns: np.ndarray, methods: dict[str, Method],
                     image_size: Sequence[float] | np.ndarray = POSEGAN_FRAME, repeats: int = 3, seed: int = 0,
-                    counts: Sequence[int] = DEFAULT_COUNTS, fallback_counts: Sequence[int] = FALLBACK_COUNTS,
+                    counts: Sequence[int] | None = None, fallback_counts: Sequence[int] = FALLBACK_COUNTS,
                     progress: Callable[[str], None] | None = None) -> list[dict]:
     """Hide joints of the complete poses `truth` (N, 18, 2), repair with each method, score the hidden joints.
 
-    Returns one row per (setting, method): {"setting", "hidden", "patterns" (real / random), "method", "joints",
-    "mean_px", "median_px", "mean_rel_h", "pck_0.1h"}. Every method sees the same hidden masks.
+    Settings: every real missing pattern ("all real patterns"), then per count in `counts` (None: every count
+    that some real pattern has) the real patterns with exactly that many hidden joints, then `fallback_counts`
+    (random joints where no real pattern has that count). Returns one row per (setting, method): {"setting",
+    "count" (None for all patterns), "hidden" (mean hidden joints), "patterns" (real / random), "method",
+    "joints", "mean_px", "median_px", "mean_rel_h", "pck_0.1h"}. Every method sees the same hidden masks.
     """
     truth = np.asarray(truth, dtype=np.float64)
     if truth.ndim != 3 or truth.shape[1:] != (NUM_KEYPOINTS, 2) or not np.isfinite(truth).all():
         raise ValueError(f"truth must be complete poses (N, 18, 2) without NaN, got shape {truth.shape}")
-    settings = [EvalSetting("empirical", None)] + [EvalSetting(f"{c} hidden", c) for c in counts] + \
+    if counts is None:
+        counts = [int(c) for c in np.unique(patterns.sum(1))]
+    settings = [EvalSetting("all real patterns", None)] + [EvalSetting(f"{c} hidden", c) for c in counts] + \
                [EvalSetting(f"{c} hidden (fallback)", c) for c in fallback_counts]
     rng = np.random.default_rng(seed)
     tiled = np.tile(truth, (repeats, 1, 1))
@@ -211,7 +309,7 @@ def evaluate_repair(truth: np.ndarray, patterns: np.ndarray, methods: dict[str, 
     for setting in settings:
         hidden = sample_hidden(len(tiled), patterns, setting.count, rng)
         count = setting.count
-        real = count is None or count >= NUM_KEYPOINTS or bool((patterns.sum(1) == count).any())
+        real = count is None or bool((patterns.sum(1) == count).any())
         kps = tiled.copy()
         kps[hidden] = np.nan
         scores = (~hidden).astype(np.float32)
@@ -221,8 +319,8 @@ def evaluate_repair(truth: np.ndarray, patterns: np.ndarray, methods: dict[str, 
             kept = ~hidden
             if not np.array_equal(pred[kept], kps[kept].astype(np.float32)):
                 raise AssertionError(f"method {name!r} moved reliable joints")
-            rows.append({"setting": setting.name, "hidden": mean_hidden, "patterns": "real" if real else "random",
-                         "method": name,
+            rows.append({"setting": setting.name, "count": count, "hidden": mean_hidden,
+                         "patterns": "real" if real else "random", "method": name,
                          **joint_errors(pred, tiled, hidden)})
         if progress is not None:
             progress(setting.name)
@@ -236,7 +334,7 @@ def split_complete(keypoints: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     return np.asarray(keypoints)[complete], missing_patterns(scores, keypoints)
 
 
-def summary(rows: list[dict], ours: str = "canonical bank (ours)", baseline: str = "mean-pose fill") -> dict:
+def summary(rows: list[dict], ours: str = NEW, baseline: str = LS_MEAN) -> dict:
     """Per setting: our mean error relative to the baseline's (lower is better) and the PCK gain."""
     out = {}
     by = {(r["setting"], r["method"]): r for r in rows}
@@ -248,14 +346,56 @@ def summary(rows: list[dict], ours: str = "canonical bank (ours)", baseline: str
     return out
 
 
+def plot_report(report: dict, path: str | Path) -> Path:
+    """PNG: mean error of the hidden joints (pixels) against their number, one line per method; the fallback
+    counts (random joints) are shaded; the 'all real patterns' figure is written in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .atomic import atomic_write_bytes
+
+    rows = report["rows"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    fallback = [r["count"] for r in rows if r["count"] is not None and r["patterns"] == "random"]
+    if fallback:
+        ax.axvspan(min(fallback) - 0.5, max(fallback) + 0.5, color="0.92", zorder=0)
+        ax.text(min(fallback) - 0.4, 0.98, "fallback\n(random joints)", transform=ax.get_xaxis_transform(),
+                va="top", fontsize=8, color="0.35")
+    for i, m in enumerate(methods):
+        pts = sorted((r["count"], r["mean_px"]) for r in rows if r["method"] == m and r["count"] is not None)
+        total = next((r["mean_px"] for r in rows if r["method"] == m and r["count"] is None), float("nan"))
+        style = dict(lw=2.6, color="C3") if m == NEW else dict(lw=1.4, color=f"C{[0, 1, 2, 4, 5, 6, 7][i % 7]}")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3.5, label=f"{m}: {total:.2f} px overall",
+                **style)
+    ax.set_xlabel("hidden joints (real missing patterns with that count; shaded: random joints)")
+    ax.set_ylabel("mean error of the hidden joints (px, 64x128 crop)")
+    ax.set_title(f"Joint repair on {report['data']['complete_used']} held-out complete poses "
+                 f"x {report['settings']['repeats']} draws")
+    counts = sorted({r["count"] for r in rows if r["count"] is not None})
+    ax.set_xticks(counts)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
 
 def evaluation_report(bank: CanonicalBank, keypoints: np.ndarray, scores: np.ndarray,
                       image_size: Sequence[float] = POSEGAN_FRAME, repeats: int = 3, seed: int = 0,
-                      max_poses: int | None = None, min_reliable: int = 4, counts: Sequence[int] = DEFAULT_COUNTS,
-                      fallback_counts: Sequence[int] = FALLBACK_COUNTS,
-                      progress: Callable[[str], None] | None = None) -> dict:
+                      max_poses: int | None = None, min_reliable: int = 4, counts: Sequence[int] | None = None,
+                      fallback_counts: Sequence[int] = FALLBACK_COUNTS, train: np.ndarray | None = None,
+                      knn: int = DEFAULT_KNN, progress: Callable[[str], None] | None = None) -> dict:
     """The whole measurement on held-out poses (keypoints (N, 18, 2), scores (N, 18), all in one frame size):
-    complete poses are the truth, the incomplete ones give the missing patterns. JSON-able."""
+    complete poses are the truth, the incomplete ones give the missing patterns; `train` (normalised training
+    poses, `training_poses`) enables the k-NN baseline. JSON-able."""
     truth, patterns = split_complete(keypoints, scores)
     if len(truth) == 0:
         raise ValueError("no complete pose among the evaluation poses: nothing to compare with")
@@ -264,15 +404,17 @@ def evaluation_report(bank: CanonicalBank, keypoints: np.ndarray, scores: np.nda
     if max_poses is not None and len(truth) > max_poses:
         pick = np.random.default_rng(seed).choice(len(truth), max_poses, replace=False)
         truth = truth[np.sort(pick)]
-    rows = evaluate_repair(truth, patterns, default_methods(bank, min_reliable), image_size=image_size,
+    rows = evaluate_repair(truth, patterns, default_methods(bank, min_reliable, train, knn), image_size=image_size,
                            repeats=repeats, seed=seed, counts=counts, fallback_counts=fallback_counts,
                            progress=progress)
     return {
         "bank": {"sha256": bank.sha256, "poses": len(bank), "names": list(bank.names), "meta": bank.meta},
         "data": {"poses": int(len(keypoints)), "complete_used": int(len(truth)), "missing_patterns": int(len(patterns)),
                  "frame": [float(v) for v in image_size]},
-        "settings": {"repeats": repeats, "seed": seed, "min_reliable": min_reliable, "counts": list(counts),
-                     "fallback_counts": list(fallback_counts)},
+        "settings": {"repeats": repeats, "seed": seed, "min_reliable": min_reliable,
+                     "counts": None if counts is None else list(counts), "fallback_counts": list(fallback_counts),
+                     "knn": knn if train is not None else None,
+                     "knn_memory": None if train is None else int(len(train))},
         "metrics": {"mean_px": "mean distance of the hidden joints from the truth, pixels",
                     "median_px": "median of the same", "mean_rel_h": "mean distance / true body height H "
                     "(vertical extent of the 18 true joints)", "pck_0.1h": "share of hidden joints within 0.1 H"},
