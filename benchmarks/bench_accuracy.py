@@ -1,6 +1,6 @@
 """Real-data accuracy benchmark: does the pipeline learn real people, and does the full model beat the baseline?
 
-    python -m benchmarks.bench_accuracy [--epochs 20] [--seeds 0 1 2] [--jobs 2] [--work DIR]
+    python -m benchmarks.bench_accuracy [--epochs 14] [--seeds 0 1 2] [--jobs 2] [--work DIR]
     python cli.py bench --accuracy [same options]
 
 CUHK01 (`../shared/realdata/cuhk01`, 971 identities x 4 images, 60x160), the 485 / 486 identity split 0 of the
@@ -37,6 +37,11 @@ MODELS = ("baseline", "aligned", "intra-inter")
 PRIMARY = "cuhk01-multi-shot"
 SECONDARY = "cuhk01-single-shot"
 TARGET_MAP_GAIN = 3.0
+# Controlled experiments (--controls): one change against the benchmark's own run of the same model and seed.
+CONTROLS: dict[str, tuple[str, dict]] = {
+    "literal attention (attention_norm off)": ("intra-inter", {"extra": {"attention_norm": False}}),
+    "paper region width (Eq. 1, H/2)": ("aligned", {"region_width": "paper"}),
+}
 
 
 @dataclass
@@ -46,8 +51,8 @@ class BenchConfig:
     results: Path = REPO / "benchmarks" / "results"
     models: tuple[str, ...] = MODELS
     seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 20
-    lr_step: int = 15
+    epochs: int = 14
+    lr_step: int = 10
     lr: float = 0.05
     batch_size: int = 32
     body_size: tuple[int, int] = (64, 32)
@@ -55,6 +60,7 @@ class BenchConfig:
     beta: float = 0.0625
     region_width: str = "image"
     jobs: int = 2
+    controls: tuple[int, ...] = ()     # seeds of the CONTROLS runs (empty: none)
     pose_source: str = "blazepose"
     extra: dict = field(default_factory=dict)   # further TrainConfig fields (key -> value)
 
@@ -120,8 +126,19 @@ def train_and_evaluate(cfg: BenchConfig, model: str, seed: int) -> dict:
 
 
 def _job(args: tuple) -> dict:
-    cfg, model, seed = args
-    return train_and_evaluate(cfg, model, seed)
+    cfg, model, seed, control = args
+    return {**train_and_evaluate(cfg, model, seed), "control": control}
+
+
+def control_configs(cfg: BenchConfig) -> list[tuple[str, str, BenchConfig]]:
+    """(control name, model, the benchmark config with that one change) for CONTROLS."""
+    import dataclasses
+
+    out = []
+    for name, (model, change) in CONTROLS.items():
+        change = {k: ({**cfg.extra, **v} if k == "extra" else v) for k, v in change.items()}
+        out.append((name, model, dataclasses.replace(cfg, **change)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- the report
@@ -216,6 +233,22 @@ def format_markdown(cfg: BenchConfig, stats: dict[str, dict], v: dict, wall_s: f
     return "\n".join(lines) + "\n"
 
 
+def format_controls(controls: list[dict], rows: list[dict]) -> str:
+    """The controlled experiments against the benchmark's run of the same model and seed."""
+    if not controls:
+        return ""
+    lines = ["", "Controlled experiments (one change; the reference is the benchmark's run of the same model and seed):",
+             "", "| change | model | seed | R1 | mAP | reference R1 | reference mAP | mAP difference |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in sorted(controls, key=lambda r: (r["control"], r["seed"])):
+        ref = next((r for r in rows if r["model"] == c["model"] and r["seed"] == c["seed"]), None)
+        if ref is None:
+            continue
+        lines.append(f"| {c['control']} | {c['model']} | {c['seed']} | {c['R1']:.1f} | {c['mAP']:.1f} | "
+                     f"{ref['R1']:.1f} | {ref['mAP']:.1f} | {c['mAP'] - ref['mAP']:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------------------ main
 def run_benchmark(cfg: BenchConfig) -> dict:
     from posecrop.atomic import atomic_write_text
@@ -223,9 +256,13 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     t0 = time.perf_counter()
     print(f"[accuracy] crop cache {cfg.cache} ...", flush=True)
     make_cache(cfg)
-    jobs = [(cfg, m, s) for s in cfg.seeds for m in cfg.models]
+    jobs = [(cfg, m, s, None) for s in cfg.seeds for m in cfg.models]
+    for name, model, ccfg in control_configs(cfg) if cfg.controls else []:
+        if ccfg.cache != cfg.cache:
+            make_cache(ccfg)
+        jobs += [(ccfg, model, s, name) for s in cfg.controls]
     # the longest runs first, so the last minutes are not one lone intra-inter run
-    jobs.sort(key=lambda j: (j[1] != "intra-inter", j[1] != "aligned", j[2]))
+    jobs.sort(key=lambda j: (j[1] != "intra-inter", j[1] != "aligned", j[2], j[3] is not None))
     rows: list[dict] = []
     print(f"[accuracy] {len(jobs)} runs ({', '.join(cfg.models)} x seeds {list(cfg.seeds)}), {cfg.jobs} at a time",
           flush=True)
@@ -233,19 +270,21 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     with ctx.Pool(max(1, cfg.jobs), maxtasksperchild=1) as pool:
         for row in pool.imap_unordered(_job, jobs):
             rows.append(row)
-            print(f"[accuracy] {row['model']} seed {row['seed']}: R1 {row['R1']:.1f} R5 {row['R5']:.1f} "
+            print(f"[accuracy] {row['model']}{' (' + row['control'] + ')' if row['control'] else ''} seed {row['seed']}: R1 {row['R1']:.1f} R5 {row['R5']:.1f} "
                   f"mAP {row['mAP']:.1f} single-shot R1 {row['ss_R1']:.1f} ({row['train_s'] / 60:.1f} min)", flush=True)
     wall = time.perf_counter() - t0
+    controls = [r for r in rows if r["control"]]
+    rows = [r for r in rows if not r["control"]]
     stats = aggregate(rows, cfg.models)
     v = verdict(stats)
     cfg.results.mkdir(parents=True, exist_ok=True)
     plot_cmc(rows, cfg.models, cfg.results / "accuracy_cmc.png",
              f"CUHK01 multi-shot CMC, {cfg.epochs} epochs, mean and min-max over {len(cfg.seeds)} seeds")
-    md = format_markdown(cfg, stats, v, wall, rows)
+    md = format_markdown(cfg, stats, v, wall, rows) + format_controls(controls, rows)
     atomic_write_text(cfg.results / "accuracy.md", md)
     atomic_write_text(cfg.results / "accuracy.json", json.dumps(
         {"config": {k: (str(val) if isinstance(val, Path) else val) for k, val in vars(cfg).items()},
-         "stats": stats, "verdict": v, "wall_s": round(wall, 1), "runs": rows}, indent=1))
+         "stats": stats, "verdict": v, "wall_s": round(wall, 1), "runs": rows, "controls": controls}, indent=1))
     print(md, flush=True)
     return {"stats": stats, "verdict": v, "wall_s": wall, "rows": rows}
 
@@ -265,6 +304,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--jobs", type=int, default=d.jobs, help="runs at a time (one thread each)")
     p.add_argument("--region-width", default=d.region_width, choices=("paper", "image"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="further TrainConfig field")
+    p.add_argument("--controls", nargs="*", type=int, default=[], metavar="SEED",
+                   help="also run the controlled experiments (CONTROLS) for these seeds")
     a = p.parse_args(argv)
     extra = {}
     for kv in a.set:
@@ -275,7 +316,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
             extra[k] = val
     return BenchConfig(root=a.root, work=a.work, results=a.results, models=tuple(a.models), seeds=tuple(a.seeds),
                        epochs=a.epochs, lr_step=a.lr_step or max(1, round(a.epochs * 3 / 4)), lr=a.lr,
-                       batch_size=a.batch_size, jobs=a.jobs, region_width=a.region_width, extra=extra)
+                       batch_size=a.batch_size, jobs=a.jobs, region_width=a.region_width, extra=extra,
+                       controls=tuple(a.controls))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         accuracy: bool = typer.Option(False, "--accuracy", help="Instead: the real-data accuracy benchmark "
                                       "(CUHK01, BlazePose, baseline / aligned / intra-inter x 3 seeds; "
                                       "benchmarks/bench_accuracy.py)."),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help="--accuracy: training epochs (default 20)."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="--accuracy: training epochs (default 14)."),
         seeds: Optional[List[int]] = typer.Option(None, "--seed", help="--accuracy: seeds (repeatable; default 0 1 2)."),
         jobs: Optional[int] = typer.Option(None, "--jobs", help="--accuracy: runs at a time (default 2)."),
     ) -> None:
