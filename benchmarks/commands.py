@@ -14,7 +14,21 @@ def register(app: typer.Typer) -> None:
         stage: Optional[List[str]] = typer.Option(None, "--stage", help="Only these stages: crop, pose, blazepose, repair, loader, model, eval."),
         out: Path = typer.Option(Path("benchmarks/results"), "--out", help="Folder for results.json and results.md."),
         timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds allowed per stage."),
+        accuracy: bool = typer.Option(False, "--accuracy", help="Instead: the real-data accuracy benchmark "
+                                      "(CUHK01, BlazePose, baseline / aligned / intra-inter x 3 seeds; "
+                                      "benchmarks/bench_accuracy.py)."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="--accuracy: training epochs (default 14)."),
+        seeds: Optional[List[int]] = typer.Option(None, "--seed", help="--accuracy: seeds (repeatable; default 0 1 2)."),
+        jobs: Optional[int] = typer.Option(None, "--jobs", help="--accuracy: runs at a time (default 2)."),
     ) -> None:
+        if accuracy:
+            from .bench_accuracy import main as accuracy_main
+
+            argv = ["--results", str(out)]
+            argv += ["--epochs", str(epochs)] if epochs else []
+            argv += ["--seeds", *map(str, seeds)] if seeds else []
+            argv += ["--jobs", str(jobs)] if jobs else []
+            raise typer.Exit(accuracy_main(argv))
         from .suite import STAGES, run_suite
 
         stages = tuple(stage) if stage else STAGES

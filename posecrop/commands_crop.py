@@ -7,7 +7,8 @@ from typing import List, Optional
 import typer
 
 # CropConfig defaults, repeated here so that `--help` stays import-light (checked by tests/test_crop_stage.py)
-HELP_DEFAULTS = {"dataset": "market", "beta": 0.1, "threshold": 0.1, "min_reliable": 4, "body_size": "384x192",
+HELP_DEFAULTS = {"dataset": "market", "beta": 0.1, "region_width": "paper", "threshold": 0.1, "min_reliable": 4,
+                 "body_size": "384x192",
                  "part_size": "96x192", "encoding": "jpeg", "jpeg_quality": 95, "fill": "mean", "shard": "0/1",
                  "batch_size": 32, "rows_per_part": 1000}
 EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 3, 130
@@ -109,6 +110,9 @@ def register(app: typer.Typer) -> None:
                                                            "dataset reader (repeatable), e.g. protocol=new."),
         beta: Optional[float] = typer.Option(None, "--beta", help="Region overlap as a fraction of the body height "
                                              "H (paper: 0.1; its best 3/48=0.0625)." + _d("beta")),
+        region_width: Optional[str] = typer.Option(None, "--region-width", help="Region width: 'paper' (Eq. 1, at least "
+                                                   "H/2, may reach outside the image) or 'image' (clipped to the image "
+                                                   "columns)." + _d("region_width")),
         threshold: Optional[float] = typer.Option(None, "--threshold", help="Joints scoring below are repaired from "
                                                   "the canonical poses." + _d("threshold")),
         min_reliable: Optional[int] = typer.Option(None, "--min-reliable", help="Fewer reliable joints -> fallback "
@@ -186,7 +190,8 @@ def register(app: typer.Typer) -> None:
             "pose_options": {**values.get("pose_options", {}), **pose_options} if pose_options else None,
             "dataset_options": ({**values.get("dataset_options", {}), **parse_options(dataset_option,
                                  "--dataset-option")} if dataset_option else None),
-            "beta": beta, "threshold": threshold, "min_reliable": min_reliable, "bank": bank,
+            "beta": beta, "region_width": region_width, "threshold": threshold, "min_reliable": min_reliable,
+            "bank": bank,
             "body_size": parse_size(body_size, "--body-size") if body_size is not None else None,
             "part_size": parse_size(part_size, "--part-size") if part_size is not None else None,
             "encoding": encoding, "jpeg_quality": jpeg_quality, "fill": fill, "shard": shard, "workers": workers,

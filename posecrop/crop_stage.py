@@ -47,7 +47,8 @@ from .keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from .plausibility import (DEFAULT_RULES, LAST_RESORT, PlausibilityRules, check_poses, distrust, format_issue,
                            issue_counts)
 from .records import SPLITS, ImageRecord
-from .regions import DEFAULT_REGION_JOINTS, REGION_NAMES, RegionGeometryError, RegionSpec, region_boxes
+from .regions import (DEFAULT_REGION_JOINTS, REGION_NAMES, REGION_WIDTHS, RegionGeometryError, RegionSpec, fit_width,
+                      region_boxes)
 from .errors import ReidError
 
 # Worker processes import this module: it stays free of pyarrow (cache / schema are imported where used).
@@ -79,6 +80,7 @@ class CropConfig:
     pose_source: str | None = None          # a kind, a chain "a,b" or auto (None = auto, see sources.chain)
     pose_options: dict[str, Any] = field(default_factory=dict)
     beta: float = 0.1                       # region overlap as a fraction of the body height H (paper: H/10)
+    region_width: Literal["paper", "image"] = "paper"  # "image": Eq. 1 boxes clipped to the image columns
     threshold: float = 0.1                  # joints with a lower score are repaired
     min_reliable: int = 4                   # fewer reliable joints -> frame fallback
     bank: Path | None = None                # canonical pose bank (None: the one shipped with the package)
@@ -101,6 +103,8 @@ class CropConfig:
         self.root, self.out = Path(self.root), Path(self.out)
         if self.bank is not None:
             self.bank = Path(self.bank)
+        if self.region_width not in REGION_WIDTHS:
+            raise ValueError(f"region_width must be one of {REGION_WIDTHS}, got {self.region_width!r}")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta must be a fraction of H in [0, 1], got {self.beta}")
         if self.min_reliable < 0:
@@ -203,6 +207,7 @@ def build_settings(cfg: CropConfig, source_description: dict, bank_sha256: str) 
         "box_frame": BOX_FRAME,
         "keypoint_frame": KEYPOINT_FRAME,
         "beta": cfg.beta,
+        "region_width": cfg.region_width,
         "beta_column": "per-row beta = beta * H in source pixels",
         "threshold": cfg.threshold,
         "min_reliable": cfg.min_reliable,
@@ -240,6 +245,7 @@ class WorkerSettings:
     pose_tail: list = field(default_factory=list)        # chain sources run here, on the decoded image
     pose_tail_names: list = field(default_factory=list)
     rules: PlausibilityRules = DEFAULT_RULES   # which detected joints are implausible (posecrop/plausibility.py)
+    region_width: str = "paper"
 
 
 @dataclass
@@ -443,6 +449,8 @@ def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
     sizes_wh = np.array([[d.pixels.shape[1], d.pixels.shape[0]] for _, d in decoded], dtype=np.float64)
     kp_in, sc_in = task.keypoints[keep], task.scores[keep]
     keypoints, joint_source, boxes, issues = _place(kp_in, sc_in, sizes_wh, s)
+    if s.region_width != "paper":  # "image": Eq. 1's x-extent clipped to the image columns (heights unchanged)
+        boxes = [b if isinstance(b, str) else fit_width(b[None], sizes_wh[j:j + 1, 0])[0] for j, b in enumerate(boxes)]
     placed = [j for j, b in enumerate(boxes) if not isinstance(b, str)]
     outside = np.zeros((len(records), len(REGION_NAMES)), np.float32)
     if placed:
@@ -673,7 +681,7 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
             todo = todo[: cfg.limit]
         wsettings = WorkerSettings(str(cfg.root), bank, cfg.region_spec(), cfg.beta, cfg.threshold, cfg.min_reliable,
                                    cfg.region_sizes(), cfg.encoding, cfg.jpeg_quality, cfg.fill, cfg.max_pixels,
-                                   WHOLE_COLUMN, chain.tail, chain.names[len(chain.head):])
+                                   WHOLE_COLUMN, chain.tail, chain.names[len(chain.head):], cfg.region_width)
         # one batch or less is not worth starting processes for; never more workers than batches
         workers = min(cfg.num_workers(), -(-len(todo) // cfg.batch_size)) if len(todo) > cfg.batch_size else 0
 

@@ -96,3 +96,28 @@ def region_boxes(keypoints: np.ndarray, spec: RegionSpec | None = None, beta: fl
     boxes[:, 2:4, 3] = y_max[:, 2:4] + b[:, None]
     boxes[:, 4, 1], boxes[:, 4, 3] = y_min[:, 4] - b, bottom
     return boxes.astype(np.float32)
+
+
+REGION_WIDTHS: tuple[str, ...] = ("paper", "image")
+"""How wide the regions are: "paper" - Eq. 1 as written (at least H/2, centred on the body, may reach outside the
+image); "image" - Eq. 1 clipped to the image columns [0, width]. ReID images are detector boxes whose width is
+already the person's: on Market-1501 (128x64, H about the image height) H/2 is about the image width, so both agree;
+on narrower images (CUHK01 / CUHK03, 160x60) H/2 is 1.3x the image width and "paper" fills a quarter of every crop
+with the fill colour, leaving the person about 40 % of the crop width."""
+
+
+def fit_width(boxes: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Clip the x extent of region boxes (N, R, 4) (continuous frame, image = [0, width]) to the image columns.
+
+    `widths` (N,) image widths. A box whose clipped extent would be under one pixel (a pose beside the image)
+    gets the full image width instead. y is unchanged."""
+    out = np.array(boxes, dtype=np.float32, copy=True)
+    w = np.asarray(widths, dtype=np.float32).reshape(-1, 1)
+    if out.ndim != 3 or out.shape[-1] != 4 or w.shape[0] != out.shape[0]:
+        raise ValueError(f"boxes must be (N, R, 4) with N widths, got {out.shape} and {np.shape(widths)}")
+    x1 = np.clip(out[..., 0], 0.0, w)
+    x2 = np.clip(out[..., 2], 0.0, w)
+    narrow = x2 - x1 < 1.0
+    out[..., 0] = np.where(narrow, 0.0, x1)
+    out[..., 2] = np.where(narrow, np.broadcast_to(w, x2.shape), x2)
+    return out

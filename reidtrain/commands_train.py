@@ -144,6 +144,10 @@ def register(app: typer.Typer) -> None:
         normalize: Optional[str] = typer.Option(None, "--normalize", help="'channel-mean' (every crop minus the "
                                                 "channel means of the sample's whole-body image, Sec. 4.1) or "
                                                 "'imagenet'." + _d(_T.normalize)),
+        attention_norm: Optional[bool] = typer.Option(None, "--attention-norm/--no-attention-norm",
+                                                      help="Batch norm of the intra-attention mask logits (off: the "
+                                                      "paper's sigmoid(conv(S*C)) as written, which saturates)."
+                                                      + _d(_T.attention_norm)),
         flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flip (one decision for "
                                             "all five crops)." + _d(_A.flip)),
         pad: Optional[int] = typer.Option(None, "--pad", help="Padding-crop pixels (0 = off)." + _d(_A.pad)),
@@ -189,7 +193,8 @@ def register(app: typer.Typer) -> None:
                                "lr": lr, "lr_step": lr_step, "lambda_intra": lambda_intra,
                                "body_size": _size(body_size, "--body-size"), "augment": aug,
                                "part_size": _size(part_size, "--part-size"), "sampler": sampler,
-                               "instances_per_id": instances_per_id, "normalize": normalize, "workers": workers,
+                               "instances_per_id": instances_per_id, "normalize": normalize,
+                               "attention_norm": attention_norm, "workers": workers,
                                "threads": threads, "seed": seed, "device": device, "amp": amp,
                                "channels_last": channels_last,
                                "init_from": init_from, "keep_every": keep_every, "tensorboard": tensorboard})

@@ -66,6 +66,8 @@ class TrainConfig:
     normalised by subtracting the channel means of the
     sample's whole-body image (Sec. 4.1), the same means for its part crops (data.normalize_inputs);
     `normalize = "imagenet"` uses the ImageNet mean/std instead (for ImageNet-initialised weights).
+    `attention_norm`: batch norm of the intra-attention mask logits before the sigmoid (default; False: the paper's
+    m = sigmoid(conv(S * C)) as written, which saturates on real images - reidtrain.model.attention).
     `crops`: where the five region crops come from - "recrop" (default): cut by the loader from the cached source
     image (`whole`) and the cached Eq. 1-2 boxes, straight at the input sizes with the crop stage's own function
     (one resample, no JPEG loss on the enlarged crops, about half the decoding for Market-size sources); "stored":
@@ -90,6 +92,7 @@ class TrainConfig:
     sampler: Literal["random", "identity"] = "random"
     instances_per_id: int = 4
     normalize: Normalize = "channel-mean"
+    attention_norm: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     workers: int = 4
     threads: int = 0

@@ -92,8 +92,9 @@ def load_trained(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[
     except ValueError as e:
         raise CheckpointError(f"{path}: meta {e}") from e
     try:
+        # checkpoints written before `attention_norm` existed were trained without it
         model = build_model(meta["model"], int(meta["num_classes"]), tuple(meta["body_size"]),
-                            tuple(meta["part_size"]))
+                            tuple(meta["part_size"]), attention_norm=bool(meta.get("attention_norm", False)))
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: its model description cannot be built ({type(e).__name__}: {e})") from e
     try:

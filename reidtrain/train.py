@@ -312,8 +312,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
         loader = make_loader(dataset, cfg.batch_size, cfg.workers, sampler, train=True,
                              pin_memory=rt.device.type == "cuda")
 
-        model = build_model(cfg.model, len(train_pids), tuple(cfg.body_size), tuple(cfg.part_size))
+        model = build_model(cfg.model, len(train_pids), tuple(cfg.body_size), tuple(cfg.part_size),
+                            attention_norm=cfg.attention_norm)
         meta = {"model": cfg.model, "num_classes": len(train_pids), "body_size": list(cfg.body_size),
+                "attention_norm": cfg.attention_norm,
                 "part_size": list(cfg.part_size), "normalize": cfg.normalize, "input_columns": columns,
                 "crops": cfg.crops,
                 "train_pids": train_pids, "dataset": split.dataset, "cache": str(cfg.cache),

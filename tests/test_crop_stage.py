@@ -411,7 +411,7 @@ def test_real_market_crops_with_posegan_keypoints(realdata, tmp_path):
 def test_config_validation_and_cli_defaults():
     from posecrop import commands_crop
     cfg = CropConfig()
-    defaults = {"dataset": cfg.dataset, "beta": cfg.beta, "threshold": cfg.threshold, "min_reliable": cfg.min_reliable,
+    defaults = {"dataset": cfg.dataset, "beta": cfg.beta, "region_width": cfg.region_width, "threshold": cfg.threshold, "min_reliable": cfg.min_reliable,
                 "body_size": "x".join(map(str, cfg.body_size)), "part_size": "x".join(map(str, cfg.part_size)),
                 "encoding": cfg.encoding, "jpeg_quality": cfg.jpeg_quality, "fill": cfg.fill, "shard": cfg.shard,
                 "batch_size": cfg.batch_size, "rows_per_part": cfg.rows_per_part}
@@ -422,6 +422,24 @@ def test_config_validation_and_cli_defaults():
     for bad, match in (({"beta": 2.0}, "beta"), ({"shard": "3/3"}, "shard"), ({"encoding": "gif"}, "encoding"),
                        ({"region_joints": {"head": ["nose", "chin"]}}, "chin"),
                        ({"region_joints": {"tail": ["nose"]}}, "tail"), ({"jpeg_quality": 0}, "jpeg_quality"),
-                       ({"workers": -1}, "workers"), ({"bogus": 1}, "bogus")):
+                       ({"workers": -1}, "workers"), ({"bogus": 1}, "bogus"),
+                       ({"region_width": "wide"}, "region_width")):
         with pytest.raises(ConfigError, match=match):
             from_mapping(CropConfig, bad)
+
+
+def test_region_width_image_keeps_every_box_inside_the_image_columns(synth, tmp_path):
+    runs = {}
+    for width in ("paper", "image"):
+        out = tmp_path / width
+        run_crop(CropConfig(dataset="market", root=synth, out=out, region_width=width, workers=0, progress=False))
+        assert cache_settings(out)["region_width"] == width
+        runs[width] = _rows(out)
+    assert runs["paper"].keys() == runs["image"].keys()
+    outside_before = 0
+    for key, r in runs["image"].items():
+        boxes, paper = np.array(r["boxes"]), np.array(runs["paper"][key]["boxes"])
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= r["width"]).all() and (boxes[:, 2] > boxes[:, 0]).all()
+        np.testing.assert_array_equal(boxes[:, [1, 3]], paper[:, [1, 3]])      # heights are Eq. 1-2's
+        outside_before += int(((paper[:, 0] < 0) | (paper[:, 2] > r["width"])).any())
+    assert outside_before > 0       # the synthetic poses do reach outside with the paper's width

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from posecrop.keypoints import KEYPOINT_INDEX
-from posecrop.regions import DEFAULT_REGION_JOINTS, REGION_NAMES, RegionGeometryError, RegionSpec, region_boxes
+from posecrop.regions import (DEFAULT_REGION_JOINTS, REGION_NAMES, RegionGeometryError, RegionSpec, fit_width,
+                              region_boxes)
 
 
 def _pose(x_default: float = 30.0, wrists_x: tuple[float, float] | None = None) -> np.ndarray:
@@ -82,3 +83,14 @@ def test_rejects_missing_joints_and_upside_down_poses():
         region_boxes(flipped)
     with pytest.raises(ValueError, match="shape"):
         region_boxes(np.zeros((2, 17, 2)))
+
+
+def test_fit_width_clips_to_the_image_columns_by_hand():
+    boxes = np.array([[[-10.0, -5.0, 70.0, 170.0], [5.0, 0.0, 50.0, 40.0]],      # wider than a 60-px image; inside
+                      [[80.0, 10.0, 95.0, 150.0], [-20.0, 1.0, -2.0, 9.0]]], np.float32)  # beside the image
+    out = fit_width(boxes, np.array([60, 60]))
+    np.testing.assert_allclose(out[0], [[0, -5, 60, 170], [5, 0, 50, 40]])
+    np.testing.assert_allclose(out[1], [[0, 10, 60, 150], [0, 1, 60, 9]])     # nothing left: the full width
+    assert out.dtype == np.float32 and boxes[0, 0, 0] == -10.0                # the input is not changed
+    with pytest.raises(ValueError, match="widths"):
+        fit_width(boxes, np.array([60]))

@@ -68,14 +68,15 @@ class Branch(nn.Module):
     """One branch after Conv1: max-pool, blocks 1-4 (Conv2x-Conv5x, with intra-attention in 2-4 if asked),
     average pooling and FC-reduce -> its feature E (B, embed_dim)."""
 
-    def __init__(self, spec: BranchSpec, intra: bool) -> None:
+    def __init__(self, spec: BranchSpec, intra: bool, attention_norm: bool = True) -> None:
         super().__init__()
         self.spec = spec
         self.pool = nn.MaxPool2d(3, stride=spec.pool_stride, padding=1)
         blocks: list[nn.Module] = []
         for i, (in_ch, mid, out, stride) in enumerate(spec.stage_widths()):
             if intra and ATTENTION_POOLS[i] > 0:
-                blocks.append(IntraAttentionBlock(in_ch, mid, out, stride, pools=ATTENTION_POOLS[i]))
+                blocks.append(IntraAttentionBlock(in_ch, mid, out, stride, pools=ATTENTION_POOLS[i],
+                                                  norm=attention_norm))
             else:
                 blocks.append(residual_stage(in_ch, mid, out, stride=stride))
         self.blocks = nn.Sequential(*blocks)
@@ -99,12 +100,13 @@ class FiveBranchNet(nn.Module):
     """Five branches sharing Conv1 only (Sec. 3.1), intra- / inter-attention per `variant`."""
 
     def __init__(self, variant: Variant, num_classes: int, body_size: tuple[int, int] = (384, 192),
-                 part_size: tuple[int, int] = (96, 192), dropout: float = 0.5) -> None:
+                 part_size: tuple[int, int] = (96, 192), dropout: float = 0.5, attention_norm: bool = True) -> None:
         super().__init__()
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 (0: no classifiers), got {num_classes}")
         self.variant = variant
         self.num_classes = num_classes
+        self.attention_norm = attention_norm
         self.body_size = tuple(body_size)
         self.part_size = tuple(part_size)
         self.branch_names: tuple[str, ...] = REGION_NAMES
@@ -112,7 +114,7 @@ class FiveBranchNet(nn.Module):
         global_spec = BranchSpec(GLOBAL_BRANCH, **GLOBAL_SPEC)
         part_specs = [BranchSpec(name, **PART_SPEC) for name in PART_BRANCHES]
         self.stem = stem()
-        self.branches = nn.ModuleDict({s.name: Branch(s, variant.intra) for s in (global_spec, *part_specs)})
+        self.branches = nn.ModuleDict({s.name: Branch(s, variant.intra, attention_norm) for s in (global_spec, *part_specs)})
         part_dim = part_specs[0].embed_dim
         self.inter = InterAttention(len(PART_BRANCHES), part_dim, enabled=variant.inter)
         self.feature_dim = global_spec.embed_dim + len(PART_BRANCHES) * part_dim
