@@ -681,7 +681,8 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
             todo = todo[: cfg.limit]
         wsettings = WorkerSettings(str(cfg.root), bank, cfg.region_spec(), cfg.beta, cfg.threshold, cfg.min_reliable,
                                    cfg.region_sizes(), cfg.encoding, cfg.jpeg_quality, cfg.fill, cfg.max_pixels,
-                                   WHOLE_COLUMN, chain.tail, chain.names[len(chain.head):], cfg.region_width)
+                                   WHOLE_COLUMN, chain.tail, chain.names[len(chain.head):],
+                                   region_width=cfg.region_width)
         # one batch or less is not worth starting processes for; never more workers than batches
         workers = min(cfg.num_workers(), -(-len(todo) // cfg.batch_size)) if len(todo) > cfg.batch_size else 0
 
