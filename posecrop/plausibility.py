@@ -55,7 +55,7 @@ from .keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
 from .regions import RegionSpec
 
 RULES: tuple[str, ...] = ("too_large", "outside_image", "upside_down", "head_below_hips", "legs_above_neck", "height",
-                          "too_large", "too_small", "collapsed")
+                          "too_small", "collapsed")
 
 _J = KEYPOINT_INDEX
 FACE = [_J[n] for n in ("nose", "r_eye", "l_eye", "r_ear", "l_ear")]
