@@ -11,6 +11,7 @@ Processes
     cli / popen:            the real command line in a subprocess (cwd = repository root)
     wait_for / kill_when:   poll the file system, SIGKILL a process at a chosen point
     limit_file_size:        preexec_fn giving a child a small RLIMIT_FSIZE (writes past it fail with EFBIG)
+    private_mounts:         whether a tmpfs can be mounted in a private mount namespace (small / read-only disks)
 Reading results
     cache_rows, part_ids, leftovers, report_by_image
 """
@@ -310,6 +311,17 @@ def chmod_stops_root(tmp: Path) -> bool:
         probe.chmod(0o755)
         shutil.rmtree(probe)
     return False
+
+
+def private_mounts(tmp: Path) -> bool:
+    """Whether this process may mount a tmpfs in a private mount namespace (root with CAP_SYS_ADMIN)."""
+    if not shutil.which("unshare"):
+        return False
+    probe = tmp / "probe"
+    probe.mkdir()
+    r = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {probe}"],
+                       capture_output=True)
+    return r.returncode == 0
 
 
 # ------------------------------------------------------------------------------------------------ results

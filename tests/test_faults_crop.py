@@ -607,17 +607,6 @@ def test_report_on_a_full_disk_clear_error_parts_kept(base, base_rows, tmp_path)
     assert summary["already_done"] == len(base_rows) and summary["written"] == 0  # every part had been kept
 
 
-def _private_mounts(tmp: Path) -> bool:
-    """Whether this process may mount a tmpfs in a private mount namespace (root with CAP_SYS_ADMIN)."""
-    if not shutil.which("unshare"):
-        return False
-    probe = tmp / "probe"
-    probe.mkdir()
-    r = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {probe}"],
-                       capture_output=True)
-    return r.returncode == 0
-
-
 def _in_small_disk(tmp: Path, size: str, script: str) -> subprocess.CompletedProcess:
     """Run `script` (sh) with a tmpfs of `size` mounted on tmp/disk, in a private mount namespace."""
     disk = tmp / "disk"
@@ -629,7 +618,7 @@ def _in_small_disk(tmp: Path, size: str, script: str) -> subprocess.CompletedPro
 def test_disk_full_and_read_only_disk(replicated, reference, tmp_path):
     """A real full disk (ENOSPC) and a read-only one (EROFS), each a tmpfs in a private mount namespace. What
     survives on the full disk is copied out and a normal run completes it."""
-    if not _private_mounts(tmp_path):
+    if not fk.private_mounts(tmp_path):
         pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN and unshare)")
     from posecrop.schema import IMAGE_COLUMNS
 

@@ -53,12 +53,7 @@ TRAIN = ("--batch-size", "4", "--workers", "0", "--seed", "3", "--device", "cpu"
          "--no-progress", *SIZES)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -306,16 +301,6 @@ def test_run_turns_crop_stage_errors_into_one_line(data, tmp_path, sets, expecte
     assert not (tmp_path / "out" / "cache").exists() or not list((tmp_path / "out" / "cache").rglob("*.parquet"))
 
 
-def _private_mounts(tmp: Path) -> bool:
-    if not shutil.which("unshare"):
-        return False
-    probe = tmp / "probe"
-    probe.mkdir()
-    r = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {probe}"],
-                       capture_output=True)
-    return r.returncode == 0
-
-
 def _on_small_disk(tmp: Path, size: str, command: str, read_only: bool = False) -> tuple[subprocess.CompletedProcess,
                                                                                         list[str]]:
     """Run `python cli.py COMMAND` with a tmpfs of `size` on tmp/disk (private mount namespace); returns the
@@ -333,7 +318,7 @@ def _on_small_disk(tmp: Path, size: str, command: str, read_only: bool = False) 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "extract", "export"])
 def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing_half_written(cache, trained, tmp_path, command):
-    if not _private_mounts(tmp_path):
+    if not fk.private_mounts(tmp_path):
         pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN and unshare)")
     disk = tmp_path / "disk"
     cmd = {"train": f"train --cache {cache} --out {disk}/run --epochs 1 {' '.join(TRAIN)}",

@@ -37,12 +37,7 @@ TRAIN_FLAGS = ("--epochs", str(EPOCHS), "--batch-size", "4", "--workers", "0", "
 TIMING = ("time_s", "images_per_s")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1): the same kernels, the same numbers
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,7 @@ def cache(tmp_path_factory) -> Path:
     return write_tiny_cache(tmp_path_factory.mktemp("cache"), train_ids=3, per_id=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_eq11_loss_weights_intra_and_inter():
