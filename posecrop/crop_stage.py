@@ -402,9 +402,9 @@ def _frame_fallback(kp: np.ndarray, sizes_wh: np.ndarray, s: WorkerSettings) -> 
 
 def _place(kp: np.ndarray, sc: np.ndarray, sizes_wh: np.ndarray, s: WorkerSettings
            ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | str], list[str]]:
-    """Plausibility -> repair -> Eq. 1-2 boxes for a batch. Joints the plausibility rules distrust are repaired
-    like low-score ones (or the pose takes the frame fallback); a pose whose repair fails or whose regions still
-    cannot be placed takes the frame fallback too. Returns keypoints, joint_source, boxes (a reason string only
+    """Plausibility -> repair -> Eq. 1-2 boxes (clipped to the image columns when region_width is "image") for a
+    batch. Joints the plausibility rules distrust are repaired like low-score ones (or the pose takes the frame
+    fallback); a pose whose repair fails or whose regions still cannot be placed takes the frame fallback too. Returns keypoints, joint_source, boxes (a reason string only
     for a pose even the fallback cannot place) and the per-pose `pose_issue`."""
     from .canonical import JOINT_FALLBACK
 
@@ -423,6 +423,10 @@ def _place(kp: np.ndarray, sc: np.ndarray, sizes_wh: np.ndarray, s: WorkerSettin
             cause = "repair_failed" if errors[j] is not None else "regions"
             rules[j] = ",".join(r for r in (rules[j], cause) if r)
             keypoints[j], joint_source[j], boxes[j] = k, src, b
+    placed = [j for j, b in enumerate(boxes) if not isinstance(b, str)]
+    if s.region_width != "paper" and placed:  # "image": Eq. 1's x-extent clipped to the image columns
+        for j, b in zip(placed, fit_width(np.stack([boxes[j] for j in placed]), sizes_wh[placed, 0])):
+            boxes[j] = b
     outcome = np.where((joint_source == JOINT_FALLBACK).any(1), "fallback", "repaired")
     return keypoints, joint_source, boxes, [format_issue(r, str(o)) for r, o in zip(rules, outcome)]
 
@@ -449,8 +453,6 @@ def process_task(task: CropTask, s: WorkerSettings) -> TaskResult:
     sizes_wh = np.array([[d.pixels.shape[1], d.pixels.shape[0]] for _, d in decoded], dtype=np.float64)
     kp_in, sc_in = task.keypoints[keep], task.scores[keep]
     keypoints, joint_source, boxes, issues = _place(kp_in, sc_in, sizes_wh, s)
-    if s.region_width != "paper":  # "image": Eq. 1's x-extent clipped to the image columns (heights unchanged)
-        boxes = [b if isinstance(b, str) else fit_width(b[None], sizes_wh[j:j + 1, 0])[0] for j, b in enumerate(boxes)]
     placed = [j for j, b in enumerate(boxes) if not isinstance(b, str)]
     outside = np.zeros((len(records), len(REGION_NAMES)), np.float32)
     if placed:
