@@ -1,29 +1,27 @@
-"""The attention-driven five-branch ReID network (Sec. 3.1, 3.3-3.5) and its ablation variants (Table 6).
+"""The ReID models: the model contract, the registry, and the built-in models.
 
-    build_model(name, num_classes, body_size=(384, 192), part_size=(96, 192)) -> FiveBranchNet
-    model(inputs: dict[str, Tensor]) -> ModelOutput(logits, features)
+    contract.py   ReidModel (the contract every model implements), InputSpec, ModelOutput, ModelDefaults,
+                  OptimizerSpec, ScheduleSpec, LossSettings
+    registry.py   register_model / list_models / get_model / build_model; plug-ins via $REIDTRAIN_MODELS
+    network.py    the attention-driven five-branch network (Sec. 3.1, 3.3-3.5) and its ablation variants
+                  (Table 6: baseline, aligned, intra, inter, intra-inter); base.py / attention.py its layers
+
+    build_model(name, num_classes, body_size=None, part_size=None, *, options=None, losses=None) -> ReidModel
+    model(inputs: dict[str, Tensor]) -> ModelOutput(logits, features, extras)
+    model.loss(output, labels) -> dict[str, Tensor]
 """
 from __future__ import annotations
 
-from .network import (FUSED, VARIANTS, FiveBranchNet, ModelInputError, ModelOutput, Variant,
-                      horizontal_strips)
+from .contract import (InputSpec, LossSettings, ModelDefaults, ModelInputError, ModelOutput, OptimizerSpec,
+                       ReidModel, ScheduleSpec)
+from .network import FUSED, VARIANTS, FiveBranchNet, FiveBranchOptions, Variant, horizontal_strips
+from .registry import (ModelEntry, PaperRow, UnknownModelError, build_model, get_model, list_models,
+                       register_model)
 
-MODEL_NAMES: tuple[str, ...] = tuple(VARIANTS)
+FIVE_BRANCH_NAMES: tuple[str, ...] = tuple(VARIANTS)
+MODEL_NAMES = FIVE_BRANCH_NAMES  # the five-branch variants (list_models() has every registered model)
 
-
-def build_model(name: str, num_classes: int, body_size: tuple[int, int] = (384, 192),
-                part_size: tuple[int, int] = (96, 192), dropout: float = 0.5,
-                attention_norm: bool = True) -> FiveBranchNet:
-    """The variant `name` (one of MODEL_NAMES) with `num_classes` identities (0: no classifiers).
-
-    `body_size` / `part_size` are (height, width) of the inputs; the network itself accepts any size, these
-    are what `example_inputs` and the size report use. `attention_norm`: batch norm of the intra-attention mask
-    logits before the sigmoid (reidtrain.model.attention; False = the paper's text as written, which saturates).
-    """
-    if name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
-    return FiveBranchNet(VARIANTS[name], num_classes, body_size, part_size, dropout, attention_norm)
-
-
-__all__ = ["FUSED", "MODEL_NAMES", "FiveBranchNet", "ModelInputError", "ModelOutput", "Variant", "build_model",
-           "horizontal_strips"]
+__all__ = ["FIVE_BRANCH_NAMES", "FUSED", "MODEL_NAMES", "FiveBranchNet", "FiveBranchOptions", "InputSpec",
+           "LossSettings", "ModelDefaults", "ModelEntry", "ModelInputError", "ModelOutput", "OptimizerSpec",
+           "PaperRow", "ReidModel", "ScheduleSpec", "UnknownModelError", "Variant", "build_model", "get_model",
+           "horizontal_strips", "list_models", "register_model"]

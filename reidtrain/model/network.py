@@ -15,35 +15,24 @@ on the final feature [E_g, E_l] (the inter loss). Without inter-attention E_l is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from posecrop.errors import ReidError
 from posecrop.regions import REGION_NAMES
 
+from ..losses import batch_hard_triplet, cross_entropy
 from .attention import AttentionHeads, InterAttention, IntraAttentionBlock
 from .base import (GLOBAL_SPEC, PART_SPEC, BranchSpec, Embedding, IdentityClassifier, init_conv_weights,
                    residual_stage, stem)
+from .contract import InputSpec, LossSettings, ModelDefaults, ModelInputError, ModelOutput, ReidModel
+from .registry import PaperRow, register_model
 
 ATTENTION_POOLS: tuple[int, ...] = (0, 2, 1, 1)
 """Max-pool levels of the attention path in blocks 1..4 (Sec. 3.3: twice in block 2, once in blocks 3-4)."""
 GLOBAL_BRANCH = REGION_NAMES[0]
 PART_BRANCHES = REGION_NAMES[1:]
 FUSED = "fused"
-
-
-class ModelInputError(ReidError, ValueError):
-    """The inputs dict does not match `model.input_keys` or holds a tensor of the wrong shape."""
-
-
-class ModelOutput(NamedTuple):
-    """`logits`: branch name / "fused" -> (B, num_classes) (empty without classifiers);
-    `features`: the ReID feature [E_g, E_l] (B, feature_dim)."""
-
-    logits: dict[str, torch.Tensor]
-    features: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -96,58 +85,77 @@ def horizontal_strips(image: torch.Tensor, count: int = 4) -> list[torch.Tensor]
     return [image[..., bounds[i]:bounds[i + 1], :] for i in range(count)]
 
 
-class FiveBranchNet(nn.Module):
-    """Five branches sharing Conv1 only (Sec. 3.1), intra- / inter-attention per `variant`."""
+@dataclass
+class FiveBranchOptions:
+    """Options of the five-branch variants (`[model.NAME]` in a recipe, `--model-option` on the CLI).
 
-    def __init__(self, variant: Variant, num_classes: int, body_size: tuple[int, int] = (384, 192),
-                 part_size: tuple[int, int] = (96, 192), dropout: float = 0.5, attention_norm: bool = True) -> None:
-        super().__init__()
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0 (0: no classifiers), got {num_classes}")
+    lambda_intra: weight of the five branch losses in Eq. 11 (Sec. 4.4 tunes it per dataset).
+    attention_norm: batch norm of the intra-attention mask logits before the sigmoid (False: the paper's
+        m = sigmoid(conv(S * C)) as written, which saturates on real images; reidtrain.model.attention).
+    dropout: before every identity classifier (Table 1's FC row)."""
+
+    lambda_intra: float = 0.5
+    attention_norm: bool = True
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.lambda_intra < 0:
+            raise ValueError(f"lambda_intra must be >= 0, got {self.lambda_intra}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+BODY_SIZE = (384, 192)
+PART_SIZE = (96, 192)
+
+
+def five_branch_inputs(variant: Variant) -> dict[str, InputSpec]:
+    """Default inputs of a variant: `baseline` reads the unaligned source image (`whole`) as its "body" input
+    and cuts its own strips; the others read the five pose-aligned crops."""
+    if variant.strips:
+        return {GLOBAL_BRANCH: InputSpec("whole", BODY_SIZE, "body")}
+    return {name: InputSpec(name, BODY_SIZE if name == GLOBAL_BRANCH else PART_SIZE,
+                            "body" if name == GLOBAL_BRANCH else "part") for name in REGION_NAMES}
+
+
+class FiveBranchNet(ReidModel):
+    """Five branches sharing Conv1 only (Sec. 3.1), intra- / inter-attention per `variant`; Eq. 11 loss."""
+
+    def __init__(self, variant: Variant, num_classes: int, inputs: dict[str, InputSpec] | None = None,
+                 options: FiveBranchOptions | None = None, losses: LossSettings | None = None) -> None:
+        super().__init__(variant.name, inputs or five_branch_inputs(variant), num_classes, losses)
+        options = options or FiveBranchOptions()
+        expected = tuple(five_branch_inputs(variant))
+        if self.input_keys != expected:
+            raise ModelInputError(f"model {variant.name!r} has inputs {expected}, got {self.input_keys}")
         self.variant = variant
-        self.num_classes = num_classes
-        self.attention_norm = attention_norm
-        self.body_size = tuple(body_size)
-        self.part_size = tuple(part_size)
+        self.options = options
+        self.lambda_intra = options.lambda_intra
+        self.attention_norm = options.attention_norm
+        self.body_size = tuple(self.inputs[GLOBAL_BRANCH].size)
+        self.part_size = tuple(self.inputs[PART_BRANCHES[0]].size) if not variant.strips else None
         self.branch_names: tuple[str, ...] = REGION_NAMES
-        self.input_keys: tuple[str, ...] = (GLOBAL_BRANCH,) if variant.strips else REGION_NAMES
         global_spec = BranchSpec(GLOBAL_BRANCH, **GLOBAL_SPEC)
         part_specs = [BranchSpec(name, **PART_SPEC) for name in PART_BRANCHES]
         self.stem = stem()
-        self.branches = nn.ModuleDict({s.name: Branch(s, variant.intra, attention_norm) for s in (global_spec, *part_specs)})
+        self.branches = nn.ModuleDict({s.name: Branch(s, variant.intra, options.attention_norm)
+                                       for s in (global_spec, *part_specs)})
         part_dim = part_specs[0].embed_dim
         self.inter = InterAttention(len(PART_BRANCHES), part_dim, enabled=variant.inter)
         self.feature_dim = global_spec.embed_dim + len(PART_BRANCHES) * part_dim
+        self.feature_layout = (("E_g", global_spec.embed_dim), ("E_l", len(PART_BRANCHES) * part_dim))
         dims = {s.name: s.embed_dim for s in (global_spec, *part_specs)} | {FUSED: self.feature_dim}
         self.classifier = nn.ModuleDict(
-            {k: IdentityClassifier(d, num_classes, dropout) for k, d in dims.items()} if num_classes else {})
+            {k: IdentityClassifier(d, num_classes, options.dropout) for k, d in dims.items()} if num_classes else {})
         init_conv_weights(self)
         for module in self.modules():
             if isinstance(module, AttentionHeads):
                 module.reset_parameters()
 
     # -- inputs -------------------------------------------------------------------------------------------
-    def example_inputs(self, batch: int = 1, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Zero inputs of the configured sizes (for size reports, export and benchmarks)."""
-        sizes = {k: self.body_size if k == GLOBAL_BRANCH else self.part_size for k in self.input_keys}
-        return {k: torch.zeros(batch, 3, *hw, device=device) for k, hw in sizes.items()}
-
     def branch_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Check `inputs` against `input_keys` and return one image batch per branch."""
-        if not isinstance(inputs, dict):
-            raise ModelInputError(f"model {self.variant.name!r} expects a dict with keys {self.input_keys}, "
-                                  f"got {type(inputs).__name__}")
-        missing = [k for k in self.input_keys if k not in inputs]
-        if missing:
-            raise ModelInputError(f"model {self.variant.name!r} expects inputs {self.input_keys}; missing {missing}")
-        batch = None
-        for k in self.input_keys:
-            x = inputs[k]
-            if x.dim() != 4 or x.shape[1] != 3:
-                raise ModelInputError(f"input {k!r} must be (B, 3, H, W), got {tuple(x.shape)}")
-            if batch is not None and x.shape[0] != batch:
-                raise ModelInputError(f"input {k!r} has batch {x.shape[0]}, other inputs have {batch}")
-            batch = x.shape[0]
+        self.check_inputs(inputs)
         if self.variant.strips:
             whole = inputs[GLOBAL_BRANCH]
             return {GLOBAL_BRANCH: whole, **dict(zip(PART_BRANCHES, horizontal_strips(whole, len(PART_BRANCHES))))}
@@ -164,7 +172,26 @@ class FiveBranchNet(nn.Module):
         if self.num_classes:
             logits = {name: self.classifier[name](e) for name, e in embeddings.items()}
             logits[FUSED] = self.classifier[FUSED](features)
-        return ModelOutput(logits, features)
+        return ModelOutput(logits, features, {})
+
+    # -- training -----------------------------------------------------------------------------------------
+    def loss(self, output: ModelOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eq. 10-11: {"intra": lambda * sum_j CE(branch j), "inter": CE(fused)} (+ "triplet" on [E_g, E_l] when
+        the loss settings ask for it); cross-entropy label-smoothed per the settings (0 in the paper)."""
+        missing = [k for k in (*self.branch_names, FUSED) if k not in output.logits]
+        if missing:
+            raise ModelInputError(f"model output lacks the classifier logits {missing} needed by Eq. 11 "
+                                  f"(built with num_classes=0?)")
+        eps = self.losses.label_smoothing
+        intra = sum(cross_entropy(output.logits[k], labels, eps) for k in self.branch_names)
+        terms = {"intra": self.lambda_intra * intra, "inter": cross_entropy(output.logits[FUSED], labels, eps)}
+        if self.losses.triplet_weight > 0:
+            terms["triplet"] = self.losses.triplet_weight * batch_hard_triplet(output.features, labels,
+                                                                               self.losses.triplet_margin)
+        return terms
+
+    def accuracy_logits(self, output: ModelOutput) -> torch.Tensor | None:
+        return output.logits.get(FUSED)
 
     def attention_maps(self) -> dict[str, list[torch.Tensor]]:
         """Branch -> attention maps of blocks 2-4 from the last forward: channel means of m_i, (B, 1, h, w) in
@@ -179,3 +206,29 @@ class FiveBranchNet(nn.Module):
         if head == "branches":
             return rest.split(".")[0]
         return {"inter": "inter-attention", "classifier": "classifiers"}.get(head, head)
+
+
+# ------------------------------------------------------------------------------------------------ registration
+def _register(variant: Variant) -> None:
+    full = variant.intra
+    paper = PaperRow("Yang et al., Pattern Recognition 2019, Table 12 (" + ("Full model" if full else "Basemodel")
+                     + ")", params_m=10.4 if full else 6.8, macs_g=2.69 if full else 2.26)
+
+    def build(num_classes: int, inputs: dict[str, InputSpec], losses: LossSettings,
+              options: FiveBranchOptions) -> FiveBranchNet:
+        return FiveBranchNet(variant, num_classes, inputs, options, losses)
+
+    build.__qualname__ = f"build_{variant.name}"
+    register_model(variant.name, defaults=ModelDefaults(inputs=five_branch_inputs(variant)),
+                   options=FiveBranchOptions, paper=paper, summary=VARIANT_SUMMARIES[variant.name])(build)
+
+
+VARIANT_SUMMARIES = {
+    "baseline": "five-branch net, whole image + four fixed strips, no attention (Table 6)",
+    "aligned": "five-branch net on the pose-aligned crops, no attention (Table 6)",
+    "intra": "aligned + intra-attention in blocks 2-4 (Table 6)",
+    "inter": "aligned + inter-attention fusion (Table 6)",
+    "intra-inter": "the full model: intra- and inter-attention (Table 6)",
+}
+for _v in VARIANTS.values():
+    _register(_v)
