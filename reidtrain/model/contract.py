@@ -19,7 +19,10 @@ A model is a subclass of `ReidModel` (an `nn.Module`) built by a function regist
     attention_maps() -> dict[str, list[Tensor]]
                     optional: name -> maps (B, 1, h, w) in [0, 1] of the last forward (default: none)
     complexity_group(name) -> str
-                    optional: the group a parameter is reported under by `model-info`
+                    optional: the group a parameter is reported under by `model-info`; parameters whose
+                    dotted name has a `classifier` segment are the identity classifiers (not counted)
+    load_backbone_weights(path) -> dict
+                    optional: ImageNet weights for the backbone from a local file (--backbone-weights)
 
 and its registration carries `ModelDefaults`: input sizes, normalisation, the recommended optimiser,
 learning-rate schedule, epochs, batch size, sampler and loss settings; `TrainConfig` fields left unset take
@@ -28,6 +31,7 @@ handed to the model at build time; `ReidModel.standard_loss` applies them to any
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -37,6 +41,10 @@ from torch import nn
 from posecrop.errors import ReidError
 
 SizeGroup = Literal["body", "part"]
+
+
+class BackboneWeightsError(ReidError, ValueError):
+    """A --backbone-weights file that cannot be read or does not fit the model's backbone."""
 
 
 class ModelInputError(ReidError, ValueError):
@@ -195,6 +203,13 @@ class ReidModel(nn.Module):
     def accuracy_logits(self, output: ModelOutput) -> torch.Tensor | None:
         """The logits whose arg-max is the training accuracy (default: the first classifier)."""
         return next(iter(output.logits.values()), None)
+
+    def load_backbone_weights(self, path: str | os.PathLike) -> dict[str, list[str]]:
+        """Load ImageNet weights for the backbone from a local state-dict file (`train --backbone-weights`;
+        torchvision- or timm-format keys, mapped by the model). Returns {"loaded": [...], "missing": [...],
+        "unexpected": [...]} (parameter names); raise BackboneWeightsError naming the file and the keys when
+        the file does not fit. Called by the training loop on a fresh run only, never by evaluate / export."""
+        raise BackboneWeightsError(f"{path}: model {self.model_name!r} has no ImageNet backbone to load weights into")
 
     # -- reports ------------------------------------------------------------------------------------------
     def attention_maps(self) -> dict[str, list[torch.Tensor]]:
