@@ -254,3 +254,33 @@ def test_pretrain_then_train_init_from_through_the_cli(tmp_path):
     assert report["unexpected"] == [] and report["shape_mismatched"] == []
     assert report["missing"] and all(k.startswith("classifier.") for k in report["missing"]), report["missing"]
     assert len(report["matched"]) == len(final["model"])
+
+
+def _rank_main(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
+    import os
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from posecrop.typedconfig import from_mapping
+    result = pretrain(from_mapping(PretrainConfig, cfg), progress=False)
+    torch.save(result.model.state_dict(), Path(out) / f"rank{rank}.pt")
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(result.history))
+
+
+@pytest.mark.slow
+def test_two_process_pretraining_keeps_ranks_in_sync_and_validates_every_image_once(tmp_path):
+    import torch.multiprocessing as mp
+
+    from posecrop.typedconfig import to_dict
+    from test_ddp import _free_port
+    root = make_imagenet(tmp_path / "in", "csv", per_class=4, val_per_class=3)   # 9 val images: 5 + 4 per rank
+    cfg = PretrainConfig(root=root, out=tmp_path / "run", **{**TINY, "epochs": 1})
+    mp.spawn(_rank_main, args=(2, _free_port(), to_dict(cfg), str(tmp_path)), nprocs=2, join=True)
+    w0, w1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0), "the two ranks' weights diverged"
+    (row,) = json.loads((tmp_path / "rank0.json").read_text())
+    assert row["images"] == 8 and row["val_images"] == 9   # train: 2 ranks x 1 full batch of 4 (of 6 each)
+    assert json.loads((tmp_path / "rank1.json").read_text()) == []
+    final = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert final["meta"]["world_size"] == 2
+    assert all(torch.equal(final["model"][k], w0[k]) for k in final["model"])
