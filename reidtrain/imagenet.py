@@ -319,6 +319,15 @@ def reduction(box_h: int, box_w: int, out_h: int, out_w: int) -> int:
     return 1
 
 
+def scale_box(box: Box, sy: float, sx: float, shape: tuple[int, int]) -> Box:
+    """`box` in a copy of the image scaled by (sy, sx) whose size is `shape` (at least one pixel, inside)."""
+    top, left, h, w = box
+    t, l_ = min(int(top * sy), shape[0] - 1), min(int(left * sx), shape[1] - 1)
+    b = max(t + 1, min(shape[0], round((top + h) * sy)))
+    r = max(l_ + 1, min(shape[1], round((left + w) * sx)))
+    return t, l_, b - t, r - l_
+
+
 # ------------------------------------------------------------------------------------------------- decoding
 def _read(path: Path) -> bytes:
     try:
@@ -351,7 +360,7 @@ def load_region(path: Path, out_h: int, out_w: int, box_of, reduced: bool = True
     try:
         if k > 1:
             head.draft("RGB", (width // k, height // k))
-            img = np.asarray(head.convert("RGB"))
+            img = np.asarray(head if head.mode == "RGB" else head.convert("RGB"))
         else:
             img = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
             if img is not None and not _RGB:
@@ -361,10 +370,8 @@ def load_region(path: Path, out_h: int, out_w: int, box_of, reduced: bool = True
     if img is None or img.ndim != 3 or img.shape[2] != 3:
         raise ImageReadError(f"{path}: the image cannot be decoded ({len(data)} bytes)")
     if img.shape[:2] != (height, width):   # reduced decoding: scale the box to the decoded size
-        sy, sx = img.shape[0] / height, img.shape[1] / width
-        t, l_ = int(top * sy), int(left * sx)
-        b, r = max(t + 1, min(img.shape[0], round((top + bh) * sy))), max(l_ + 1, min(img.shape[1], round((left + bw) * sx)))
-        top, left, bh, bw = t, l_, b - t, r - l_
+        top, left, bh, bw = scale_box((top, left, bh, bw), img.shape[0] / height, img.shape[1] / width,
+                                      img.shape[:2])
     region = img[top:top + bh, left:left + bw]
     if region.shape[:2] == (out_h, out_w):
         return region

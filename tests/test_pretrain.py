@@ -14,8 +14,9 @@ from PIL import Image
 
 import faultkit as fk
 from reidtrain.checkpoint import load_checkpoint
+from reidtrain.checkpoint import CheckpointError
 from reidtrain.imagenet import (ImageNetDataset, ImageNetLayoutError, ImageReadError, center_box, load_region,
-                                random_resized_box, reduction, scan_imagenet)
+                                random_resized_box, random_shifted_box, reduction, scale_box, scan_imagenet)
 from reidtrain.pretrain import PretrainConfig, backbone_state, branch_batch, build_pretrain_model, pretrain
 from test_data import write_tiny_cache
 
@@ -110,6 +111,7 @@ def test_the_csv_is_found_beside_the_kaggle_layout_and_non_images_are_reported(t
      "1 listed image(s) not in"),
     (lambda r: (r / "LOC_val_solution.csv").unlink(), "flat validation images need LOC_val_solution.csv"),
     (lambda r: (r / "LOC_val_solution.csv").write_text("id,label\n"), "line 1 must be the header"),
+    (lambda r: __import__("shutil").rmtree(r / "val"), "no val/ folder"),
 ])
 def test_a_bad_layout_is_one_clear_error_naming_the_file(tmp_path, damage, message):
     root = make_imagenet(tmp_path / "in", "csv")
@@ -153,6 +155,10 @@ def test_random_resized_boxes_stay_inside_with_the_aspect_relative_to_the_output
     assert center_box(375, 500, 384, 192)[2:] == (328, 164)
     assert reduction(400, 500, 100, 100) == 4 and reduction(199, 500, 100, 100) == 1
     assert reduction(1600, 1600, 100, 200) == 8
+    for _ in range(50):   # resize-crop: the validation box's size at a random position
+        top, left, h, w = random_shifted_box(rng, 375, 500, 224, 224)
+        assert (h, w) == (328, 328) and 0 <= top <= 375 - h and 0 <= left <= 500 - w
+    assert scale_box((100, 200, 400, 400), 0.25, 0.25, (150, 200)) == (25, 50, 100, 100)
 
 
 def test_reduced_decoding_matches_full_decoding_closely(tmp_path):
@@ -212,8 +218,12 @@ def test_killed_and_resumed_pretraining_equals_the_uninterrupted_run(tmp_path):
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     rows = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows] == [r["loss"] for r in straight.history]
-    with pytest.raises(Exception, match="lr"):
+    with pytest.raises(CheckpointError, match="lr"):
         pretrain(PretrainConfig(root=root, out=tmp_path / "killed", seed=5, **{**TINY, "lr": 0.5}), resume=True,
+                 progress=False)
+    _image(0, 9, (40, 30)).save(root / "train" / WNIDS[0] / "extra.JPEG")   # the folder changed
+    with pytest.raises(CheckpointError, match="the ImageNet folder changed"):
+        pretrain(PretrainConfig(root=root, out=tmp_path / "killed", seed=5, **{**TINY, "epochs": 3}), resume=True,
                  progress=False)
 
 
