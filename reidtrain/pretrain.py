@@ -36,7 +36,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -48,75 +48,14 @@ from posecrop.typedconfig import to_dict
 
 from .allocator import keep_freed_memory
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import ModelName, Normalize, check_size
+from .pretrain_config import RESUME_FREE, PretrainConfig, result_config
 from .runlock import run_lock
 from .threads import set_threads
 from .train import (FUSED, HOST_READ_EVERY, MIN_BATCH, RunExistsError, TooFewImagesError, TrainingDiverged,
                     _append_metrics, _existing_run, _flat, _progress, _rewrite_metrics, _seed_all, clear_run,
                     eq11_loss, setup_runtime, sync_buffers)
 
-BranchInputs = Literal["strips", "whole"]
 CLASSIFIER_PREFIX = "classifier."
-
-
-@dataclass
-class PretrainConfig:
-    """ImageNet pre-training (Sec. 4.1 schedule by default; see the module docstring)."""
-
-    root: Path | None = None
-    out: Path = Path("runs/pretrain")
-    model: ModelName = "intra-inter"
-    branch_inputs: BranchInputs = "strips"
-    input_size: tuple[int, int] = (384, 192)
-    val_labels: Path | None = None
-    validate: bool = True
-    augment: Literal["random-resized-crop", "resize-crop"] = "random-resized-crop"
-    scale_min: float = 0.08
-    flip: bool = True
-    reduced_decoding: bool = True
-    lambda_intra: float = 0.5
-    epochs: int = 9
-    batch_size: int = 32
-    lr: float = 0.01
-    lr_step: int = 3
-    lr_gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    normalize: Normalize = "channel-mean"
-    attention_norm: bool = True
-    workers: int = 8
-    threads: int = 0
-    seed: int = 0
-    device: str = "auto"
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    channels_last: Literal["auto", "on", "off"] = "auto"
-    tensorboard: bool = True
-
-    def __post_init__(self) -> None:
-        check_size("input_size", self.input_size)
-        if self.input_size[0] % 4:
-            raise ValueError(f"input_size height must be a multiple of 4 (four strips), got {self.input_size[0]}")
-        if self.epochs < 1 or self.lr_step < 1:
-            raise ValueError(f"epochs and lr_step must be >= 1, got {self.epochs}, {self.lr_step}")
-        if self.batch_size < MIN_BATCH:
-            raise ValueError(f"batch_size must be >= {MIN_BATCH} (batch norm), got {self.batch_size}")
-        if self.lambda_intra < 0 or self.lr <= 0:
-            raise ValueError(f"lambda_intra must be >= 0 and lr > 0, got {self.lambda_intra}, {self.lr}")
-        if not 0.0 < self.scale_min <= 1.0:
-            raise ValueError(f"scale_min must be in (0, 1], got {self.scale_min}")
-        if self.workers < 0 or self.threads < 0 or self.seed < 0:
-            raise ValueError("workers, threads and seed must be >= 0")
-
-
-# Fields that do not change the pre-trained weights (a resume may change them).
-RESUME_FREE = ("out", "workers", "threads", "device", "tensorboard", "epochs", "root", "val_labels")
-
-
-def result_config(cfg: PretrainConfig) -> dict:
-    d = to_dict(cfg)
-    for k in RESUME_FREE:
-        d.pop(k, None)
-    return d
 
 
 @dataclass

@@ -294,3 +294,14 @@ def test_two_process_pretraining_keeps_ranks_in_sync_and_validates_every_image_o
     final = load_checkpoint(tmp_path / "run" / "model.pt")
     assert final["meta"]["world_size"] == 2
     assert all(torch.equal(final["model"][k], w0[k]) for k in final["model"])
+
+
+def test_the_command_is_registered_and_its_help_names_the_defaults():
+    env = {"COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"}
+    listed = fk.cli("--help", env=env)
+    assert listed.returncode == 0 and any(line.split()[1:2] == ["pretrain"] for line in listed.stdout.splitlines()
+                                          if line.startswith("│ ")), listed.stdout
+    out = fk.cli("pretrain", "--help", env=env)
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "(default: 9)" in text and "(default: 0.01)" in text and "(default: 3)" in text and "(default: 32)" in text
