@@ -158,7 +158,11 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False, pro
         channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and rt.device.type == "cuda")
         if rt.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        folder = scan_imagenet(Path(cfg.root), cfg.val_labels, cfg.validate)
+        if progress and rt.is_main:
+            with console.status(f"reading the file lists of {cfg.root} ..."):
+                folder = scan_imagenet(Path(cfg.root), cfg.val_labels, cfg.validate)
+        else:
+            folder = scan_imagenet(Path(cfg.root), cfg.val_labels, cfg.validate)
         fingerprint = folder.fingerprint()
         if len(folder.train) < MIN_BATCH * rt.world_size:
             raise TooFewImagesError(f"{folder.root}/train: {len(folder.train)} image(s); pre-training needs at least "

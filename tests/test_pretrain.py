@@ -240,10 +240,12 @@ def test_pretraining_learns_a_fixed_batch(tmp_path):
 def test_pretrain_then_train_init_from_through_the_cli(tmp_path):
     root = make_imagenet(tmp_path / "in", "csv")
     run = tmp_path / "pre"
-    r = fk.cli("pretrain", root, "--out", run, "--input-size", "64x32", "--batch-size", "4", "--epochs", "2",
-               "--workers", "1", "--no-progress", "--device", "cpu", timeout=300)
+    config = tmp_path / "pretrain.toml"   # settings from a config file's [pretrain] table, the rest as flags
+    config.write_text("[pretrain]\ninput_size = [64, 32]\nbatch_size = 4\nepochs = 2\n")
+    r = fk.cli("pretrain", root, "--config", config, "--out", run, "--workers", "1", "--no-progress", "--device",
+               "cpu", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "val top-1" in r.stdout
+    assert "val top-1" in r.stdout and "at 64x32" in r.stderr
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]
     assert all(row["val_images"] == 6 and 0 <= row["val_top1"] <= row["val_top5"] == 1.0 for row in rows)
