@@ -260,6 +260,7 @@ def _scan_val(root: Path, classes: list[str], val_labels: Path | None,
         raise ImageNetLayoutError(f"{csv_path}: {len(missing)} listed image(s) not in {val_dir}, first "
                                   f"{missing[0]!r}")
     skipped.extend(str(val_dir / f) for f in files if not _is_image(f) and f != VAL_CSV)
+    skipped.extend(str(val_dir / d) + "/" for d in dirs)   # sub-folders beside a flat, csv-labelled val/
     return ImageList.build(val_dir, paths, labels), str(csv_path)
 
 
