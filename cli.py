@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "posecrop.commands_canonical",  # canonical fit, canonical eval
     "reidtrain.commands_model",   # model-info
     "reidtrain.commands_train",   # train, evaluate, extract, export, run, demo
+    "reidtrain.commands_pretrain",  # pretrain (ImageNet)
     "benchmarks.commands",        # bench
 )
 

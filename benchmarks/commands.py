@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
     @app.command("bench", help="Measure every stage against a reference in the same run (ratios, peak memory).")
     def bench(
         quick: bool = typer.Option(False, "--quick", help="CI-sized inputs for a 2-core machine."),
-        stage: Optional[List[str]] = typer.Option(None, "--stage", help="Only these stages: crop, pose, blazepose, repair, loader, model, eval."),
+        stage: Optional[List[str]] = typer.Option(None, "--stage", help="Only these stages: crop, pose, blazepose, repair, loader, imagenet_loader, model, eval."),
         out: Path = typer.Option(Path("benchmarks/results"), "--out", help="Folder for results.json and results.md."),
         timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds allowed per stage."),
         accuracy: bool = typer.Option(False, "--accuracy", help="Instead: the real-data accuracy benchmark "
