@@ -128,7 +128,7 @@ def load_resnet50(backbone: nn.Module, path: str | os.PathLike, prefix: str = ""
     if shapes:
         raise BackboneWeightsError(f"{path}: ResNet-50 weights of the wrong shape: {_names(shapes, 4)}")
     floats = {k: state[k].to(own[k].dtype) for k in own if k in state}
-    result = backbone.load_state_dict(floats, strict=False)
-    absent = list(result.missing_keys)
+    backbone.load_state_dict(floats, strict=False)
+    absent = [k for k in own if k not in state]
     return {"loaded": [prefix + k for k in floats], "missing": [prefix + k for k in absent],
             "unexpected": head}

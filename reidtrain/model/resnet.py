@@ -52,7 +52,8 @@ class ResNet50(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         in_ch = 64
-        for i, (mid, units, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, last_stride)), start=1):
+        widths = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, last_stride))
+        for i, (mid, units, stride) in enumerate(widths, start=1):
             blocks = []
             for u in range(units):
                 blocks.append(ResNetBottleneck(in_ch, mid, stride if u == 0 else 1, stride_in_1x1))
