@@ -53,6 +53,9 @@ from .strong_baseline import BODY, ResNetBNNeck
 SplitAxis = Literal["channel", "spatial"]
 AttentionKind = Literal["channel", "spatial"]
 MAX_LEVELS = 4
+MAPS_NAME = "attention_pyramid"
+"""attention_maps()'s key: not an input name, so the report lays the maps over the input and numbers them as the
+stages (block 1 = the stem, 2-5 = layer1-layer4)."""
 
 
 # ------------------------------------------------------------------------------------------- split and merge
@@ -258,14 +261,14 @@ class APNet(ResNetBNNeck):
         return x
 
     def attention_maps(self) -> dict[str, list[torch.Tensor]]:
-        """"body" -> the pyramids' gains of the last eval forward, stages 1-5 (`AttentionPyramid.gain`),
+        """MAPS_NAME -> the pyramids' gains of the last eval forward, stages 1-5 (`AttentionPyramid.gain`),
         (B, 1, h, w) in [0, 1] at each stage's resolution: APNet-S's spatial maps, or APNet-C's per-stripe mean
         channel gain (split="spatial"). {} for APNet-C with split="channel" (its maps have no spatial extent)
         and before an eval forward."""
         gains = [p.last_gain for p in self.pyramids]
         if any(g is None for g in gains) or all(g.shape[-2:] == (1, 1) for g in gains):
             return {}
-        return {BODY: [g.expand(g.shape[0], 1, *p.last_size) for g, p in zip(gains, self.pyramids)]}
+        return {MAPS_NAME: [g.expand(g.shape[0], 1, *p.last_size) for g, p in zip(gains, self.pyramids)]}
 
     def complexity_group(self, name: str) -> str:
         head, _, rest = name.partition(".")
