@@ -206,8 +206,8 @@ def test_broken_files_raise_naming_the_file_and_the_keys(tmp_path):
     broken["layer5.0.conv1.weight"] = broken.pop("layer3.0.conv1.weight")
     path = tmp_path / "broken.pth"
     torch.save(broken, path)
-    with pytest.raises(BackboneWeightsError, match=r"broken\.pth.*missing 1 keys: layer3\.0\.conv1\.weight.*"
-                                                   r"unexpected 1 keys: layer5\.0\.conv1\.weight"):
+    with pytest.raises(BackboneWeightsError, match=r"broken\.pth.*missing 1 key: layer3\.0\.conv1\.weight.*"
+                                                   r"unexpected 1 key: layer5\.0\.conv1\.weight"):
         model.load_backbone_weights(path)
 
     shaped = dict(state, **{"conv1.weight": torch.zeros(64, 3, 3, 3)})

@@ -44,6 +44,10 @@ def _names(keys, limit: int = 8) -> str:
     return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def _count(keys) -> str:
+    return f"{len(keys)} key" + ("" if len(keys) == 1 else "s")
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """A .safetensors file (8-byte little-endian header length, JSON header, raw little-endian data)."""
     raw = path.read_bytes()
@@ -119,9 +123,9 @@ def load_resnet50(backbone: nn.Module, path: str | os.PathLike, prefix: str = ""
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} keys: {_names(missing)}")
+            parts.append(f"missing {_count(missing)}: {_names(missing)}")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys: {_names(unexpected)}")
+            parts.append(f"unexpected {_count(unexpected)}: {_names(unexpected)}")
         raise BackboneWeightsError(f"{path}: not a torchvision/timm ResNet-50 state dict; " + "; ".join(parts))
     shapes = [f"{k} {tuple(state[k].shape)} (model {tuple(v.shape)})" for k, v in own.items()
               if k in state and state[k].shape != v.shape]
