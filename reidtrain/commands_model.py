@@ -1,9 +1,16 @@
-"""`python cli.py model-info`: parameters and multiply-accumulates of the five-branch network (Table 12)."""
+"""`python cli.py model-info`: parameters and multiply-accumulates of any registered model, against its paper.
+
+Read from the registry (reidtrain.model.registry): the model's default input sizes, its options and the
+parameter / MAC figures its own paper reports (the five-branch variants: Table 12 of the paper).
+"""
 from __future__ import annotations
+
+from typing import Optional
 
 import typer
 
-MODEL_CHOICES = ("baseline", "aligned", "intra", "inter", "intra-inter")  # = reidtrain.model.MODEL_NAMES
+PARAMS_TOLERANCE, MACS_TOLERANCE = 0.10, 0.15
+"""Accepted relative deviation from a paper's parameter / MAC count (the project's acceptance ranges)."""
 
 
 def parse_size(text: str, option: str) -> tuple[int, int]:
@@ -17,59 +24,104 @@ def parse_size(text: str, option: str) -> tuple[int, int]:
     return h, w
 
 
+def _sizes_text(inputs) -> str:
+    """'384x192 + 4 x 96x192': the input sizes, repeated sizes counted."""
+    counts: dict[str, int] = {}
+    for spec in inputs.values():
+        key = f"{spec.size[0]}x{spec.size[1]}"
+        counts[key] = counts.get(key, 0) + 1
+    return " + ".join(k if n == 1 else f"{n} x {k}" for k, n in counts.items())
+
+
 def register(app: typer.Typer) -> None:
     @app.command("model-info", help="Parameters (with / without classifiers) and multiply-accumulates for one "
-                                    "sample, per branch, compared with Table 12 of the paper.")
+                                    "sample of a registered model, per part of the network, compared with the "
+                                    "figures of its own paper (five-branch variants: Table 12).")
     def model_info(
-        model: str = typer.Option("intra-inter", "--model", help=f"Variant: {', '.join(MODEL_CHOICES)} or 'all'."),
-        body_size: str = typer.Option("384x192", "--body-size", help="Whole-body input HEIGHTxWIDTH."),
-        part_size: str = typer.Option("96x192", "--part-size", help="Body-part input HEIGHTxWIDTH."),
+        model: str = typer.Option("intra-inter", "--model", help="A registered model, or 'all'."),
+        list_only: bool = typer.Option(False, "--list", help="List the registered models with their options."),
+        body_size: Optional[str] = typer.Option(None, "--body-size", help="Inputs of the body size group "
+                                                "HEIGHTxWIDTH (default: the model's)."),
+        part_size: Optional[str] = typer.Option(None, "--part-size", help="Inputs of the part size group "
+                                                "HEIGHTxWIDTH (default: the model's)."),
         num_classes: int = typer.Option(751, "--num-classes", min=0,
                                         help="Identities of the classifiers (751: Market-1501 train)."),
     ) -> None:
-        names = MODEL_CHOICES if model == "all" else (model,)
-        if any(n not in MODEL_CHOICES for n in names):
-            raise typer.BadParameter(f"unknown model {model!r}; choose one of {', '.join(MODEL_CHOICES)} or 'all'",
-                                     param_hint="--model")
-        body, part = parse_size(body_size, "--body-size"), parse_size(part_size, "--part-size")
-
         from rich.console import Console
         from rich.table import Table
 
-        from reidtrain.model.complexity import TABLE12, TABLE12_TOLERANCE, model_report, table12_row
+        from reidtrain.model.complexity import count
+        from reidtrain.model.registry import build_model, get_model, list_models
 
         console = Console()
-        summary = Table(title=f"model size for one sample (body {body[0]}x{body[1]}, parts {part[0]}x{part[1]}, "
-                              f"{num_classes} classes)")
-        for col in ("model", "params M", "w/o cls M", "GMACs", "Table 12", "Δ params", "Δ MACs"):
-            summary.add_column(col, justify="left" if col in ("model", "Table 12") else "right", no_wrap=True)
-        for name in names:
-            r = model_report(name, num_classes, body, part)
-            row = table12_row(name)
-            ref = TABLE12[row]
-            dp, dm = r.params_without_classifiers / ref["params"] - 1, r.macs / ref["macs"] - 1
-            paper_sizes = body == (384, 192) and part == (96, 192)
+        names = list_models()
+        if list_only:
+            table = Table(title="registered models")
+            for col in ("model", "inputs (column, size)", "options", "summary"):
+                table.add_column(col)
+            for name in names:
+                entry = get_model(name)
+                columns = sorted({s.column for s in entry.defaults.inputs.values()},
+                                 key=[s.column for s in entry.defaults.inputs.values()].index)
+                inputs = f"{', '.join(columns) if len(columns) < 3 else f'{len(columns)} crops'}; " \
+                         f"{_sizes_text(entry.defaults.inputs)}"
+                table.add_row(name, inputs, ", ".join(entry.option_names()) or "-", entry.summary)
+            console.print(table)
+            return
+        chosen = names if model == "all" else [model]
+        if any(n not in names for n in chosen):
+            raise typer.BadParameter(f"unknown model {model!r}; choose one of {', '.join(names)} or 'all'",
+                                     param_hint="--model")
+        body = parse_size(body_size, "--body-size") if body_size else None
+        part = parse_size(part_size, "--part-size") if part_size else None
+        summary = Table(title=f"model size for one sample ({num_classes} classes)")
+        for col in ("model", "inputs", "params M", "w/o cls M", "GMACs", "paper", "Δ params", "Δ MACs"):
+            summary.add_column(col, justify="left" if col in ("model", "inputs", "paper") else "right", no_wrap=True)
+        for name in chosen:
+            entry = get_model(name)
+            net = build_model(name, num_classes, body, part)
+            r = count(net, net.example_inputs(1), group_of=net.complexity_group)
+            default_sizes = all(tuple(net.inputs[k].size) == tuple(s.size) for k, s in entry.defaults.inputs.items())
+            paper = entry.paper
 
-            def fmt(d: float, key: str) -> str:
-                if not paper_sizes and key == "macs":
+            def delta(ours: float, ref: float | None, tol: float, comparable: bool = True) -> str:
+                if ref is None:
+                    return "-"
+                if not comparable:
                     return "n/a"
-                style = "green" if abs(d) <= TABLE12_TOLERANCE[key] else "red"
-                return f"[{style}]{d:+.1%}[/]"
+                d = ours / ref - 1
+                return f"[{'green' if abs(d) <= tol else 'red'}]{d:+.1%}[/]"
 
-            summary.add_row(name, f"{r.params_total / 1e6:.3f}", f"{r.params_without_classifiers / 1e6:.3f}",
-                            f"{r.macs / 1e9:.3f}", f"{ref['params'] / 1e6:.1f}M/{ref['macs'] / 1e9:.2f}G",
-                            fmt(dp, "params"), fmt(dm, "macs"))
-            if len(names) == 1:
+            ref_text = "-"
+            if paper is not None:
+                bits = [f"{paper.params_m:.1f}M" if paper.params_m else None,
+                        f"{paper.macs_g:.2f}G" if paper.macs_g else None]
+                ref_text = "/".join(b for b in bits if b) or "-"
+            summary.add_row(name, _sizes_text(net.inputs), f"{r.params_total / 1e6:.3f}",
+                            f"{r.params_without_classifiers / 1e6:.3f}", f"{r.macs / 1e9:.3f}", ref_text,
+                            delta(r.params_without_classifiers, paper.params_m * 1e6 if paper and paper.params_m
+                                  else None, PARAMS_TOLERANCE),
+                            delta(r.macs, paper.macs_g * 1e9 if paper and paper.macs_g else None, MACS_TOLERANCE,
+                                  default_sizes))
+            if len(chosen) == 1:
                 groups = Table(title=f"{name}: per part of the network (classifiers excluded)")
                 for col in ("group", "params (M)", "GMACs"):
                     groups.add_column(col, justify="left" if col == "group" else "right")
                 for g, v in r.per_group.items():
                     groups.add_row(g, f"{v['params'] / 1e6:.3f}", f"{v['macs'] / 1e9:.4f}")
                 console.print(groups)
+                if entry.options is not None:
+                    console.print(f"options of {name}: " + ", ".join(
+                        f"{k}={v!r}" for k, v in vars(entry.parse_options({})).items()))
+                if paper is not None:
+                    console.print(f"paper: {paper.source}" + (f" - {paper.note}" if paper.note else ""))
         console.print(summary)
-        console.print("params: all / without the identity classifiers; GMACs: per sample, classifiers excluded; "
-                      "Table 12: its 'Full model' row for variants with intra-attention, else 'Basemodel'; "
-                      "Δ: deviation from it (n/a: MACs only comparable at 384x192 / 96x192).")
+        console.print("params: all / without the identity classifiers (each parameter counted once, shared "
+                      "modules too); GMACs: per sample, classifiers excluded; paper: the figures the model's own "
+                      "paper reports (five-branch variants: Table 12, 'Full model' with intra-attention, else "
+                      "'Basemodel'); Δ: deviation from it (n/a: MACs only comparable at the model's default "
+                      "input sizes).")
         console.print("MACs: multiply-accumulates of convolutions and linear layers (batch norm, pooling, "
-                      "activations and element-wise products not counted), the convention that reproduces "
-                      "Table 12's ResNet-50 row; tolerance ±10 % parameters, ±15 % MACs.")
+                      f"activations and element-wise products not counted), the convention that reproduces "
+                      f"Table 12's ResNet-50 row; tolerance ±{PARAMS_TOLERANCE:.0%} parameters, "
+                      f"±{MACS_TOLERANCE:.0%} MACs.")

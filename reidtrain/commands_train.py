@@ -18,6 +18,8 @@ EXIT_BAD_INPUT = 1
 
 
 def _d(value) -> str:
+    if value is None:
+        return " (default: the model's)"
     if isinstance(value, tuple):
         value = "x".join(str(v) for v in value)
     return f" (default: {value})"
@@ -31,6 +33,33 @@ def _size(text: Optional[str], option: str) -> Optional[tuple[int, int]]:
     except ValueError:
         raise typer.BadParameter(f"expected HEIGHTxWIDTH such as 384x192, got {text!r}", param_hint=option) from None
     return h, w
+
+
+def _model_options(items: Optional[List[str]]) -> dict:
+    """--model-option KEY=VALUE ... -> {KEY: VALUE}; VALUE read as TOML (numbers, true/false, "text"), else text."""
+    import tomllib
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--model-option")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        out[key.strip()] = value
+    return out
+
+
+def _int_list(text: Optional[str], option: str) -> Optional[tuple[int, ...]]:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated epochs such as 40,70, got {text!r}",
+                                 param_hint=option) from None
 
 
 def one_line(e: BaseException) -> str:
@@ -80,16 +109,27 @@ def _train_table(path: Optional[Path], model_flag: Optional[str]) -> dict:
     data = _read_toml(path)
     if "train" not in data:
         return table
-    crop = data.get("crop") if isinstance(data.get("crop"), dict) else {}
-    for key in ("body_size", "part_size"):
-        if key in crop and key not in table:
-            table[key] = crop[key]
-    names = (data.get("model") or {}).get("names") if isinstance(data.get("model"), dict) else None
+    section = data.get("model") if isinstance(data.get("model"), dict) else {}
+    names = section.get("names")
     if names and "model" not in table and model_flag is None:
         if not isinstance(names, list) or len(names) != 1:
             _fail(f"{path}: [model] names {names!r} - several models; choose one with --model")
         table["model"] = names[0]
+    chosen = model_flag or table.get("model") or TrainConfig().model
+    crop = data.get("crop") if isinstance(data.get("crop"), dict) else {}
+    if crop and _sizes_from_crop(chosen):
+        for key in ("body_size", "part_size"):
+            if key in crop and key not in table:
+                table[key] = crop[key]
+    if chosen and isinstance(section.get(chosen), dict) and "model_options" not in table:
+        table["model_options"] = dict(section[chosen])       # the recipe's [model.NAME] table
     return table
+
+
+def _sizes_from_crop(model: str) -> bool:
+    """Whether a recipe's [crop] sizes are model `model`'s input sizes (its ModelDefaults.sizes_from_crop)."""
+    from .model.registry import get_model
+    return get_model(model).defaults.sizes_from_crop
 
 
 def _expected_errors():
@@ -111,7 +151,8 @@ def _trained_cache(checkpoint: Path) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train", help="Train a model on a crop cache (Eq. 11 loss, SGD, lr step schedule of Sec. 4.1). "
+    @app.command("train", help="Train a registered model on a crop cache (settings not given: the model's "
+                               "defaults; the five-branch variants: Eq. 11 loss, SGD, lr step schedule of Sec. 4.1). "
                                "Checkpoint every epoch (RUN/checkpoints/last.pt, atomic); --resume continues a killed "
                                "run exactly. Multi-GPU: torchrun --nproc_per_node N cli.py train ...")
     def train_cmd(
@@ -120,19 +161,42 @@ def register(app: typer.Typer) -> None:
                                            + _d(_T.out)),
         config: Optional[Path] = typer.Option(None, "--config", help="TOML file: its 'train' table (a recipe works) or "
                                               "top-level TrainConfig keys; flags override it."),
-        model: Optional[str] = typer.Option(None, "--model", help=f"Variant: {', '.join(MODEL_CHOICES)}."
-                                            + _d(_T.model)),
+        model: Optional[str] = typer.Option(None, "--model", help=f"A registered model (`model-info --list`): the "
+                                            f"five-branch variants {', '.join(MODEL_CHOICES)} and the comparison "
+                                            f"models; plug-ins via $REIDTRAIN_MODELS." + _d(_T.model)),
+        model_option: Optional[List[str]] = typer.Option(None, "--model-option", "-O", help="KEY=VALUE: an option "
+                                                         "of the model (repeatable; `model-info --model NAME` "
+                                                         "lists them)."),
         crops: Optional[str] = typer.Option(None, "--crops", help="'recrop' (cut the five crops from the cached "
                                             "source image and boxes in the loader) or 'stored' (decode the stored "
                                             "crops)." + _d(_T.crops)),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs." + _d(_T.epochs)),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step and process."
                                                  + _d(_T.batch_size)),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Initial SGD learning rate." + _d(_T.lr)),
-        lr_step: Optional[int] = typer.Option(None, "--lr-step", help="Divide the lr by 10 every this many epochs."
-                                              + _d(_T.lr_step)),
-        lambda_intra: Optional[float] = typer.Option(None, "--lambda", help="Weight of the five intra losses in Eq. 11."
-                                                     + _d(_T.lambda_intra)),
+        optimizer: Optional[str] = typer.Option(None, "--optimizer", help="'sgd', 'adam' or 'adamw' (default: the "
+                                                "model's; SGD for the five-branch variants)."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Initial learning rate (default: the model's; 0.01 "
+                                           "for the five-branch variants)."),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (default: the "
+                                                     "model's)."),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help="'step', 'multistep' or 'cosine' (default: "
+                                               "the model's)."),
+        lr_step: Optional[int] = typer.Option(None, "--lr-step", help="step schedule: multiply the lr by --lr-gamma "
+                                              "every this many epochs (five-branch default 40)."),
+        lr_gamma: Optional[float] = typer.Option(None, "--lr-gamma", help="Factor of every lr step (default 0.1)."),
+        milestones: Optional[str] = typer.Option(None, "--milestones", help="multistep schedule: epochs such as "
+                                                 "40,70."),
+        warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help="Linear lr warm-up epochs (0 = "
+                                                    "none)."),
+        label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="Label smoothing epsilon of "
+                                                        "every cross-entropy (0 = plain)."),
+        triplet_weight: Optional[float] = typer.Option(None, "--triplet-weight", help="Weight of the batch-hard "
+                                                       "triplet loss (0 = off; use --sampler identity)."),
+        triplet_margin: Optional[float] = typer.Option(None, "--triplet-margin", help="Margin of the triplet loss."),
+        backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="Local ImageNet state-dict "
+                                                        "file (torchvision / timm keys) for the model's backbone."),
+        lambda_intra: Optional[float] = typer.Option(None, "--lambda", help="Five-branch option lambda_intra: weight "
+                                                     "of the five intra losses in Eq. 11 (default 0.5)."),
         body_size: Optional[str] = typer.Option(None, "--body-size", help="Whole-body input HEIGHTxWIDTH."
                                                 + _d(_T.body_size)),
         part_size: Optional[str] = typer.Option(None, "--part-size", help="Body-part input HEIGHTxWIDTH."
@@ -146,8 +210,8 @@ def register(app: typer.Typer) -> None:
                                                 "'imagenet'." + _d(_T.normalize)),
         attention_norm: Optional[bool] = typer.Option(None, "--attention-norm/--no-attention-norm",
                                                       help="Batch norm of the intra-attention mask logits (off: the "
-                                                      "paper's sigmoid(conv(S*C)) as written, which saturates)."
-                                                      + _d(_T.attention_norm)),
+                                                      "paper's sigmoid(conv(S*C)) as written, which saturates; "
+                                                      "five-branch option attention_norm, default on)."),
         flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flip (one decision for "
                                             "all five crops)." + _d(_A.flip)),
         pad: Optional[int] = typer.Option(None, "--pad", help="Padding-crop pixels (0 = off)." + _d(_A.pad)),
@@ -188,8 +252,14 @@ def register(app: typer.Typer) -> None:
         try:
             base = from_mapping(TrainConfig, _train_table(config, model))
             aug = merge(base.augment, {"flip": flip, "pad": pad, "erasing": erasing})
+            options = {**base.model_options, **_model_options(model_option)}
             cfg = merge(base, {"cache": cache, "out": out, "model": model, "crops": crops, "epochs": epochs,
-                               "batch_size": batch_size,
+                               "batch_size": batch_size, "model_options": options or None,
+                               "optimizer": optimizer, "weight_decay": weight_decay, "schedule": schedule,
+                               "lr_gamma": lr_gamma, "milestones": _int_list(milestones, "--milestones"),
+                               "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing,
+                               "triplet_weight": triplet_weight, "triplet_margin": triplet_margin,
+                               "backbone_weights": backbone_weights,
                                "lr": lr, "lr_step": lr_step, "lambda_intra": lambda_intra,
                                "body_size": _size(body_size, "--body-size"), "augment": aug,
                                "part_size": _size(part_size, "--part-size"), "sampler": sampler,

@@ -9,13 +9,15 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from posecrop.typedconfig import to_dict
 
-ModelName = Literal["baseline", "aligned", "intra", "inter", "intra-inter"]
-# the names of reidtrain.model.MODEL_NAMES, repeated here without importing torch (tests/test_recipe.py checks)
+# the five-branch variants (reidtrain.model.FIVE_BRANCH_NAMES), repeated here without importing torch
+# (tests/test_recipe.py checks); any registered model name is accepted (reidtrain.model.list_models)
 MODEL_CHOICES: tuple[str, ...] = ("baseline", "aligned", "intra", "inter", "intra-inter")
+OptimizerName = Literal["sgd", "adam", "adamw"]
+ScheduleName = Literal["step", "multistep", "cosine"]
 Normalize = Literal["channel-mean", "imagenet"]
 CropSource = Literal["recrop", "stored"]
 
@@ -56,18 +58,26 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    """Training of one model on a crop cache (Sec. 3.5 loss, Sec. 4.1 schedule; every value settable).
+    """Training of one registered model on a crop cache (every value settable; see `reidtrain.model`).
 
-    The loss is Eq. 11: L = lambda_intra * sum_j CE_intra^j (the five branch classifiers) + CE_inter (fused).
-    Optimiser: SGD with momentum 0.9 and weight decay 5e-4 (the paper names SGD only; 0.9 / 5e-4 are the usual
-    ReID values), lr 0.01 divided by 10 every 40 epochs, 100 epochs, batch 32 (per process under DDP: the global
-    batch is batch_size * world_size). `threads`: torch intra-op threads (0 = automatic: torch's default
-    lowered to the free cores, reidtrain.threads); 1 is often fastest for small inputs on a busy CPU. Inputs are
-    normalised by subtracting the channel means of the
-    sample's whole-body image (Sec. 4.1), the same means for its part crops (data.normalize_inputs);
-    `normalize = "imagenet"` uses the ImageNet mean/std instead (for ImageNet-initialised weights).
-    `attention_norm`: batch norm of the intra-attention mask logits before the sigmoid (default; False: the paper's
-    m = sigmoid(conv(S * C)) as written, which saturates on real images - reidtrain.model.attention).
+    Fields left None take the model's defaults (its registration's ModelDefaults; `resolve` fills them): input
+    sizes (`body_size` / `part_size` set the inputs of that size group), normalisation, optimiser and
+    schedule, epochs, batch size, sampler, loss settings. For the five-branch variants these are the paper's
+    Sec. 4.1 recipe: SGD lr 0.01 (momentum 0.9 and weight decay 5e-4: the paper names SGD only, these are the
+    usual ReID values) divided by 10 every 40 epochs, 100 epochs, batch 32 (per process under DDP: the global
+    batch is batch_size * world_size), the Eq. 11 loss, inputs 384x192 / 96x192 normalised by subtracting the
+    channel means of the sample's whole-body image (data.normalize_inputs); "imagenet" uses the ImageNet
+    mean/std instead (for ImageNet-initialised weights).
+    `model_options`: the model's own options (the recipe's `[model.NAME]` table, `--model-option KEY=VALUE`);
+    `lambda_intra` / `attention_norm` are kept as shorthands for the five-branch options of the same names.
+    Optimiser: `optimizer` sgd | adam | adamw (`momentum` / `nesterov` for SGD only); schedule: step (every
+    `lr_step` epochs x `lr_gamma`), multistep (x `lr_gamma` at each epoch of `milestones`) or cosine, with a
+    linear warm-up over `warmup_epochs` from `warmup_factor` x lr (reidtrain.optim). Losses: `label_smoothing`,
+    `triplet_weight` (batch-hard triplet, 0 = off), `triplet_margin` (LossSettings; any model).
+    `sampler` "identity" draws P x K batches (`instances_per_id` = K), what a triplet loss needs.
+    `backbone_weights`: a local ImageNet state-dict file loaded into the model's backbone on a fresh run.
+    `threads`: torch intra-op threads (0 = automatic: torch's default lowered to the free cores,
+    reidtrain.threads); 1 is often fastest for small inputs on a busy CPU.
     `crops`: where the five region crops come from - "recrop" (default): cut by the loader from the cached source
     image (`whole`) and the cached Eq. 1-2 boxes, straight at the input sizes with the crop stage's own function
     (one resample, no JPEG loss on the enlarged crops, about half the decoding for Market-size sources); "stored":
@@ -76,24 +86,34 @@ class TrainConfig:
 
     cache: Path | None = None
     out: Path = Path("runs/train")
-    model: ModelName = "intra-inter"
+    model: str = "intra-inter"
+    model_options: dict[str, Any] = field(default_factory=dict)
     crops: CropSource = "recrop"
-    body_size: tuple[int, int] = (384, 192)
-    part_size: tuple[int, int] = (96, 192)
-    lambda_intra: float = 0.5
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 0.01
-    lr_step: int = 40
-    lr_gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    sampler: Literal["random", "identity"] = "random"
-    instances_per_id: int = 4
-    normalize: Normalize = "channel-mean"
-    attention_norm: bool = True
+    body_size: tuple[int, int] | None = None
+    part_size: tuple[int, int] | None = None
+    lambda_intra: float | None = None
+    attention_norm: bool | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: OptimizerName | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    nesterov: bool | None = None
+    schedule: ScheduleName | None = None
+    lr_step: int | None = None
+    lr_gamma: float | None = None
+    milestones: tuple[int, ...] | None = None
+    warmup_epochs: int | None = None
+    warmup_factor: float | None = None
+    label_smoothing: float | None = None
+    triplet_weight: float | None = None
+    triplet_margin: float | None = None
+    sampler: Literal["random", "identity"] | None = None
+    instances_per_id: int | None = None
+    normalize: Normalize | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    backbone_weights: Path | None = None
     workers: int = 4
     threads: int = 0
     seed: int = 0
@@ -105,21 +125,35 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        check_size("body_size", self.body_size)
-        check_size("part_size", self.part_size)
-        if self.epochs < 1 or self.lr_step < 1:
+        for name in ("body_size", "part_size"):
+            if getattr(self, name) is not None:
+                check_size(name, getattr(self, name))
+        if (self.epochs is not None and self.epochs < 1) or (self.lr_step is not None and self.lr_step < 1):
             raise ValueError(f"epochs and lr_step must be >= 1, got {self.epochs}, {self.lr_step}")
-        if self.batch_size < 2:
+        if self.batch_size is not None and self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (batch norm), got {self.batch_size}")
-        if self.lambda_intra < 0 or self.lr <= 0:
+        if (self.lambda_intra is not None and self.lambda_intra < 0) or (self.lr is not None and self.lr <= 0):
             raise ValueError(f"lambda_intra must be >= 0 and lr > 0, got {self.lambda_intra}, {self.lr}")
-        if self.sampler == "identity" and (self.instances_per_id < 1 or self.batch_size % self.instances_per_id):
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.warmup_factor is not None and not 0 < self.warmup_factor <= 1:
+            raise ValueError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
+        if self.milestones is not None and list(self.milestones) != sorted(set(self.milestones)):
+            raise ValueError(f"milestones must be increasing epochs, got {list(self.milestones)}")
+        if (self.sampler == "identity" and self.instances_per_id is not None and self.batch_size is not None
+                and (self.instances_per_id < 1 or self.batch_size % self.instances_per_id)):
             raise ValueError(f"identity sampler: batch_size ({self.batch_size}) must be a multiple of "
                              f"instances_per_id ({self.instances_per_id})")
         if self.workers < 0 or self.keep_every < 0 or self.threads < 0:
             raise ValueError("workers, threads and keep_every must be >= 0")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+    @property
+    def resolved(self) -> bool:
+        """True once `resolve` filled every model default (what train() runs on)."""
+        return None not in (self.epochs, self.batch_size, self.optimizer, self.lr, self.schedule, self.sampler,
+                            self.normalize, self.label_smoothing)
 
 
 # Fields that change what a training run computes: a resume or an up-to-date check must see the same values.

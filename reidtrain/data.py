@@ -1,7 +1,7 @@
 """Data pipeline over the Parquet crop cache: split tables, crop decoding + augmentation, samplers, loaders.
 
-- Only the columns a model needs are read (`input_columns`): the five region crops, or `whole` for `baseline`
-  (fed the unaligned detector box resized to the body size; the model cuts its own strips).
+- Only the columns a model needs are read (`input_columns` of the model's `inputs`): the five region crops,
+  or `whole` for `baseline` and the whole-image models (the unaligned source image resized to the input size).
 - JPEG bytes stay in Arrow memory (zero-copy numpy views, shared by forked workers) and are decoded in
   `__getitem__` with OpenCV, so loading scales with DataLoader workers.
 - crops="recrop" (the training default): instead of the five stored crops, the source image (`whole`) and the
@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import albumentations as A
 import cv2
@@ -52,17 +52,17 @@ class CacheReadError(CacheError):
     """A cache row cannot be used (no bytes, undecodable image); the message names the image and column."""
 
 
-def input_columns(model_name: str) -> dict[str, str]:
-    """Model input key -> cache column. `baseline` reads `whole` as its "body" input; the others the five crops."""
-    if model_name == "baseline":
-        return {"body": WHOLE_COLUMN}
-    return {name: name for name in REGION_NAMES}
+def input_columns(inputs: Mapping[str, Any] | str) -> dict[str, str]:
+    """Model input key -> cache column, from a model's `inputs` (key -> InputSpec) or a registered model's name."""
+    if isinstance(inputs, str):
+        from .model.registry import get_model
+        inputs = get_model(inputs).defaults.inputs
+    return {k: spec.column for k, spec in inputs.items()}
 
 
-def input_sizes(keys: Sequence[str], body_size: tuple[int, int],
-                part_size: tuple[int, int]) -> dict[str, tuple[int, int]]:
-    """(height, width) each input is resized to: the body size for "body", the part size for the four parts."""
-    return {k: tuple(body_size) if k == "body" else tuple(part_size) for k in keys}
+def input_sizes(inputs: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """Model input key -> (height, width) it is resized to, from a model's `inputs` (key -> InputSpec)."""
+    return {k: (int(spec.size[0]), int(spec.size[1])) for k, spec in inputs.items()}
 
 
 # ----------------------------------------------------------------------------------------------- split tables

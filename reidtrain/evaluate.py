@@ -73,28 +73,56 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
+def meta_inputs(meta: dict) -> dict:
+    """The model inputs (key -> InputSpec) a checkpoint's meta describes (older checkpoints: body / part sizes)."""
+    from .model.registry import get_model, resolve_inputs
+
+    defaults = get_model(meta["model"]).defaults.inputs
+    if meta.get("input_sizes"):
+        return resolve_inputs(defaults, sizes={k: tuple(v) for k, v in meta["input_sizes"].items()})
+    return resolve_inputs(defaults, meta.get("body_size"), meta.get("part_size"))
+
+
+def model_from_meta(meta: dict) -> nn.Module:
+    """Build (untrained) the registered model a checkpoint's meta describes."""
+    from .model.contract import LossSettings
+    from .model.registry import get_model
+
+    entry = get_model(meta["model"])
+    if "model_options" in meta:
+        options = meta["model_options"]
+    else:  # checkpoints of the five-branch net before the registry; before `attention_norm` existed: without it
+        options = {"attention_norm": bool(meta.get("attention_norm", False))}
+    losses = LossSettings(**meta["losses"]) if meta.get("losses") else None
+    return entry.build(int(meta["num_classes"]), meta_inputs(meta), losses or entry.defaults.losses,
+                       entry.parse_options(options))
+
+
 def load_trained(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict, int]:
     """Rebuild the model a training checkpoint describes; returns (model in eval mode, meta, epoch)."""
-    from .model import build_model
-
     path = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
     meta = ckpt.get("meta")
     if not isinstance(meta, dict) or "model" not in meta:
         raise CheckpointError(f"{path}: no model description ('meta') - not written by `cli.py train`")
-    missing = [k for k in ("num_classes", "body_size", "part_size", "normalize", "input_columns") if k not in meta]
+    sizes = ("input_sizes",) if "input_sizes" in meta else ("body_size", "part_size")
+    missing = [k for k in ("num_classes", *sizes, "normalize", "input_columns") if k not in meta]
     if missing or not isinstance(ckpt.get("model"), dict):
         what = f"meta lacks {missing}" if missing else "no 'model' weights"
         raise CheckpointError(f"{path}: incomplete training checkpoint ({what})")
     try:
-        for key in ("body_size", "part_size"):
-            check_size(key, meta[key])
+        if "input_sizes" in meta:
+            if not isinstance(meta["input_sizes"], dict):
+                raise ValueError(f"input_sizes must map input keys to sizes, got {meta['input_sizes']!r}")
+            for key, size in meta["input_sizes"].items():
+                check_size(f"input_sizes[{key!r}]", size)
+        else:
+            for key in ("body_size", "part_size"):
+                check_size(key, meta[key])
     except ValueError as e:
         raise CheckpointError(f"{path}: meta {e}") from e
     try:
-        # checkpoints written before `attention_norm` existed were trained without it
-        model = build_model(meta["model"], int(meta["num_classes"]), tuple(meta["body_size"]),
-                            tuple(meta["part_size"]), attention_norm=bool(meta.get("attention_norm", False)))
+        model = model_from_meta(meta)
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: its model description cannot be built ({type(e).__name__}: {e})") from e
     try:
@@ -113,7 +141,7 @@ def eval_dataset(cache: Path, split: str, meta: dict) -> ReidDataset:
     """One split with the model's input columns, resized to its input sizes, no augmentation; the crops come
     from where the model was trained on them (checkpoint `crops`; checkpoints without it: the stored crops)."""
     data = load_split(Path(cache), split, dict(meta["input_columns"]), meta.get("crops", "stored"))
-    return ReidDataset(data, SampleTransform(input_sizes(data.keys, meta["body_size"], meta["part_size"])))
+    return ReidDataset(data, SampleTransform(input_sizes(meta_inputs(meta))))
 
 
 # ------------------------------------------------------------------------------------------------- features
@@ -248,15 +276,16 @@ def ranked_list_figure(path: Path, q_ds: ReidDataset, g_ds: ReidDataset, ranked:
 
 
 def _display(dataset: ReidDataset, index: int) -> np.ndarray:
-    """The picture shown for an image: its whole-body input (body crop, or the whole box for baseline)."""
+    """The picture shown for an image: the model's first input (the body crop, or the whole image)."""
     images = dataset.load(index)
-    return images.get("body", next(iter(images.values())))
+    return next(iter(images.values()))
 
 
 @torch.no_grad()
 def attention_figures(out: Path, model: nn.Module, q_ds: ReidDataset, meta: dict, device: torch.device,
                       count: int) -> list[Path]:
-    """Fig. 7 for the first `count` queries (variants with intra-attention only)."""
+    """Fig. 7 for the first `count` queries (models with attention maps only): maps named after an input are laid
+    over that input, the others over the model's first input."""
     from .reports import plot_attention_maps
 
     if count == 0 or len(q_ds) == 0:
@@ -269,10 +298,13 @@ def attention_figures(out: Path, model: nn.Module, q_ds: ReidDataset, meta: dict
     if not maps:
         return []
     files = []
+    first = next(iter(inputs))
+    five_branch = all(name in inputs for name in maps)
     for i in range(len(items)):
         crops = {k: inputs[k][i].permute(1, 2, 0).numpy() for k in inputs}
+        crops = crops | {name: crops[first] for name in maps if name not in crops}
         files.append(plot_attention_maps(crops, maps, out / f"attention-{i}.png", index=i,
-                                         size_hw=tuple(meta["body_size"])))
+                                         size_hw=tuple(inputs[first].shape[-2:]), first_block=2 if five_branch else 1))
     return files
 
 

@@ -5,8 +5,8 @@ Features file: one row per image - image_id, pid, camid, split, feature (fixed-s
 normalisation. Readable with plain pyarrow / pandas / `datasets`; written atomically.
 
 ONNX: the graph takes one float32 input per model input key (in `model.input_keys` order: "body" for
-baseline, the five region crops otherwise), RGB in [0, 1], NCHW at the trained sizes, with a dynamic batch
-axis, and returns "features" (B, 768). The per-image normalisation of training is part of the graph.
+baseline and the whole-image models, the five region crops otherwise), RGB in [0, 1], NCHW at the trained
+sizes, with a dynamic batch axis, and returns "features" (B, model.feature_dim). The per-image normalisation of training is part of the graph.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from torch import nn
 from posecrop.atomic import atomic_path
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .evaluate import eval_dataset, eval_device, extract_features, load_trained, resolve_checkpoint, run_folder
+from .evaluate import (eval_dataset, eval_device, extract_features, load_trained, meta_inputs, resolve_checkpoint,
+                       run_folder)
 from .runlock import file_lock, reading_run
 from posecrop.errors import ReidError
 
@@ -63,8 +64,9 @@ def _extract_to_parquet(checkpoint: Path, dev, cache: Path, out: Path, splits: S
     table = pa.concat_tables(tables)
     info = {"model": meta["model"], "checkpoint": str(checkpoint), "epoch": epoch, "cache": str(cache),
             "splits": list(splits), "feature_dim": dim, "flip_average": flip_average,
-            "layout": "[E_g (256), E_l (4 x 128: head, upper_body, upper_leg, lower_leg)] (Eq. 9)",
-            "normalize": meta["normalize"], "body_size": meta["body_size"], "part_size": meta["part_size"],
+            "layout": feature_layout(model),
+            "normalize": meta["normalize"], "input_sizes": {k: list(s.size) for k, s in meta_inputs(meta).items()},
+            "body_size": meta.get("body_size"), "part_size": meta.get("part_size"),
             "crops": meta.get("crops", "stored")}
     table = table.replace_schema_metadata({FEATURES_METADATA_KEY: json.dumps(info).encode()})
     try:
@@ -75,6 +77,12 @@ def _extract_to_parquet(checkpoint: Path, dev, cache: Path, out: Path, splits: S
             raise
         raise ExportError(f"{out}: cannot write the features file ({' '.join(str(e).split())})") from e
     return Path(out)
+
+
+def feature_layout(model: nn.Module) -> str:
+    """The feature's layout in words, e.g. "[E_g (256), E_l (512)]", from the model's `feature_layout`."""
+    parts = getattr(model, "feature_layout", ())
+    return "[" + ", ".join(f"{name} ({dim})" for name, dim in parts) + "]" if parts else f"({model.feature_dim})"
 
 
 def read_features(path: Path) -> tuple[pa.Table, np.ndarray, dict]:
@@ -178,7 +186,7 @@ def _export_onnx(checkpoint: Path, out: Path, opset: int, exporter: str, verify:
 
     model, meta, _ = load_trained(checkpoint, "cpu")
     wrapper = InferenceModel(model, meta["normalize"]).eval()
-    sizes = {k: tuple(meta["body_size"]) if k == "body" else tuple(meta["part_size"]) for k in wrapper.keys}
+    sizes = {k: tuple(spec.size) for k, spec in meta_inputs(meta).items()}
     example = tuple(torch.rand(batch, 3, *sizes[k]) for k in wrapper.keys)
     names = list(wrapper.keys)
 

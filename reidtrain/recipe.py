@@ -7,7 +7,8 @@ Tables (every key optional; unknown keys and wrong types are rejected naming the
     [synth]    only for the synthetic dataset: preset ("demo" / "tiny") plus SynthConfig fields; the dataset is
                generated into OUT/data and read as Market-1501 layout
     [crop]     CropConfig fields (beta, sizes, pose source, ...) but not dataset / root / out
-    [model]    names = the variants to train and evaluate one after the other (e.g. the Table 6 ablation)
+    [model]    names = the registered models to train and evaluate one after the other (e.g. the Table 6
+               ablation); [model.NAME] tables hold a model's options (TrainConfig.model_options)
     [train]    TrainConfig fields but not cache / out / model; body_size / part_size default to [crop]'s sizes
     [eval]     EvalConfig fields but not checkpoint / cache / out
 
@@ -40,7 +41,7 @@ from typing import Any, Mapping
 from posecrop.atomic import atomic_write_text
 from posecrop.typedconfig import ConfigError, from_mapping, to_dict
 
-from .config import MODEL_CHOICES, EvalConfig, TrainConfig, config_hash, result_config
+from .config import EvalConfig, TrainConfig, config_hash, result_config
 
 TABLES = ("recipe", "dataset", "synth", "crop", "model", "train", "eval")
 RESERVED = {"crop": ("dataset", "root", "out"), "train": ("cache", "out", "model"),
@@ -75,9 +76,12 @@ class ModelSection:
     names: list[str] = field(default_factory=lambda: ["intra-inter"])
 
     def __post_init__(self) -> None:
-        bad = [n for n in self.names if n not in MODEL_CHOICES]
+        from .model.registry import list_models
+
+        known = list_models()
+        bad = [n for n in self.names if n not in known]
         if bad or not self.names or len(set(self.names)) != len(self.names):
-            raise ValueError(f"names must be distinct model variants of {list(MODEL_CHOICES)}, got {self.names}")
+            raise ValueError(f"names must be distinct registered models of {known}, got {self.names}")
 
 
 @dataclass
@@ -94,6 +98,7 @@ class Recipe:
     train: dict
     eval: dict
     raw: dict
+    model_options: dict[str, dict] = field(default_factory=dict)   # [model.NAME] tables
 
     @property
     def name(self) -> str:
@@ -149,7 +154,12 @@ def parse_recipe(data: Mapping[str, Any], path: Path) -> Recipe:
                               f"Market-1501's layout), got {dataset.name!r}")
     crop = dict(data.get("crop", {}))
     _section(CropConfig, crop, "crop", path)
-    models = _section(ModelSection, data.get("model", {}), "model", path).names
+    model_table = dict(data.get("model", {}))
+    model_options = {k: dict(model_table.pop(k)) for k in list(model_table) if isinstance(model_table[k], dict)}
+    models = _section(ModelSection, model_table, "model", path).names
+    stray = [k for k in model_options if k not in models]
+    if stray:
+        raise RecipeError(f"{path}: [model.{stray[0]}] gives options of a model that is not in [model] names {models}")
     train = dict(data.get("train", {}))
     _section(TrainConfig, train, "train", path)
     ev = dict(data.get("eval", {}))
@@ -157,7 +167,7 @@ def parse_recipe(data: Mapping[str, Any], path: Path) -> Recipe:
     if synth is None and dataset.root is None:
         raise RecipeError(f"{path}: dataset.root is required (the dataset folder), unless the recipe has [synth]")
     return Recipe(Path(path), info, dataset, dict(synth) if synth is not None else None, crop, models, train, ev,
-                  dict(data))
+                  dict(data), model_options)
 
 
 def set_override(data: dict, assignment: str) -> None:
@@ -339,8 +349,13 @@ def plan_configs(recipe: Recipe, out: Path):
                                      "out": str(out / "cache")})
     trains, evals = {}, {}
     for model in recipe.models:
-        t = {"body_size": list(crop.body_size), "part_size": list(crop.part_size), **recipe.train,
-             "cache": str(out / "cache"), "out": str(out / "runs" / model), "model": model}
+        from .model.registry import get_model
+
+        sizes = ({"body_size": list(crop.body_size), "part_size": list(crop.part_size)}
+                 if get_model(model).defaults.sizes_from_crop else {})
+        t = {**sizes, **recipe.train, "cache": str(out / "cache"), "out": str(out / "runs" / model), "model": model}
+        if recipe.model_options.get(model):
+            t["model_options"] = {**recipe.train.get("model_options", {}), **recipe.model_options[model]}
         trains[model] = from_mapping(TrainConfig, t)
         evals[model] = from_mapping(EvalConfig, {**recipe.eval, "checkpoint": str(out / "runs" / model / "model.pt"),
                                                  "cache": str(out / "cache"),
@@ -395,7 +410,9 @@ def run_recipe(recipe: Recipe, out: Path | None = None, force: bool = False, mod
     stages["crop"] = run_stage(out, Stage("crop", crop_key, [out / "cache" / "train", out / "cache" / "query",
                                                               out / "cache" / "gallery"], do_crop, [out / "cache"]),
                                force, say)
-    train_keys = {m: config_hash({"train": result_config(trains[m]), "epochs": trains[m].epochs, "crop": crop_key})
+    from .resolve import resolve
+    resolved = {m: resolve(trains[m]).cfg for m in trains}
+    train_keys = {m: config_hash({"train": result_config(resolved[m]), "epochs": resolved[m].epochs, "crop": crop_key})
                   for m in chosen}
     train_stages = [(Stage(f"train/{m}", train_keys[m], [out / "runs" / m / "model.pt"], None, [out / "runs" / m]),
                      trains[m]) for m in chosen]

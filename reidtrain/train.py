@@ -1,4 +1,11 @@
-"""Training loop (Sec. 3.5, 4.1): Eq. 11 loss, SGD + StepLR, AMP on CUDA, DDP via torchrun, exact resume.
+"""Training loop for any registered model (reidtrain.model): the model's loss terms summed, the optimiser and
+schedule of the resolved config (reidtrain.resolve / reidtrain.optim), AMP on CUDA, DDP via torchrun, exact resume.
+
+The loop knows no model: it builds `cfg.model` from the registry with the resolved options and loss settings,
+reads the cache columns of the model's `inputs` at their sizes, sums the dict `model.loss(output, labels)`
+returns (in its order) and logs every term as `loss_<term>` (console, metrics.jsonl, TensorBoard), and the
+accuracy of `model.accuracy_logits(output)`. For the five-branch variants the terms are Eq. 11's
+"intra" (lambda x the five branch losses) and "inter" (the fused classifier).
 
 Run directory (TrainConfig.out):
     config.json                 the resolved TrainConfig and model meta
@@ -37,7 +44,6 @@ from torch import nn
 
 from posecrop.atomic import atomic_write_text, is_temporary
 from posecrop.errors import ReidError
-from posecrop.regions import REGION_NAMES
 from posecrop.typedconfig import to_dict
 
 from .allocator import keep_freed_memory
@@ -47,11 +53,9 @@ from .config import TrainConfig, config_hash, result_config
 from .data import (EpochSampler, ReidDataset, SampleTransform, input_columns, input_sizes, load_split, make_loader,
                    normalize_inputs, relabel)
 from .devices import torch_device
+from .optim import build_optimizer, build_scheduler
 from .runlock import run_lock
 from .threads import set_threads
-
-FUSED = "fused"
-
 
 class TrainingDiverged(ReidError, RuntimeError):
     """The loss became NaN / infinite."""
@@ -110,16 +114,29 @@ class TrainResult:
         return self.run_dir / "model.pt"
 
 
-# --------------------------------------------------------------------------------------------------- the loss
-def eq11_loss(logits: dict[str, torch.Tensor], labels: torch.Tensor,
-              lambda_intra: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = lambda * sum_j CE(branch j) + CE(fused)  (Eq. 10-11); returns (L, {"intra": sum_j, "inter": ...})."""
-    missing = [k for k in (*REGION_NAMES, FUSED) if k not in logits]
-    if missing:
-        raise KeyError(f"model output lacks the classifier logits {missing} needed by Eq. 11")
-    intra = sum(F.cross_entropy(logits[k].float(), labels) for k in REGION_NAMES)
-    inter = F.cross_entropy(logits[FUSED].float(), labels)
-    return lambda_intra * intra + inter, {"intra": intra.detach(), "inter": inter.detach()}
+# ------------------------------------------------------------------------------------------------- the loss
+def sum_terms(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The training loss: the model's loss terms added in their order (first + second + ...)."""
+    if not terms:
+        raise ValueError("the model's loss returned no terms")
+    values = iter(terms.values())
+    total = next(values)
+    for t in values:
+        total = total + t
+    return total
+
+
+def model_meta(model, cfg: TrainConfig, columns: dict[str, str]) -> dict:
+    """What evaluate / extract / export need to rebuild `model` and feed it (stored in every checkpoint)."""
+    return {"model": cfg.model, "num_classes": model.num_classes,
+            "input_sizes": {k: list(s.size) for k, s in model.inputs.items()},
+            "input_columns": columns, "model_options": dict(cfg.model_options),
+            "losses": {"label_smoothing": cfg.label_smoothing, "triplet_weight": cfg.triplet_weight,
+                       "triplet_margin": cfg.triplet_margin},
+            "feature_dim": model.feature_dim, "feature_layout": [list(p) for p in model.feature_layout],
+            "body_size": list(cfg.body_size) if cfg.body_size else None,
+            "part_size": list(cfg.part_size) if cfg.part_size else None,
+            "attention_norm": cfg.model_options.get("attention_norm"), "normalize": cfg.normalize}
 
 
 # ------------------------------------------------------------------------------------------- device, DDP, AMP
@@ -260,10 +277,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
     (remove its outputs first, eval/ included, before anything of the new run is written)."""
     from rich.console import Console
 
-    from .model import build_model
+    from .resolve import resolve
 
     if cfg.cache is None:
         raise ValueError("TrainConfig.cache is not set (the crop cache to train on)")
+    resolved = resolve(cfg)
+    cfg = resolved.cfg
     rt = setup_runtime(cfg)
     console = console or Console(stderr=True)
     say = (lambda *a, **k: console.print(*a, soft_wrap=True, **k)) if rt.is_main else (lambda *a, **k: None)
@@ -295,10 +314,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
             torch.backends.cudnn.benchmark = True
 
         # data: train split, only the needed columns; class labels 0..q-1 from the train pids
-        columns = input_columns(cfg.model)
+        columns = input_columns(resolved.inputs)
         split = load_split(Path(cfg.cache), "train", columns, cfg.crops)
         labels, train_pids = relabel(split.pids)
-        sizes = input_sizes(list(columns), cfg.body_size, cfg.part_size)
+        sizes = input_sizes(resolved.inputs)
         dataset = ReidDataset(split, SampleTransform(sizes, cfg.augment), labels)
         if len(split) < MIN_BATCH * rt.world_size:
             raise TooFewImagesError(
@@ -312,18 +331,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
         loader = make_loader(dataset, cfg.batch_size, cfg.workers, sampler, train=True,
                              pin_memory=rt.device.type == "cuda")
 
-        model = build_model(cfg.model, len(train_pids), tuple(cfg.body_size), tuple(cfg.part_size),
-                            attention_norm=cfg.attention_norm)
-        meta = {"model": cfg.model, "num_classes": len(train_pids), "body_size": list(cfg.body_size),
-                "attention_norm": cfg.attention_norm,
-                "part_size": list(cfg.part_size), "normalize": cfg.normalize, "input_columns": columns,
+        model = resolved.entry.build(len(train_pids), resolved.inputs, resolved.losses, resolved.options)
+        meta = model_meta(model, cfg, columns) | {
                 "crops": cfg.crops,
                 "train_pids": train_pids, "dataset": split.dataset, "cache": str(cfg.cache),
                 "config": to_dict(cfg), "result_hash": config_hash(result_config(cfg)),
                 "world_size": rt.world_size}
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+        optimizer = build_optimizer(model.parameters(), cfg)
+        scheduler = build_scheduler(optimizer, cfg)
         scaler = torch.amp.GradScaler("cuda", enabled=rt.amp_dtype == torch.float16)
 
         start_epoch = 0
@@ -344,6 +359,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
         else:
             if resume:
                 say(f"no checkpoint in {ckpt_dir}: starting from scratch")
+            if cfg.backbone_weights is not None:
+                loaded = model.load_backbone_weights(Path(cfg.backbone_weights))
+                if rt.is_main:
+                    say(f"backbone weights from {cfg.backbone_weights}: {len(loaded.get('loaded', []))} tensors "
+                        f"loaded, {len(loaded.get('missing', []))} missing, "
+                        f"{len(loaded.get('unexpected', []))} unexpected")
+                    atomic_write_text(out / "backbone_report.json", json.dumps(loaded, indent=1))
             if cfg.init_from is not None:
                 report = init_from_checkpoint(model, Path(cfg.init_from))
                 if rt.is_main:
@@ -398,7 +420,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
                     history.append(row)
                     _append_metrics(out / "metrics.jsonl", row)
                     if writer is not None:
-                        for k in ("loss", "loss_intra", "loss_inter", "accuracy", "lr", "images_per_s"):
+                        for k in ("loss", *(k for k in row if k.startswith("loss_")), "accuracy", "lr",
+                                  "images_per_s"):
                             writer.add_scalar(f"train/{k}", row[k], epoch)
                         writer.flush()
                     state = {"format": FORMAT, "epoch": epoch, "model": model.state_dict(),
@@ -408,9 +431,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
                     save_checkpoint(last_path, state)
                     if cfg.keep_every and epoch % cfg.keep_every == 0:
                         save_checkpoint(ckpt_dir / f"epoch-{epoch:03d}.pt", state)
-                    say(f"{cfg.model} epoch {epoch}/{cfg.epochs}  loss {row['loss']:.4f} "
-                        f"(intra {row['loss_intra']:.3f}, inter {row['loss_inter']:.3f})  acc {row['accuracy']:.3f}  lr {row['lr']:.2g}  "
-                        f"{row['images_per_s']:.1f} img/s")
+                    terms = ", ".join(f"{k[5:]} {v:.3f}" for k, v in row.items() if k.startswith("loss_"))
+                    say(f"{cfg.model} epoch {epoch}/{cfg.epochs}  loss {row['loss']:.4f} ({terms})  "
+                        f"acc {row['accuracy']:.3f}  lr {row['lr']:.2g}  {row['images_per_s']:.1f} img/s")
         if rt.is_main:
             save_checkpoint(out / "model.pt", {"format": FORMAT, "epoch": max(start_epoch, cfg.epochs),
                                                "model": model.state_dict(), "meta": meta})
@@ -434,9 +457,11 @@ def _run_epoch(cfg: TrainConfig, rt: Runtime, net: nn.Module, loader, sampler: E
     `HOST_READ_EVERY` steps (and at the end) on an accelerator, so the GPU is not stalled by a sync per step. A
     non-finite loss is therefore caught at the next read (within that many steps) rather than at once."""
     net.train()
+    model = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
     sampler.set_epoch(epoch)
     lr = optimizer.param_groups[0]["lr"]
-    acc = torch.zeros(4, dtype=torch.float64, device=rt.device)   # sums of loss, intra, inter (x n), correct
+    names: list[str] | None = None                   # the loss terms, in the model's order (first step)
+    acc: torch.Tensor | None = None                  # sums of loss, each term (x n), correct
     count = 0
     read_every = 1 if (rt.device.type == "cpu" or on_step is not None) else HOST_READ_EVERY
     task = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(loader), loss=float("nan"), ips=0.0)
@@ -450,11 +475,19 @@ def _run_epoch(cfg: TrainConfig, rt: Runtime, net: nn.Module, loader, sampler: E
         labels = batch["label"].to(rt.device, non_blocking=True)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype or torch.float32, enabled=rt.amp_dtype is not None):
             out = net(inputs)
-        loss, parts = eq11_loss(out.logits, labels, cfg.lambda_intra)
+        terms = model.loss(out, labels)
+        if names is None:
+            names = list(terms)
+            acc = torch.zeros(len(names) + 2, dtype=torch.float64, device=rt.device)
+        elif list(terms) != names:
+            raise TrainingDiverged(f"{cfg.model}: the loss terms changed from {names} to {list(terms)} at step {step}")
+        loss = sum_terms(terms)
         n = labels.shape[0]
-        correct = (out.logits[FUSED].detach().argmax(1) == labels).sum()
-        step_sums = torch.stack([loss.detach().double() * n, parts["intra"].double() * n,
-                                 parts["inter"].double() * n, correct.double()])
+        logits = model.accuracy_logits(out)
+        correct = ((logits.detach().argmax(1) == labels).sum() if logits is not None
+                   else torch.zeros((), device=rt.device))
+        step_sums = torch.stack([loss.detach().double() * n, *(t.detach().double() * n for t in terms.values()),
+                                 correct.double()])
         if not (step + 1) % read_every or step + 1 == steps:
             value = float(step_sums[0]) / n
             if not math.isfinite(value) or not math.isfinite(float(acc[0])):
@@ -477,11 +510,16 @@ def _run_epoch(cfg: TrainConfig, rt: Runtime, net: nn.Module, loader, sampler: E
         torch.cuda.synchronize(rt.device)
     elapsed = time.perf_counter() - t0
     bar.remove_task(task)
+    names = names or []
+    if acc is None:
+        acc = torch.zeros(2, dtype=torch.float64, device=rt.device)
     sums = torch.cat([acc, torch.tensor([float(count)], dtype=torch.float64, device=rt.device)])
     if rt.world_size > 1:
         dist.all_reduce(sums)
-    loss_sum, intra_sum, inter_sum, correct_sum, images = sums.tolist()
-    total = max(images, 1.0)
-    return {"epoch": epoch, "loss": loss_sum / total, "loss_intra": intra_sum / total,
-            "loss_inter": inter_sum / total, "accuracy": correct_sum / total, "lr": lr,
-            "images": int(images), "time_s": elapsed, "images_per_s": images / max(elapsed, 1e-9)}
+    values = sums.tolist()
+    total = max(values[-1], 1.0)
+    row = {"epoch": epoch, "loss": values[0] / total}
+    row.update({f"loss_{name}": values[1 + i] / total for i, name in enumerate(names)})
+    row.update({"accuracy": values[-2] / total, "lr": lr, "images": int(values[-1]), "time_s": elapsed,
+                "images_per_s": values[-1] / max(elapsed, 1e-9)})
+    return row

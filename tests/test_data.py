@@ -16,6 +16,7 @@ from posecrop.regions import REGION_NAMES
 from posecrop.schema import IMAGE_COLUMNS, cache_schema
 from reidtrain.config import AugmentConfig
 from posecrop.cache import CacheError
+from reidtrain.model.registry import model_inputs
 from reidtrain.data import (CacheReadError, EpochSampler, ReidDataset, SampleTransform, input_columns, input_sizes,
                             load_split, make_loader, normalize_batch, normalize_inputs, relabel)
 
@@ -113,20 +114,20 @@ def test_split_content_and_relabel(cache):
 
 def test_items_are_resized_uint8_per_input(cache):
     split = load_split(cache, "query", input_columns("intra-inter"))
-    sizes = input_sizes(list(split.images), (32, 16), (8, 16))
+    sizes = input_sizes(model_inputs("intra-inter", (32, 16), (8, 16)))
     ds = ReidDataset(split, SampleTransform(sizes))
     item = ds[0]
     assert item["inputs"]["body"].shape == (3, 32, 16) and item["inputs"]["head"].shape == (3, 8, 16)
     assert all(t.dtype == torch.uint8 for t in item["inputs"].values())
     assert item["label"] == -1 and item["pid"] == 100
     base = ReidDataset(load_split(cache, "query", input_columns("baseline")),
-                       SampleTransform(input_sizes(["body"], (32, 16), (8, 16))))
+                       SampleTransform(input_sizes(model_inputs("baseline", (32, 16), (8, 16)))))
     assert list(base[0]["inputs"]) == ["body"] and base[0]["inputs"]["body"].shape == (3, 32, 16)
 
 
 def test_flip_is_the_same_decision_for_all_five_crops(cache):
     split = load_split(cache, "train", input_columns("intra-inter"))
-    sizes = input_sizes(list(split.images), (64, 32), (16, 32))
+    sizes = input_sizes(model_inputs("intra-inter", (64, 32), (16, 32)))
     plain = ReidDataset(split, SampleTransform(sizes))
     ds = ReidDataset(split, SampleTransform(sizes, AugmentConfig(flip=True, pad=0, erasing=0.0)))
     decisions = []
@@ -154,7 +155,7 @@ def test_flip_is_the_same_decision_for_all_five_crops(cache):
 
 def test_no_augmentation_without_seed_and_erasing_changes_pixels(cache):
     split = load_split(cache, "train", input_columns("aligned"))
-    sizes = input_sizes(list(split.images), (64, 32), (16, 32))
+    sizes = input_sizes(model_inputs("intra-inter", (64, 32), (16, 32)))
     plain = ReidDataset(split, SampleTransform(sizes))[2]
     aug = ReidDataset(split, SampleTransform(sizes, AugmentConfig(flip=False, pad=0, erasing=1.0)))
     item = aug[(2, 99)]
@@ -213,7 +214,7 @@ def test_samplers_are_seeded_sharded_and_identity_balanced():
 def test_loader_with_workers_matches_in_process(cache):
     split = load_split(cache, "train", input_columns("intra-inter"))
     labels, _ = relabel(split.pids)
-    sizes = input_sizes(list(split.images), (32, 16), (8, 16))
+    sizes = input_sizes(model_inputs("intra-inter", (32, 16), (8, 16)))
     ds = ReidDataset(split, SampleTransform(sizes, AugmentConfig()), labels)
     sampler = EpochSampler(labels, 4, seed=3)
     batches = {}
@@ -241,7 +242,7 @@ def test_bad_cache_errors_name_the_place(tmp_path, cache):
     pq.write_table(pa.Table.from_pylist(rows, schema=cache_schema({})),
                    tmp_path / "query" / "part-000of001-000000.parquet")
     split = load_split(tmp_path, "query", input_columns("aligned"))
-    ds = ReidDataset(split, SampleTransform(input_sizes(list(split.images), (32, 16), (8, 16))))
+    ds = ReidDataset(split, SampleTransform(input_sizes(model_inputs("intra-inter", (32, 16), (8, 16)))))
     bad = split.image_ids.index(rows[0]["image_id"])
     with pytest.raises(CacheReadError, match=rf"{rows[0]['image_id']}.*head"):
         ds[bad]

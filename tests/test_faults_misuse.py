@@ -478,7 +478,9 @@ def test_train_with_a_recipe_as_config_takes_its_crop_sizes_and_model(cache, tmp
                timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     train = json.loads((out / "config.json").read_text())["train"]
-    assert train["model"] == "baseline" and train["body_size"] == [64, 32] and train["part_size"] == [16, 32]
+    assert train["model"] == "baseline" and train["body_size"] == [64, 32]
+    meta = json.loads((out / "config.json").read_text())["meta"]
+    assert meta["input_sizes"] == {"body": [64, 32]}      # baseline reads one input: the whole image
 
 
 def test_crop_with_a_recipe_as_config_reads_its_dataset_root(data, tmp_path):

@@ -234,16 +234,21 @@ def test_a_truncated_checkpoint_is_refused_naming_the_file(interrupted, tmp_path
 
 
 
-@pytest.mark.parametrize("damage", ["no-body-size", "bad-size", "no-weights"])
+@pytest.mark.parametrize("damage", ["no-input-sizes", "bad-size", "old-no-body-size", "no-weights"])
 def test_a_checkpoint_with_a_damaged_description_is_refused_naming_the_file(interrupted, tmp_path, damage):
     from reidtrain.checkpoint import CheckpointError
     from reidtrain.evaluate import load_trained
 
     ckpt = torch.load(interrupted["run"] / "model.pt", map_location="cpu", weights_only=True)
-    if damage == "no-body-size":
+    if damage == "no-input-sizes":
+        del ckpt["meta"]["input_sizes"]
         del ckpt["meta"]["body_size"]
     elif damage == "bad-size":
-        ckpt["meta"]["part_size"] = ["wide", 3]
+        ckpt["meta"]["input_sizes"]["head"] = ["wide", 3]
+    elif damage == "old-no-body-size":   # a checkpoint of the releases before input_sizes, without its body size
+        del ckpt["meta"]["input_sizes"]
+        del ckpt["meta"]["body_size"]
+        ckpt["meta"]["part_size"] = [16, 32]
     else:
         del ckpt["model"]
     bad = tmp_path / f"{damage}.pt"

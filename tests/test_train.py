@@ -10,8 +10,8 @@ import torch
 
 from reidtrain.checkpoint import CheckpointError, init_from_checkpoint, load_checkpoint, save_checkpoint
 from reidtrain.config import AugmentConfig, TrainConfig
-from reidtrain.model import build_model
-from reidtrain.train import eq11_loss, train
+from reidtrain.model import ModelInputError, ModelOutput, build_model
+from reidtrain.train import sum_terms, train
 from test_data import write_tiny_cache
 
 SMALL = dict(body_size=(64, 32), part_size=(16, 32), batch_size=4, workers=0, lr=0.02)
@@ -30,16 +30,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_eq11_loss_weights_intra_and_inter():
+    # Eq. 11 lives in the five-branch model: terms {"intra": lambda * sum_j CE_j, "inter": CE(fused)}
     torch.manual_seed(0)
+    model = build_model("intra-inter", 3, (64, 32), (16, 32), lambda_intra=0.3)
     labels = torch.tensor([0, 2])
     logits = {k: torch.randn(2, 3) for k in ("body", "head", "upper_body", "upper_leg", "lower_leg", "fused")}
     ce = {k: torch.nn.functional.cross_entropy(v, labels) for k, v in logits.items()}
-    loss, parts = eq11_loss(logits, labels, 0.3)
+    terms = model.loss(ModelOutput(logits, torch.zeros(2, 768)), labels)
     intra = sum(ce[k] for k in ("body", "head", "upper_body", "upper_leg", "lower_leg"))
-    torch.testing.assert_close(loss, 0.3 * intra + ce["fused"])
-    torch.testing.assert_close(parts["inter"], ce["fused"])
-    with pytest.raises(KeyError, match="fused"):
-        eq11_loss({k: v for k, v in logits.items() if k != "fused"}, labels, 0.5)
+    assert list(terms) == ["intra", "inter"]
+    torch.testing.assert_close(sum_terms(terms), 0.3 * intra + ce["fused"])
+    torch.testing.assert_close(terms["inter"], ce["fused"])
+    with pytest.raises(ModelInputError, match="fused"):
+        model.loss(ModelOutput({k: v for k, v in logits.items() if k != "fused"}, torch.zeros(2, 768)), labels)
 
 
 def test_training_overfits_a_fixed_batch(cache, tmp_path):

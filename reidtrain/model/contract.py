@@ -130,6 +130,9 @@ class ModelDefaults:
     batch_size: int = 32
     sampler: Literal["random", "identity"] = "random"
     instances_per_id: int = 4
+    sizes_from_crop: bool = False
+    """True: in a recipe, the crop stage's body / part sizes are this model's input sizes unless [train] sets
+    them (the five-branch net, designed around the crops); False: the model keeps its own sizes."""
 
 
 class ReidModel(nn.Module):

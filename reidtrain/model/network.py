@@ -143,7 +143,9 @@ class FiveBranchNet(ReidModel):
         part_dim = part_specs[0].embed_dim
         self.inter = InterAttention(len(PART_BRANCHES), part_dim, enabled=variant.inter)
         self.feature_dim = global_spec.embed_dim + len(PART_BRANCHES) * part_dim
-        self.feature_layout = (("E_g", global_spec.embed_dim), ("E_l", len(PART_BRANCHES) * part_dim))
+        self.feature_layout = (("E_g", global_spec.embed_dim),
+                               (f"E_l = {len(PART_BRANCHES)} x {part_dim}: {', '.join(PART_BRANCHES)}",
+                                len(PART_BRANCHES) * part_dim))
         dims = {s.name: s.embed_dim for s in (global_spec, *part_specs)} | {FUSED: self.feature_dim}
         self.classifier = nn.ModuleDict(
             {k: IdentityClassifier(d, num_classes, options.dropout) for k, d in dims.items()} if num_classes else {})
@@ -219,7 +221,7 @@ def _register(variant: Variant) -> None:
         return FiveBranchNet(variant, num_classes, inputs, options, losses)
 
     build.__qualname__ = f"build_{variant.name}"
-    register_model(variant.name, defaults=ModelDefaults(inputs=five_branch_inputs(variant)),
+    register_model(variant.name, defaults=ModelDefaults(inputs=five_branch_inputs(variant), sizes_from_crop=True),
                    options=FiveBranchOptions, paper=paper, summary=VARIANT_SUMMARIES[variant.name])(build)
 
 

@@ -165,6 +165,12 @@ def resolve_inputs(defaults: Mapping[str, InputSpec], body_size: tuple[int, int]
     return out
 
 
+def model_inputs(name: str, body_size: tuple[int, int] | None = None,
+                 part_size: tuple[int, int] | None = None) -> dict[str, InputSpec]:
+    """The inputs of registered model `name` at the given size-group sizes (defaults where None)."""
+    return resolve_inputs(get_model(name).defaults.inputs, body_size, part_size)
+
+
 def build_model(name: str, num_classes: int, body_size: tuple[int, int] | None = None,
                 part_size: tuple[int, int] | None = None, *, sizes: Mapping[str, tuple[int, int]] | None = None,
                 options: Mapping[str, Any] | Any | None = None, losses: LossSettings | None = None,
