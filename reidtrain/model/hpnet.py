@@ -18,10 +18,11 @@ Staged training (the paper's recipe; option `stage`): "main" trains M-net with i
 (GAP -> FC 512 -> BN -> ReLU -> dropout -> classifier, as train_val_a3.prototxt) while M-net is frozen; "fusion"
 trains the fusion layer with everything else frozen; "joint" fine-tunes everything on all five losses. Frozen
 parameters get requires_grad=False and their batch-norm layers stay in eval mode (running statistics kept), so
-a stage changes exactly its own parameters. Chain the stages with `--init-from` the previous stage's checkpoint
+a stage changes exactly its own parameters. Chain the stages with `--init-from PREVIOUS_RUN/model.pt`
 (pipelines/hpnet-staged.toml.draft); when a branch first trains (`init_branches_from_main`), its copies of the
 later blocks start from M-net's trained weights (a persistent flag per branch records that this happened, so a
-resume does not copy again).
+resume does not copy again). Every forward computes the whole network (the 512-d feature is the test feature);
+parts a stage does not train run without autograd.
 
 Main net (option `backbone`):
 - "half-inception" (default, the paper's): the released prototxt's `half_InceptionNetwork_v2`: BN-Inception with
