@@ -165,9 +165,9 @@ def test_overfits_a_fixed_batch():
     torch.manual_seed(0)
     model = build_model("hacnn", 4, body_size=(32, 16)).train()
     x, labels = _inputs(8, (32, 16)), torch.arange(8) % 4
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     first = None
-    for _ in range(30):
+    for _ in range(20):
         loss = sum(model.loss(model(x), labels).values())
         first = float(loss) if first is None else first
         opt.zero_grad()
@@ -195,8 +195,6 @@ def test_onnx_export_at_batch_one(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx.reference import ReferenceEvaluator
 
-    model = build_model("hacnn", NUM_CLASSES, body_size=SMALL).eval()
-
     class Features(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
@@ -205,8 +203,10 @@ def test_onnx_export_at_batch_one(tmp_path):
         def forward(self, body):
             return self.m({"body": body}).features
 
-    x = torch.randn(1, 3, *SMALL)
+    tiny = (32, 16)
+    model = build_model("hacnn", NUM_CLASSES, body_size=tiny).eval()
     wrapper = Features(model).eval()
+    x = torch.randn(1, 3, *tiny)
     for opset in (17, 20):
         path = tmp_path / f"hacnn-{opset}.onnx"
         torch.onnx.export(wrapper, (x,), str(path), input_names=["body"], output_names=["features"],
@@ -215,10 +215,8 @@ def test_onnx_export_at_batch_one(tmp_path):
         graph = onnx.load(str(path))
         onnx.checker.check_model(graph)
         assert any(n.op_type == "GridSample" for n in graph.graph.node)
-    wrapper.eval()
-    for batch in (1, 3):
-        xb = torch.randn(batch, 3, *SMALL)
-        got = ReferenceEvaluator(graph).run(None, {"body": xb.numpy()})[0]
-        want = model({"body": xb}).features.detach().numpy()
-        assert got.shape == (batch, 1024)
-        assert math.isclose(float(abs(got - want).max()), 0.0, abs_tol=1e-4)
+    xb = torch.randn(2, 3, *tiny)                   # a batch of 2 through the batch-1 trace: dynamic batch
+    got = ReferenceEvaluator(graph).run(None, {"body": xb.numpy()})[0]
+    want = model({"body": xb}).features.detach().numpy()
+    assert got.shape == (2, 1024)
+    assert math.isclose(float(abs(got - want).max()), 0.0, abs_tol=1e-4)
