@@ -51,7 +51,7 @@ def test_hacnn_trains_evaluates_exports_and_resumes(cache, tmp_path):
 @pytest.mark.slow
 def test_hpnet_stages_chain_through_init_from_and_resume(cache, tmp_path):
     main_run, af1_run = tmp_path / "main", tmp_path / "af1"
-    base = ("train", "--cache", cache, "--model", "hpnet", "--body-size", "32x32", *COMMON)
+    base = ("train", "--cache", cache, "--model", "hpnet", "--body-size", "32x16", *COMMON)
     _ok(fk.cli(*base, "--out", main_run, "-O", "stage=main", timeout=300))
     af1 = (*base, "--out", af1_run, "-O", "stage=af1", "--init-from", main_run / "model.pt")
     _ok(fk.cli(*af1, timeout=300))

@@ -42,6 +42,8 @@ def test_shapes_features_and_attention_maps():
     assert all(float(m.min()) > 0 and float(m.max()) < 1 for m in maps)
     boxes = model.hard_attention_boxes()
     assert boxes.shape == (3, 3, NUM_REGIONS, 4)
+    stripes = torch.tensor([[0.0, r / NUM_REGIONS, 1.0, (r + 1) / NUM_REGIONS] for r in range(NUM_REGIONS)])
+    assert torch.allclose(boxes, stripes.expand(3, 3, -1, -1), atol=1e-6)    # at init: the 4 stripes, every level
     model.eval()
     x = _inputs(2)
     assert torch.equal(model(x).features, model(x).features)

@@ -41,7 +41,7 @@ stacked batch of 8B, as the public PyTorch re-implementation does), which keeps 
 the later blocks per branch instead of 24. The M-net the branches read is the shared M-net itself (frozen while
 the branches train), not a separate frozen copy. The reduction blocks' max-pool uses padding 1 (Caffe: ceil
 mode, no padding) so that any input size concatenates. Input: the prototxt trains attributes on 224x224 crops of
-256x256 images; for ReID we default to 256x128 (minimum 32x32; every level must keep at least one pixel).
+256x256 images; for ReID we default to 256x128 (minimum 32x16: every level keeps at least one pixel).
 
 The identity heads used only to train a stage (classifier.main / af1..3 / fusion, including the branch heads'
 FC 512 + BN) are "classifiers" for the parameter count (reidtrain.model.complexity): what remains is M-net,
@@ -66,7 +66,7 @@ from .registry import PaperRow, register_model
 
 INPUT_KEY = "body"
 DEFAULT_SIZE = (256, 128)
-MIN_SIZE = (32, 32)
+MIN_SIZE = (32, 16)
 NUM_MAPS = 8
 """L: attention maps per MDA module."""
 NUM_LEVELS = 3
