@@ -185,6 +185,7 @@ def _export_onnx(checkpoint: Path, out: Path, opset: int, exporter: str, verify:
     from posecrop.errors import os_error_in_chain
 
     model, meta, _ = load_trained(checkpoint, "cpu")
+    opset = max(opset, int(getattr(model, "min_onnx_opset", 0)))   # e.g. hacnn's GridSample
     wrapper = InferenceModel(model, meta["normalize"]).eval()
     sizes = {k: tuple(spec.size) for k, spec in meta_inputs(meta).items()}
     example = tuple(torch.rand(batch, 3, *sizes[k]) for k in wrapper.keys)

@@ -142,6 +142,9 @@ class ReidModel(nn.Module):
     `feature_layout`) and implement `forward`. `loss` defaults to `standard_loss`.
     """
 
+    min_onnx_opset: int = 0
+    """The lowest ONNX opset the model's operators export and verify at (`export` raises a lower --opset to it)."""
+
     def __init__(self, name: str, inputs: dict[str, InputSpec], num_classes: int,
                  losses: LossSettings | None = None) -> None:
         super().__init__()

@@ -230,6 +230,8 @@ class FeatureHead(nn.Sequential):
 class HACNN(ReidModel):
     """HA-CNN (see the module docstring): global and local 512-d features, one classifier each."""
 
+    min_onnx_opset = 20   # GridSample runs in onnx's reference evaluator (export's check without onnxruntime) from 20
+
     def __init__(self, num_classes: int, inputs: dict[str, InputSpec] | None = None,
                  options: HACNNOptions | None = None, losses: LossSettings | None = None) -> None:
         super().__init__("hacnn", inputs or default_inputs(), num_classes, losses)
