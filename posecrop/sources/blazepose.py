@@ -347,11 +347,18 @@ def prune_tflite(model: bytes, outputs: Sequence[str]) -> bytes:
 def pruned_landmark_model(full_model: Path, sha256: str) -> Path:
     """The bundled landmark model pruned to LANDMARK_OUTPUTS, written once per machine into the temp folder
     (named by the bundled model's hash, written atomically) and reused by every process after."""
-    from ..atomic import atomic_write_bytes
-
     path = Path(tempfile.gettempdir()) / f"posecrop-blazepose-{sha256[:16]}-{'-'.join(LANDMARK_OUTPUTS)}.tflite"
     if not path.is_file():
-        atomic_write_bytes(path, prune_tflite(full_model.read_bytes(), LANDMARK_OUTPUTS))
+        data = prune_tflite(full_model.read_bytes(), LANDMARK_OUTPUTS)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:  # write then rename: processes starting together never see half a model
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     return path
 
 
