@@ -354,6 +354,7 @@ def pruned_landmark_model(full_model: Path, sha256: str) -> Path:
         try:  # write then rename: processes starting together never see half a model
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+            os.chmod(tmp, 0o644)  # readable by every user of the machine, like the bundled model
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
