@@ -365,9 +365,23 @@ def run(quick: bool = True) -> list[dict]:
 
 if __name__ == "__main__":
     import json
-    if "--market-only" in sys.argv:
+    if "--market-only" in sys.argv:  # the Market-scale row alone, also written to benchmarks/results/crop_market.*
         from posecrop.crop_stage import CropConfig
-        print(json.dumps(market_scale("--full" not in sys.argv, CropConfig().num_workers(), CropConfig().batch_size),
-                         indent=2))
+
+        full = "--full" in sys.argv
+        row = market_scale(not full, CropConfig().num_workers(), CropConfig().batch_size)
+        print(json.dumps(row, indent=2))
+        results = ROOT / "benchmarks" / "results"
+        (results / "crop_market.json").write_text(json.dumps({"quick": not full, "date": time.strftime(
+            "%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "load_average": os.getloadavg()[0], "row": row}, indent=2) + "\n")
+        (results / "crop_market.md").write_text(
+            f"# Crop stage at Market-1501 size ({'full' if full else 'quick'}), {time.strftime('%Y-%m-%d %H:%M')}\n\n"
+            f"Machine: {os.cpu_count()} CPUs shared with other jobs (load average {os.getloadavg()[0]:.1f} at the "
+            "end); `python -m benchmarks.bench_crop --market-only --full`\n\n"
+            "| images | total s | img/s | reference img/s | ratio | peak RSS all MB | main MB | largest worker MB "
+            "| cache MB |\n|---|---|---|---|---|---|---|---|---|\n"
+            f"| {sum(MARKET_SPLITS.values()) if full else 3000:,} | {row['total_seconds']} | {row['ours_value']} | "
+            f"{row['reference_value']} | {row['ratio']} | {row['peak_mem_mb']} | {row['parent_peak_mb']} | "
+            f"{row['worker_peak_mb']} | {row['cache_mb']} |\n\n{row['notes']}\n")
     else:
         print(json.dumps(run(quick="--full" not in sys.argv), indent=2))

@@ -13,8 +13,8 @@ Two ways to find the person (`mode`):
   model, the heatmap refinement, the projection back - but on the bundled model pruned to the outputs used
   (LANDMARK_OUTPUTS: the segmentation-mask decoder and the world landmarks are cut away, `prune_tflite`, once per
   machine into the temp folder): the same landmarks as the stock subgraph (max difference 6e-8 on the real crops)
-  at about half the CPU (~7.5 instead of ~14 ms per image for the model, ~10 instead of ~17 ms for the graph on
-  one core; benchmarks/bench_blazepose.py). Batching does not pay here: the TFLite model run at batch 4 / 16 costs
+  at about half the CPU (the model ~7.5 instead of ~14 ms per image, the whole graph ~9 instead of ~17 ms on one
+  core; benchmarks/bench_blazepose.py). Batching does not pay here: the TFLite model run at batch 4 / 16 costs
   the same or more per image than at batch 1, and XNNPACK runs one thread per graph by default (no
   oversubscription of the crop workers). The heatmap refinement uses the 7x7 window the graph sets, which
   MediaPipe's Python wrapper loses unless its options type is imported (register_calculator_options).
@@ -24,8 +24,8 @@ Measured on the 56 real Market-1501 crops (64x128) against pose-gan's OpenPose j
 (benchmarks/bench_blazepose.py; PCK counts a joint the model leaves out, or an image without a person, as a miss):
 the detector finds a person in 31/56 crops at its default confidence 0.5 (PCK@0.1H 0.51) and in 46/56 at 0.1 (PCK
 0.60, median error 0.022 H); the fixed region (roi_scale 1.25) in 55/56 with PCK@0.1H 0.95 and median error
-0.018 H, and on 200/200 CUHK01 images (detector: 191/200), at less CPU per image (no detector). roi_scale 1.0 is
-worse (PCK 0.91), 1.5 alike (0.96, median 0.021 H). Padding the crop sideways (w/4 each side) changed nothing with
+0.019 H, and on 200/200 CUHK01 images (detector: 191/200), at less CPU per image (no detector). roi_scale 1.0 is
+worse (PCK 0.91), 1.5 alike (0.96, median 0.020 H). Padding the crop sideways (w/4 each side) changed nothing with
 the fixed region and little with the detector (46/56 either way, median error 0.026 H); upscaling 2x gained 4 of
 350 joints with the fixed region (PCK 0.963) at more CPU. So the default is the fixed region at 1.25 without padding or upscaling; `mode`, `roi_scale`, `pad` (fraction of
 the width added on each side, edge pixels repeated), `upscale` and `min_detection_confidence` stay options.
