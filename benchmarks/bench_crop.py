@@ -228,7 +228,6 @@ def _children(pid: int) -> list[int]:
 def _market_child(root: str, out: str, workers: int) -> None:
     """The Market-scale run itself (in a fresh process, so that its peak memory is its own)."""
     import json
-    import resource
 
     from posecrop.crop_stage import CropConfig, run_crop
 
@@ -241,8 +240,7 @@ def _market_child(root: str, out: str, workers: int) -> None:
         "seconds": seconds, "written": summary.written, "failed": summary.failed, "records": summary.records,
         "per_split": summary.per_split, "repaired_joints": summary.repaired_joints,
         "fallback_joints": summary.fallback_joints, "pose_sources": summary.pose_sources,
-        "parent_hwm_kb": _rss_kb(os.getpid())[1],
-        "worker_max_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}), flush=True)
+        "parent_hwm_kb": _rss_kb(os.getpid())[1]}), flush=True)
 
 
 def run_market_scale(root: Path, out: Path, workers: int) -> dict:
@@ -256,9 +254,12 @@ def run_market_scale(root: Path, out: Path, workers: int) -> dict:
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT)
     peak_total = 0
+    worker_hwm: dict[int, int] = {}
     while proc.poll() is None:
-        pids = [proc.pid, *_children(proc.pid)]
-        peak_total = max(peak_total, sum(_rss_kb(p)[0] for p in pids))
+        kids = _children(proc.pid)
+        peak_total = max(peak_total, _rss_kb(proc.pid)[0] + sum(_rss_kb(k)[0] for k in kids))
+        for k in kids:  # each worker's own high-water mark (VmHWM restarts at its exec)
+            worker_hwm[k] = max(worker_hwm.get(k, 0), _rss_kb(k)[1])
         time.sleep(0.2)
     stdout, stderr = proc.communicate()
     lines = [line for line in stdout.splitlines() if line.startswith("MARKET-JSON:")]
@@ -266,6 +267,9 @@ def run_market_scale(root: Path, out: Path, workers: int) -> dict:
         raise RuntimeError(f"the Market-scale crop run failed (exit {proc.returncode}): {stderr[-2000:]}")
     result = json.loads(lines[-1][len("MARKET-JSON:"):])
     result["peak_total_rss_kb"] = peak_total
+    # not the child's RUSAGE_CHILDREN ru_maxrss: a spawned worker is forked before it execs, so that counts the
+    # main process's memory at the moment the pool started
+    result["worker_max_rss_kb"] = max(worker_hwm.values(), default=0)
     result["cache_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return result
 
@@ -296,7 +300,7 @@ def market_scale(quick: bool, workers: int, batch: int) -> dict:
                      f"images ({', '.join(f'{k} {v:,}' for k, v in counts.items())}; written {r['written']:,}, "
                      f"failed {r['failed']}); total {r['seconds']:.1f} s (worker start-up, scan and CSV included; "
                      f"building the stand-in took {setup:.1f} s more), {ips:.0f} img/s; peak RSS: main process "
-                     f"{r['parent_hwm_kb'] / mb:.0f} MB, largest worker {r['worker_max_rss_kb'] / mb:.0f} MB, all "
+                     f"{r['parent_hwm_kb'] / mb:.0f} MB, largest worker {r['worker_max_rss_kb'] / mb:.0f} MB (its VmHWM), all "
                      f"together {r['peak_total_rss_kb'] / mb:.0f} MB (sampled every 0.2 s; the peak MB column); "
                      f"cache {r['cache_bytes'] / 2**20:.0f} MB on disk ({r['cache_bytes'] / max(r['written'], 1) / 1024:.1f} "
                      f"KB per image: source + 384x192 + 4x 96x192 JPEG q95); {r['repaired_joints']:.0%} repaired / "
