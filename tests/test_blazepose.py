@@ -367,3 +367,21 @@ def test_a_crash_inside_the_pose_model_costs_only_its_image(small_market, tmp_pa
     assert s.records == 7 and s.written == 6 and s.failed == 1 and s.pose_sources == {"blazepose": 6}
     (entry,) = [e for e in read_report(out) if e["status"] == "failed"]
     assert entry["image_id"] == "query/0007_c1s1_000007_00.jpg" and "worker process died" in entry["reason"]
+
+
+def test_without_a_writable_temp_folder_the_stock_subgraph_gives_the_same_landmarks(tmp_path, realdata, monkeypatch):
+    pytest.importorskip("mediapipe")
+    import tempfile
+
+    from posecrop.sources.blazepose import BlazePoseSource
+
+    items = _items(sorted((realdata / "market1501_samples" / "crops").glob("*.jpg"))[:3])
+    ref = BlazePoseSource().estimate(items)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the temp folder should be")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocked))
+    source = BlazePoseSource()
+    with pytest.warns(RuntimeWarning, match="cannot write the pruned landmark model"):
+        kp, sc = source.estimate(items)
+    np.testing.assert_allclose(kp, ref[0], atol=1e-4)
+    np.testing.assert_array_equal(sc > 0, ref[1] > 0)

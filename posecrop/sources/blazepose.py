@@ -220,7 +220,13 @@ def quiet_native_stderr():
     except (OSError, ValueError):
         yield
         return
-    with tempfile.TemporaryFile() as capture:
+    try:
+        capture_file = tempfile.TemporaryFile()
+    except OSError:  # no writable temp folder: let the lines through
+        os.close(saved)
+        yield
+        return
+    with capture_file as capture:
         os.dup2(capture.fileno(), 2)
         try:
             yield
@@ -449,7 +455,15 @@ class BlazePoseSource:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 return Pose(static_image_mode=True, model_complexity=1,
                             min_detection_confidence=self.min_detection_confidence)
-        return _pruned_roi_graph(pruned_landmark_model(self.model_files["landmark"], self.model_sha256["landmark"]))
+        try:
+            model = pruned_landmark_model(self.model_files["landmark"], self.model_sha256["landmark"])
+        except OSError as e:  # no writable temp folder: the stock subgraph gives the same landmarks, slower
+            import warnings
+
+            warnings.warn(f"blazepose: cannot write the pruned landmark model ({e}); using MediaPipe's stock "
+                          "landmark subgraph (same landmarks, about twice the CPU)", RuntimeWarning, stacklevel=2)
+            return stock_roi_graph()
+        return _pruned_roi_graph(model)
 
     def landmarks(self, image: np.ndarray) -> np.ndarray | None:
         """The 33 landmarks (33, 3) as (x, y, visibility) normalised to `image` (H x W x 3 uint8 RGB), after the
@@ -482,7 +496,8 @@ class BlazePoseSource:
         if self.mode == "detector":
             found = out.pose_landmarks
         else:
-            found = out.landmarks if out.presence is not None and out.presence > PRESENCE_THRESHOLD else None
+            presence = getattr(out, "presence", 1.0)  # the stock subgraph (fallback) gates by itself
+            found = out.landmarks if presence is not None and presence > PRESENCE_THRESHOLD else None
         if found is None:
             return None
         lm = np.array([[p.x, p.y, p.visibility] for p in found.landmark], np.float32)
