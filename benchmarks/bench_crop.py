@@ -295,14 +295,17 @@ def market_scale(quick: bool, workers: int, batch: int) -> dict:
             f"workers ({len(sub):,} images)", "reference_value": round(ref_ips, 1), "unit": "img/s",
             "ratio": round(ips / ref_ips, 3), "target": "-", "peak_mem_mb": round(r["peak_total_rss_kb"] / mb, 1),
             "total_seconds": round(r["seconds"], 1), "cache_mb": round(r["cache_bytes"] / 2**20, 1),
-            "parent_peak_mb": round(r["parent_hwm_kb"] / mb, 1), "worker_peak_mb": round(r["worker_max_rss_kb"] / mb, 1),
+            "parent_peak_mb": round(r["parent_hwm_kb"] / mb, 1),
+            "worker_peak_mb": round(r["worker_max_rss_kb"] / mb, 1),
             "notes": f"{'quick subset' if quick else 'full Market-1501 size'}: {r['records']:,} synthetic 64x128 "
                      f"images ({', '.join(f'{k} {v:,}' for k, v in counts.items())}; written {r['written']:,}, "
                      f"failed {r['failed']}); total {r['seconds']:.1f} s (worker start-up, scan and CSV included; "
                      f"building the stand-in took {setup:.1f} s more), {ips:.0f} img/s; peak RSS: main process "
-                     f"{r['parent_hwm_kb'] / mb:.0f} MB, largest worker {r['worker_max_rss_kb'] / mb:.0f} MB (its VmHWM), all "
+                     f"{r['parent_hwm_kb'] / mb:.0f} MB, largest worker {r['worker_max_rss_kb'] / mb:.0f} MB (its "
+                     "VmHWM), all "
                      f"together {r['peak_total_rss_kb'] / mb:.0f} MB (sampled every 0.2 s; the peak MB column); "
-                     f"cache {r['cache_bytes'] / 2**20:.0f} MB on disk ({r['cache_bytes'] / max(r['written'], 1) / 1024:.1f} "
+                     f"cache {r['cache_bytes'] / 2**20:.0f} MB on disk "
+                     f"({r['cache_bytes'] / max(r['written'], 1) / 1024:.1f} "
                      f"KB per image: source + 384x192 + 4x 96x192 JPEG q95); {r['repaired_joints']:.0%} repaired / "
                      f"{r['fallback_joints']:.0%} fallback joints"}
 
@@ -376,8 +379,9 @@ if __name__ == "__main__":
         row = market_scale(not full, CropConfig().num_workers(), CropConfig().batch_size)
         print(json.dumps(row, indent=2))
         results = ROOT / "benchmarks" / "results"
-        (results / "crop_market.json").write_text(json.dumps({"quick": not full, "date": time.strftime(
-            "%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "load_average": os.getloadavg()[0], "row": row}, indent=2) + "\n")
+        meta = {"quick": not full, "date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
+                "load_average": os.getloadavg()[0], "row": row}
+        (results / "crop_market.json").write_text(json.dumps(meta, indent=2) + "\n")
         (results / "crop_market.md").write_text(
             f"# Crop stage at Market-1501 size ({'full' if full else 'quick'}), {time.strftime('%Y-%m-%d %H:%M')}\n\n"
             f"Machine: {os.cpu_count()} CPUs shared with other jobs (load average {os.getloadavg()[0]:.1f} at the "
