@@ -381,15 +381,20 @@ if __name__ == "__main__":
         results = ROOT / "benchmarks" / "results"
         meta = {"quick": not full, "date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
                 "load_average": os.getloadavg()[0], "row": row}
-        (results / "crop_market.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (results / "crop_market.md").write_text(
-            f"# Crop stage at Market-1501 size ({'full' if full else 'quick'}), {time.strftime('%Y-%m-%d %H:%M')}\n\n"
-            f"Machine: {os.cpu_count()} CPUs shared with other jobs (load average {os.getloadavg()[0]:.1f} at the "
-            "end); `python -m benchmarks.bench_crop --market-only --full`\n\n"
-            "| images | total s | img/s | reference img/s | ratio | peak RSS all MB | main MB | largest worker MB "
-            "| cache MB |\n|---|---|---|---|---|---|---|---|---|\n"
-            f"| {sum(MARKET_SPLITS.values()) if full else 3000:,} | {row['total_seconds']} | {row['ours_value']} | "
-            f"{row['reference_value']} | {row['ratio']} | {row['peak_mem_mb']} | {row['parent_peak_mb']} | "
-            f"{row['worker_peak_mb']} | {row['cache_mb']} |\n\n{row['notes']}\n")
+
+        def write(path: Path, text: str) -> None:  # write then rename: never half a results file
+            path.with_suffix(".tmp").write_text(text)
+            os.replace(path.with_suffix(".tmp"), path)
+
+        write(results / "crop_market.json", json.dumps(meta, indent=2) + "\n")
+        write(results / "crop_market.md",
+              f"# Crop stage at Market-1501 size ({'full' if full else 'quick'}), {time.strftime('%Y-%m-%d %H:%M')}\n\n"
+              f"Machine: {os.cpu_count()} CPUs shared with other jobs (load average {os.getloadavg()[0]:.1f} at the "
+              "end); `python -m benchmarks.bench_crop --market-only --full`\n\n"
+              "| images | total s | img/s | reference img/s | ratio | peak RSS all MB | main MB | largest worker MB "
+              "| cache MB |\n|---|---|---|---|---|---|---|---|---|\n"
+              f"| {sum(MARKET_SPLITS.values()) if full else 3000:,} | {row['total_seconds']} | {row['ours_value']} | "
+              f"{row['reference_value']} | {row['ratio']} | {row['peak_mem_mb']} | {row['parent_peak_mb']} | "
+              f"{row['worker_peak_mb']} | {row['cache_mb']} |\n\n{row['notes']}\n")
     else:
         print(json.dumps(run(quick="--full" not in sys.argv), indent=2))
