@@ -1,5 +1,8 @@
 """Benchmark of the pose stage: the mmpose pose source's batched path against mmpose's own per-image API.
 
+The BlazePose source's counterpart (ours vs mediapipe's plain per-image `mp.solutions.pose.Pose`, in the same run)
+is benchmarks/bench_blazepose.py (rows blazepose-1core, blazepose-prune, blazepose-crop).
+
 pose-batched   `MMPoseSource.predict_coco17`: every image through the config's test pipeline, batches of
                `batch_size` through the model's data preprocessor and one `test_step` per batch (img/s, higher
                is better)
@@ -14,9 +17,16 @@ can be downloaded here. Each side runs once (quick) or twice interleaved (full, 
 warm-up call. The keypoints of both sides are compared: the notes give the share that agree within 0.5 px (random
 weights leave near-ties in the SimCC logits, so float-level differences between NHWC/NCHW kernels can move a few
 argmaxes).
+
+Threads: both sides run with one torch thread unless POSECROP_BENCH_POSE_THREADS says otherwise. On this 2-core
+machine shared with other jobs, torch's default of 2 intra-op threads made both sides 5-20x slower under load
+(OpenMP threads waiting on each other while the other jobs hold the cores: 1.4 vs 0.2 img/s at load average 8,
+against 7.9 vs 4.7 img/s with one thread a few minutes later) and the ratio meaningless (7.5x). The notes also
+give the CPU seconds per image of each side (all threads), which the machine's load moves less than wall time.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -31,6 +41,7 @@ if str(ROOT) not in sys.path:
 MARKET_CROPS = ROOT.parent / "shared" / "realdata" / "market1501_samples" / "crops"
 MARKET_SIZE = (128, 64)  # H, W
 TARGET = 1.5
+THREADS_ENV = "POSECROP_BENCH_POSE_THREADS"
 
 
 def market_images(n: int, seed: int = 0) -> tuple[list[np.ndarray], str]:
@@ -49,10 +60,11 @@ def market_images(n: int, seed: int = 0) -> tuple[list[np.ndarray], str]:
     return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(n)], "random images"
 
 
-def _time(fn) -> float:
-    start = time.perf_counter()
+def _time(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process: all its threads)."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def stock_mmpose_model(source):
@@ -108,30 +120,39 @@ def bench_config(config: str | None, images: list[np.ndarray], batch_size: int, 
     for _ in range(rounds):
         t_ours.append(_time(ours))
         t_ref.append(_time(reference))
-    ours_ips, ref_ips = len(images) / min(t_ours), len(bgr) / min(t_ref)
+    ours_ips, ref_ips = len(images) / min(t_ours)[0], len(bgr) / min(t_ref)[0]
+    cpu_ours, cpu_ref = 1000 * min(t_ours)[1] / len(images), 1000 * min(t_ref)[1] / len(bgr)
     # Random weights leave near-ties in the SimCC logits, so float noise can move a few argmaxes: report agreement.
     agree = float((np.abs(results["ours"][:len(bgr)] - results["reference"]).max(-1) <= 0.5).mean())
     info = source.describe()
     return {
-        "stage": "pose",
-        "ours": f"MMPoseSource batched (batch {batch_size}, {info['memory_format']}), {Path(info['config']).stem}",
+        "stage": "pose-mmpose",
+        "ours": f"MMPoseSource batched (batch {batch_size}, {info['memory_format']}), {Path(info['config']).stem}, "
+                "random-initialised weights",
         "ours_value": round(ours_ips, 2),
-        "reference": "mmpose init_model + inference_topdown per image",
+        "reference": "mmpose init_model + inference_topdown per image (same random weights)",
         "reference_value": round(ref_ips, 2),
         "unit": "img/s",
         "ratio": round(ours_ips / ref_ips, 3),
         "target": f">= {TARGET}",
-        "notes": (f"img/s, higher is better; {len(images)} images of 128x64 ({source_note}; reference side: the "
-                  f"first {len(bgr)}), same random weights on both sides, flip test "
+        "notes": (f"img/s, higher is better; ratio = ours / mmpose per image = {ours_ips / ref_ips:.2f}x; no mmpose "
+                  "checkpoint can be downloaded here, so both sides run the same random-initialised weights "
+                  f"(speed only: the cost does not depend on the weights); {len(images)} images of 128x64 "
+                  f"({source_note}; reference side: the first {len(bgr)}), flip test "
                   f"{'on' if info['flip_test'] else 'off'}, {info['device']}, {torch.get_num_threads()} torch "
-                  f"threads, best of {rounds}; {100 * agree:.1f}% of keypoints agree within 0.5 px"),
+                  f"thread(s), best of {rounds}; CPU ms per image: ours {cpu_ours:.0f}, reference {cpu_ref:.0f} "
+                  f"({cpu_ref / cpu_ours:.2f}x); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} shared "
+                  f"CPUs; {100 * agree:.1f}% of keypoints agree within 0.5 px"),
     }
 
 
 def run(quick: bool = True) -> list[dict]:
     """Rows for the benchmark suite: the default config (quick), RTMPose-t and -s at two batch sizes (full)."""
+    import torch
+
     from posecrop.sources.mmpose_source import DEFAULT_CONFIG
 
+    torch.set_num_threads(int(os.environ.get(THREADS_ENV, "1")))
     images, note = market_images(32 if quick else 256)
     plans = [(DEFAULT_CONFIG.stem, 16)] if quick else [
         ("rtmpose-t_coco17-256x192", 16), ("rtmpose-t_coco17-256x192", 64),

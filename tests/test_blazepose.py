@@ -174,9 +174,61 @@ def test_describe_records_the_model_hash_and_pickles_without_the_model(blazepose
     assert landmark["sha256"] == hashlib.sha256(Path(landmark["file"]).read_bytes()).hexdigest()
     assert d["checkpoint_sha256"] == landmark["sha256"] and d["mediapipe_version"] == "0.10.21"
     assert d["mode"] == "roi" and "detector" not in d["model_files"]
+    assert d["landmark_outputs"] == ["Identity", "Identity_1", "Identity_3"] and "heatmap_kernel=7" in d["config"]
     json.dumps(d)
     copy = pickle.loads(pickle.dumps(blazepose))
     assert copy._model is None and copy.describe() == d
+
+
+def test_pruned_graph_equals_mediapipes_landmark_subgraph(blazepose, realdata):
+    """The pruned model in MediaPipe's calculators gives the landmarks and the person / no-person decision of the
+    stock PoseLandmarkByRoiCpu subgraph on the full bundled model (options intact), on real crops."""
+    from mediapipe.framework.formats import rect_pb2
+
+    from posecrop.sources.blazepose import stock_roi_graph
+
+    paths = (sorted((realdata / "market1501_samples" / "crops").glob("*.jpg"))[:12]
+             + sorted((realdata / "cuhk01" / "campus").glob("*.png"))[:4])
+    stock = stock_roi_graph()
+    found = 0
+    try:
+        for item in _items(paths) + [PoseBatchItem(ImageRecord("grey.png", 0, 0, "train", "t"),
+                                                   np.full((128, 64, 3), 128, np.uint8))]:
+            height, width = item.image.shape[:2]
+            roi = rect_pb2.NormalizedRect(x_center=0.5, y_center=0.5, rotation=0.0, width=1.25 * height / width,
+                                          height=1.25)
+            out = stock.process({"image": item.image, "roi": roi}).landmarks
+            ours = blazepose.landmarks(item.image)
+            assert (ours is None) == (out is None), item.record.path
+            if out is not None:
+                ref = np.array([[p.x, p.y, p.visibility] for p in out.landmark], np.float32)
+                np.testing.assert_allclose(ours, ref, atol=1e-6, err_msg=item.record.path)
+                found += 1
+    finally:
+        stock.close()
+    assert found >= len(paths) - 1
+
+
+def test_prune_tflite_keeps_the_named_outputs_only(blazepose):
+    from mediapipe.tasks.metadata import schema_py_generated as schema
+
+    from posecrop.sources.blazepose import LANDMARK_OUTPUTS, BlazePoseUnavailable, prune_tflite
+
+    full = blazepose.model_files["landmark"].read_bytes()
+
+    def outputs_and_ops(model: bytes) -> tuple[list[str], int]:
+        graph = schema.Model.GetRootAs(model, 0).Subgraphs(0)
+        return [graph.Tensors(graph.Outputs(i)).Name().decode() for i in range(graph.OutputsLength())], \
+            graph.OperatorsLength()
+
+    names, ops = outputs_and_ops(full)
+    assert names == ["Identity", "Identity_1", "Identity_2", "Identity_3", "Identity_4"]
+    pruned_names, pruned_ops = outputs_and_ops(prune_tflite(full, LANDMARK_OUTPUTS))
+    assert pruned_names == list(LANDMARK_OUTPUTS) and pruned_ops < ops
+    # the landmarks alone need still fewer operators; an unknown output is refused by name
+    assert outputs_and_ops(prune_tflite(full, ["Identity"]))[1] < pruned_ops
+    with pytest.raises(BlazePoseUnavailable, match="no output 'Identity_9'"):
+        prune_tflite(full, ["Identity_9"])
 
 
 def test_detector_mode_and_padding_give_the_same_frame(realdata):
@@ -315,3 +367,21 @@ def test_a_crash_inside_the_pose_model_costs_only_its_image(small_market, tmp_pa
     assert s.records == 7 and s.written == 6 and s.failed == 1 and s.pose_sources == {"blazepose": 6}
     (entry,) = [e for e in read_report(out) if e["status"] == "failed"]
     assert entry["image_id"] == "query/0007_c1s1_000007_00.jpg" and "worker process died" in entry["reason"]
+
+
+def test_without_a_writable_temp_folder_the_stock_subgraph_gives_the_same_landmarks(tmp_path, realdata, monkeypatch):
+    pytest.importorskip("mediapipe")
+    import tempfile
+
+    from posecrop.sources.blazepose import BlazePoseSource
+
+    items = _items(sorted((realdata / "market1501_samples" / "crops").glob("*.jpg"))[:3])
+    ref = BlazePoseSource().estimate(items)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the temp folder should be")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocked))
+    source = BlazePoseSource()
+    with pytest.warns(RuntimeWarning, match="cannot write the pruned landmark model"):
+        kp, sc = source.estimate(items)
+    np.testing.assert_allclose(kp, ref[0], atol=1e-4)
+    np.testing.assert_array_equal(sc > 0, ref[1] > 0)

@@ -9,15 +9,23 @@ flatbuffers and protobuf<7 (scripts/install.sh).
 Two ways to find the person (`mode`):
 - "roi" (default): the landmark model runs on a fixed region of interest - the whole image, centred, a square of
   side `roi_scale` x the image height - without the person detector (a ReID image is already a detector box).
-  MediaPipe's own landmark subgraph (PoseLandmarkByRoiCpu) does the affine crop, the model and the projection back.
+  MediaPipe's own calculators do what its landmark subgraph (PoseLandmarkByRoiCpu) does - the affine crop, the
+  model, the heatmap refinement, the projection back - but on the bundled model pruned to the outputs used
+  (LANDMARK_OUTPUTS: the segmentation-mask decoder and the world landmarks are cut away, `prune_tflite`, once per
+  machine into the temp folder): the same landmarks as the stock subgraph (max difference 6e-8 on the real crops)
+  at about half the CPU (the model ~7.5 instead of ~14 ms per image, the whole graph ~9 instead of ~17 ms on one
+  core; benchmarks/bench_blazepose.py). Batching does not pay here: the TFLite model run at batch 4 / 16 costs
+  the same or more per image than at batch 1, and XNNPACK runs one thread per graph by default (no
+  oversubscription of the crop workers). The heatmap refinement uses the 7x7 window the graph sets, which
+  MediaPipe's Python wrapper loses unless its options type is imported (register_calculator_options).
 - "detector": `mediapipe.solutions.pose.Pose(static_image_mode=True, model_complexity=1)`, i.e. BlazePose's person
   detector first, then the landmark model on the detected region.
 Measured on the 56 real Market-1501 crops (64x128) against pose-gan's OpenPose joints of the 23 crops the CSVs cover
 (benchmarks/bench_blazepose.py; PCK counts a joint the model leaves out, or an image without a person, as a miss):
 the detector finds a person in 31/56 crops at its default confidence 0.5 (PCK@0.1H 0.51) and in 46/56 at 0.1 (PCK
 0.60, median error 0.022 H); the fixed region (roi_scale 1.25) in 55/56 with PCK@0.1H 0.95 and median error
-0.018 H, and on 200/200 CUHK01 images (detector: 191/200), at less CPU per image (no detector). roi_scale 1.0 is
-worse (PCK 0.91), 1.5 alike (0.96, median 0.021 H). Padding the crop sideways (w/4 each side) changed nothing with
+0.019 H, and on 200/200 CUHK01 images (detector: 191/200), at less CPU per image (no detector). roi_scale 1.0 is
+worse (PCK 0.91), 1.5 alike (0.96, median 0.020 H). Padding the crop sideways (w/4 each side) changed nothing with
 the fixed region and little with the detector (46/56 either way, median error 0.026 H); upscaling 2x gained 4 of
 350 joints with the fixed region (PCK 0.963) at more CPU. So the default is the fixed region at 1.25 without padding or upscaling; `mode`, `roi_scale`, `pad` (fraction of
 the width added on each side, edge pixels repeated), `upscale` and `min_detection_confidence` stay options.
@@ -61,8 +69,10 @@ LANDMARKS_TO_COCO18: tuple[int, ...] = (0, -1, 12, 14, 16, 11, 13, 15, 24, 26, 2
 _LEFT_SHOULDER, _RIGHT_SHOULDER = 11, 12
 NECK = 1
 
-# The landmark subgraph alone: image + region of interest in, landmarks out (no detector, no smoothing).
-_ROI_GRAPH = """
+# MediaPipe's own landmark subgraph (PoseLandmarkByRoiCpu): image + region of interest in, landmarks out, with the
+# full bundled model (also computing the 256x256 segmentation mask and the world landmarks, which this source does
+# not use). Kept as the reference the pruned graph below is tested and benchmarked against (stock_roi_graph).
+_STOCK_ROI_GRAPH = """
 input_stream: "image"
 input_stream: "roi"
 output_stream: "landmarks"
@@ -75,6 +85,117 @@ node {
   input_side_packet: "MODEL_COMPLEXITY:model_complexity"
 }
 """
+
+# The outputs of pose_landmark_full.tflite this source needs: Identity = 39 x (x, y, z, visibility, presence) in
+# the 256x256 input's pixels, Identity_1 = the pose presence flag, Identity_3 = the 64x64x39 heatmap MediaPipe refines
+# the landmarks with. Identity_2 (the 256x256 segmentation mask) and Identity_4 (world landmarks) are cut away
+# with the operators only they need: about 45 % of the model's CPU time goes to the mask's decoder.
+LANDMARK_OUTPUTS = ("Identity", "Identity_1", "Identity_3")
+
+# The same computation as PoseLandmarkByRoiCpu with enable_segmentation off (ImageToTensor -> Inference ->
+# TensorsToLandmarks -> RefineLandmarksFromHeatmap -> letterbox removal -> projection to the image -> the first 33
+# landmarks; the presence flag is thresholded at 0.5 in Python, as the subgraph's ThresholdingCalculator does),
+# MediaPipe's own calculators, run on the pruned model: its landmarks equal the stock subgraph's
+# (tests/test_blazepose.py, benchmarks/bench_blazepose.py).
+_PRUNED_ROI_GRAPH = """
+input_stream: "image"
+input_stream: "roi"
+output_stream: "landmarks"
+output_stream: "presence"
+node {
+  calculator: "ImageToTensorCalculator"
+  input_stream: "IMAGE:image"
+  input_stream: "NORM_RECT:roi"
+  output_stream: "TENSORS:input_tensors"
+  output_stream: "LETTERBOX_PADDING:letterbox_padding"
+  options: {
+    [mediapipe.ImageToTensorCalculatorOptions.ext] {
+      output_tensor_width: 256
+      output_tensor_height: 256
+      keep_aspect_ratio: true
+      output_tensor_float_range { min: 0.0 max: 1.0 }
+    }
+  }
+}
+node {
+  calculator: "InferenceCalculator"
+  input_stream: "TENSORS:input_tensors"
+  output_stream: "TENSORS:output_tensors"
+  options: {
+    [mediapipe.InferenceCalculatorOptions.ext] {
+      model_path: MODEL_PATH
+      delegate { xnnpack {} }
+    }
+  }
+}
+node {
+  calculator: "SplitTensorVectorCalculator"
+  input_stream: "output_tensors"
+  output_stream: "landmark_tensor"
+  output_stream: "presence_tensor"
+  output_stream: "heatmap_tensor"
+  options: {
+    [mediapipe.SplitVectorCalculatorOptions.ext] {
+      ranges: { begin: 0 end: 1 }
+      ranges: { begin: 1 end: 2 }
+      ranges: { begin: 2 end: 3 }
+    }
+  }
+}
+node {
+  calculator: "TensorsToFloatsCalculator"
+  input_stream: "TENSORS:presence_tensor"
+  output_stream: "FLOAT:presence"
+}
+node {
+  calculator: "TensorsToLandmarksCalculator"
+  input_stream: "TENSORS:landmark_tensor"
+  output_stream: "NORM_LANDMARKS:raw_landmarks"
+  options: {
+    [mediapipe.TensorsToLandmarksCalculatorOptions.ext] {
+      num_landmarks: 39
+      input_image_width: 256
+      input_image_height: 256
+      visibility_activation: SIGMOID
+      presence_activation: SIGMOID
+    }
+  }
+}
+node {
+  calculator: "RefineLandmarksFromHeatmapCalculator"
+  input_stream: "NORM_LANDMARKS:raw_landmarks"
+  input_stream: "TENSORS:heatmap_tensor"
+  output_stream: "NORM_LANDMARKS:refined_landmarks"
+  options: {
+    [mediapipe.RefineLandmarksFromHeatmapCalculatorOptions.ext] {
+      kernel_size: 7
+    }
+  }
+}
+node {
+  calculator: "LandmarkLetterboxRemovalCalculator"
+  input_stream: "LANDMARKS:refined_landmarks"
+  input_stream: "LETTERBOX_PADDING:letterbox_padding"
+  output_stream: "LANDMARKS:unpadded_landmarks"
+}
+node {
+  calculator: "LandmarkProjectionCalculator"
+  input_stream: "NORM_LANDMARKS:unpadded_landmarks"
+  input_stream: "NORM_RECT:roi"
+  output_stream: "NORM_LANDMARKS:all_landmarks"
+}
+node {
+  calculator: "SplitNormalizedLandmarkListCalculator"
+  input_stream: "all_landmarks"
+  output_stream: "landmarks"
+  options: {
+    [mediapipe.SplitVectorCalculatorOptions.ext] {
+      ranges: { begin: 0 end: 33 }
+    }
+  }
+}
+"""
+PRESENCE_THRESHOLD = 0.5
 
 
 # Lines MediaPipe's C++ code writes to stderr that say nothing to a user: protobuf >= 6.30 lacks the long-deprecated
@@ -99,7 +220,13 @@ def quiet_native_stderr():
     except (OSError, ValueError):
         yield
         return
-    with tempfile.TemporaryFile() as capture:
+    try:
+        capture_file = tempfile.TemporaryFile()
+    except OSError:  # no writable temp folder: let the lines through
+        os.close(saved)
+        yield
+        return
+    with capture_file as capture:
         os.dup2(capture.fileno(), 2)
         try:
             yield
@@ -146,6 +273,18 @@ def _missing_pose() -> tuple[np.ndarray, np.ndarray]:
     return np.full((NUM_KEYPOINTS, 2), np.nan, np.float32), np.zeros(NUM_KEYPOINTS, np.float32)
 
 
+def register_calculator_options() -> None:
+    """Import the Python option types of every calculator the graphs of this source use. MediaPipe's Python wrapper
+    (SolutionBase) hands the expanded graph to C++ through a Python proto, and a node whose options type Python does
+    not know silently loses its options there: `mediapipe.solutions.pose` does not import the options of
+    RefineLandmarksFromHeatmapCalculator, so without this the stock landmark subgraph refines with the default 9x9
+    heatmap window instead of the 7x7 one its graph sets (up to ~3 px at 128 px; found while pruning the model)."""
+    from mediapipe.calculators.core import split_vector_calculator_pb2  # noqa: F401
+    from mediapipe.calculators.tensor import (image_to_tensor_calculator_pb2, inference_calculator_pb2,  # noqa: F401
+                                              tensors_to_floats_calculator_pb2, tensors_to_landmarks_calculator_pb2)
+    from mediapipe.calculators.util import refine_landmarks_from_heatmap_calculator_pb2  # noqa: F401
+
+
 def mediapipe_package() -> tuple[Any, Path]:
     """The imported mediapipe module and its folder; BlazePoseUnavailable (naming what to install) otherwise."""
     os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatter
@@ -165,6 +304,7 @@ def mediapipe_package() -> tuple[Any, Path]:
     except ImportError as e:
         raise BlazePoseUnavailable(f"mediapipe {version} lacks the legacy solutions.pose API ({e}); "
                                    f"{INSTALL_HINT}") from None
+    register_calculator_options()
     return mediapipe, folder
 
 
@@ -174,6 +314,83 @@ def _sha256(path: Path) -> str:
         while block := fh.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def prune_tflite(model: bytes, outputs: Sequence[str]) -> bytes:
+    """A TFLite flatbuffer with only the subgraph outputs named `outputs` (kept in the model's order) and the
+    operators they depend on; tensors and weights stay as they are (unused ones are never allocated). The signature
+    table is dropped (it names the removed outputs). Uses the TFLite schema bundled with mediapipe and flatbuffers,
+    both installed with it."""
+    import flatbuffers
+    from mediapipe.tasks.metadata import schema_py_generated as schema
+
+    tree = schema.ModelT.InitFromPackedBuf(model, 0)
+    if len(tree.subgraphs) != 1:
+        raise BlazePoseUnavailable(f"expected a TFLite model with one subgraph, got {len(tree.subgraphs)}")
+    graph = tree.subgraphs[0]
+    by_name = {graph.tensors[i].name.decode(): i for i in graph.outputs}
+    missing = [name for name in outputs if name not in by_name]
+    if missing:
+        raise BlazePoseUnavailable(f"the BlazePose landmark model has no output {missing[0]!r} (outputs: "
+                                   f"{sorted(by_name)}); {INSTALL_HINT}")
+    keep_outputs = [i for i in graph.outputs if graph.tensors[i].name.decode() in outputs]
+    producer = {t: k for k, op in enumerate(graph.operators) for t in op.outputs}
+    needed: set[int] = set()
+    stack = list(keep_outputs)
+    while stack:
+        k = producer.get(stack.pop())
+        if k is not None and k not in needed:
+            needed.add(k)
+            stack.extend(t for t in graph.operators[k].inputs if t >= 0)
+    graph.operators = [op for k, op in enumerate(graph.operators) if k in needed]
+    graph.outputs = keep_outputs
+    tree.signatureDefs = None
+    builder = flatbuffers.Builder(len(model) + 4096)
+    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def pruned_landmark_model(full_model: Path, sha256: str) -> Path:
+    """The bundled landmark model pruned to LANDMARK_OUTPUTS, written once per machine into the temp folder
+    (named by the bundled model's hash, written atomically) and reused by every process after."""
+    path = Path(tempfile.gettempdir()) / f"posecrop-blazepose-{sha256[:16]}-{'-'.join(LANDMARK_OUTPUTS)}.tflite"
+    if not path.is_file():
+        data = prune_tflite(full_model.read_bytes(), LANDMARK_OUTPUTS)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:  # write then rename: processes starting together never see half a model
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, 0o644)  # readable by every user of the machine, like the bundled model
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    return path
+
+
+def stock_roi_graph() -> Any:
+    """MediaPipe's PoseLandmarkByRoiCpu subgraph on the full bundled model (what the pruned graph must equal), its
+    node options intact (register_calculator_options)."""
+    register_calculator_options()
+    from google.protobuf import text_format
+    from mediapipe.framework import calculator_pb2
+    from mediapipe.python.solution_base import SolutionBase
+
+    with quiet_native_stderr():
+        config = text_format.Parse(_STOCK_ROI_GRAPH, calculator_pb2.CalculatorGraphConfig())
+        return SolutionBase(graph_config=config, side_inputs={"model_complexity": 1})
+
+
+def _pruned_roi_graph(model_path: Path) -> Any:
+    import json
+
+    from google.protobuf import text_format
+    from mediapipe.framework import calculator_pb2
+    from mediapipe.python.solution_base import SolutionBase
+
+    text = _PRUNED_ROI_GRAPH.replace("MODEL_PATH", json.dumps(str(model_path)))
+    return SolutionBase(graph_config=text_format.Parse(text, calculator_pb2.CalculatorGraphConfig()))
 
 
 class BlazePoseSource:
@@ -228,6 +445,7 @@ class BlazePoseSource:
         return self._model
 
     def _new_graph(self) -> Any:
+        register_calculator_options()  # also in a worker process, which gets this source unpickled
         if self.mode == "detector":
             import warnings
 
@@ -237,12 +455,15 @@ class BlazePoseSource:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 return Pose(static_image_mode=True, model_complexity=1,
                             min_detection_confidence=self.min_detection_confidence)
-        from google.protobuf import text_format
-        from mediapipe.framework import calculator_pb2
-        from mediapipe.python.solution_base import SolutionBase
+        try:
+            model = pruned_landmark_model(self.model_files["landmark"], self.model_sha256["landmark"])
+        except OSError as e:  # no writable temp folder: the stock subgraph gives the same landmarks, slower
+            import warnings
 
-        config = text_format.Parse(_ROI_GRAPH, calculator_pb2.CalculatorGraphConfig())
-        return SolutionBase(graph_config=config, side_inputs={"model_complexity": 1})
+            warnings.warn(f"blazepose: cannot write the pruned landmark model ({e}); using MediaPipe's stock "
+                          "landmark subgraph (same landmarks, about twice the CPU)", RuntimeWarning, stacklevel=2)
+            return stock_roi_graph()
+        return _pruned_roi_graph(model)
 
     def landmarks(self, image: np.ndarray) -> np.ndarray | None:
         """The 33 landmarks (33, 3) as (x, y, visibility) normalised to `image` (H x W x 3 uint8 RGB), after the
@@ -272,7 +493,11 @@ class BlazePoseSource:
                                                                  width=self.roi_scale * h / w, height=self.roi_scale)}
         with quiet_native_stderr() if first else contextlib.nullcontext():
             out = graph.process(inputs)
-        found = out.pose_landmarks if self.mode == "detector" else out.landmarks
+        if self.mode == "detector":
+            found = out.pose_landmarks
+        else:
+            presence = getattr(out, "presence", 1.0)  # the stock subgraph (fallback) gates by itself
+            found = out.landmarks if presence is not None and presence > PRESENCE_THRESHOLD else None
         if found is None:
             return None
         lm = np.array([[p.x, p.y, p.visibility] for p in found.landmark], np.float32)
@@ -293,6 +518,7 @@ class BlazePoseSource:
             "mediapipe_version": self.mediapipe_version,
             "model": f"BlazePose GHUM full (model_complexity 1), mode {self.mode}",
             "model_files": {key: files[key] for key in used},
+            "landmark_outputs": (list(LANDMARK_OUTPUTS) if self.mode == "roi" else "all (mp.solutions.pose)"),
             "checkpoint_sha256": self.model_sha256["landmark"],
             "config": self.options_text(),  # compared when a cache is resumed, with backend, model and the hash
             "mode": self.mode,
@@ -308,7 +534,9 @@ class BlazePoseSource:
     def options_text(self) -> str:
         person = (f"roi_scale={self.roi_scale:g}" if self.mode == "roi"
                   else f"min_detection_confidence={self.min_detection_confidence:g}")
-        return f"mode={self.mode} {person} pad={self.pad:g} upscale={self.upscale:g}"
+        # heatmap_kernel: the 7x7 refinement window MediaPipe's graph sets (register_calculator_options); caches
+        # written before it was honoured (9x9) have no such entry and are not resumed with this one
+        return f"mode={self.mode} {person} pad={self.pad:g} upscale={self.upscale:g} heatmap_kernel=7"
 
     def estimate(self, batch: Sequence[PoseBatchItem]) -> tuple[np.ndarray, np.ndarray]:
         kps = np.empty((len(batch), NUM_KEYPOINTS, 2), np.float32)
