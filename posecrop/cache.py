@@ -38,6 +38,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from reidkit.pause import pause_point
+
 from .atomic import atomic_path, is_temporary
 from .records import SPLITS
 from .errors import ReidError
@@ -469,8 +471,10 @@ class CacheWriter:
             with atomic_path(path) as tmp:
                 pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, compression=_COMPRESSION,
                                use_dictionary=["dataset", "split"], write_statistics=_STATISTICS)
+                pause_point("part-temp")
         except OSError as e:
             raise CacheWriteError(path, e, f"this part file of {n} rows") from e
+        pause_point("part-written")
         self._seq += 1
         self.written += n
         self.parts_written.append(path)

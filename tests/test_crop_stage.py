@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -60,26 +58,6 @@ def _openpose(xy: np.ndarray | None, present: np.ndarray | None = None) -> str:
 
 _write = fk.put            # image + keypoint file writer of the fault kit
 _replicate = fk.replicate  # Market layout copied under new frame numbers
-
-
-def _children(pid: int) -> list[int]:
-    """Child process ids of `pid` (Linux /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
 
 
 def _cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -167,27 +145,17 @@ def test_resume_after_sigkill_gives_the_rows_of_an_uninterrupted_run(synth, tmp_
     data = tmp_path / "data"
     total = _replicate(synth, data, 4)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "cli.py", "crop", "--dataset", "market", "--root", str(data), "--out", str(out),
-           "--workers", "1", "--batch-size", "4", "--rows-per-part", "4", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list(out.glob("*/part-*.parquet")):
-        assert proc.poll() is None, f"crop ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        assert time.monotonic() < deadline, "no part file appeared"
-        time.sleep(0.005)
-    workers = _children(proc.pid)
+    args = ["crop", "--dataset", "market", "--root", str(data), "--out", str(out), "--workers", "1",
+            "--batch-size", "4", "--rows-per-part", "4", "--no-progress"]
+    proc = fk.popen_paused(*args, event="part-written")  # stops itself right after its first part file
+    workers = fk.children(proc.pid)
     assert workers, "the worker pool had not started"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    deadline = time.monotonic() + 20
-    while any(Path(f"/proc/{w}").exists() and _state(w) != "Z" for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [w for w in workers if Path(f"/proc/{w}").exists() and _state(w) != "Z"], "orphaned workers"
+    fk.kill(proc)
+    fk.wait_for(lambda: not any(fk.alive(w) for w in workers), timeout=20)  # no orphaned workers
     partial = existing_image_ids(out)
     assert 0 < len(partial) < total
 
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = fk.cli(*args, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
     resumed = _rows(out)
