@@ -22,7 +22,8 @@ COMMAND_MODULES = (
     "posecrop.commands_crop",     # crop, info, show
     "posecrop.commands_canonical",  # canonical fit, canonical eval
     "reidtrain.commands_model",   # model-info
-    "reidtrain.commands_train",   # train, evaluate, extract, export, run, demo
+    "reidtrain.commands_train",   # train, evaluate, extract, export
+    "pipelines.commands",         # run, demo
     "benchmarks.commands",        # bench
 )
 
@@ -37,11 +38,11 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Run the app; the project's errors (posecrop.errors.ReidError) and OSErrors of the disk or file system (full,
+    """Run the app; the project's errors (reidkit.errors.ReidError) and OSErrors of the disk or file system (full,
     read-only, permissions) become one line on stderr and exit code 1. Anything else is a bug: its traceback stays."""
     import sys
 
-    from posecrop.errors import ReidError, is_environment_error, one_line
+    from reidkit.errors import ReidError, is_environment_error, one_line
 
     try:
         app()

@@ -66,10 +66,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from reidkit.atomic import atomic_write_text
+from reidkit.errors import ReidError
+
 from .keypoints import FLIP_PERMUTATION, KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
 from .shape_model import DEFAULT_COMPONENTS, DEFAULT_NOISE, ShapeModel, learn_shape_model_incomplete
-from .errors import ReidError
 
 JOINT_DETECTED, JOINT_REPAIRED, JOINT_FALLBACK = 0, 1, 2
 DEFAULT_BANK_PATH = Path(__file__).resolve().parent / "data" / "canonical_bank.json"

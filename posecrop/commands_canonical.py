@@ -169,10 +169,19 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from .atomic import atomic_write_text
+        from reidkit.atomic import atomic_write_text
+
         from .canonical import BankFormatError, fit_bank, load_bank
-        from .repair_eval import (FALLBACK_COUNTS, LS_MEAN, NEW, evaluation_report, plot_report, read_posegan_csvs,
-                                  split_complete, training_poses)
+        from .repair_eval import (
+            FALLBACK_COUNTS,
+            LS_MEAN,
+            NEW,
+            evaluation_report,
+            plot_report,
+            read_posegan_csvs,
+            split_complete,
+            training_poses,
+        )
         from .sources.base import PoseReadError
 
         console = Console()

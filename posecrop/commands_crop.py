@@ -55,7 +55,7 @@ def _list_problems(cache: Path, run_id: str, limit: int = MAX_LISTED) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    from .cache import read_report
+    from .cache_reader import read_report
 
     problems = [e for e in read_report(cache) if e.get("run") == run_id and e.get("status") in ("failed", "skipped")]
     console = Console(stderr=True)
@@ -147,11 +147,13 @@ def register(app: typer.Typer) -> None:
 
         from rich.console import Console
 
-        from .cache import CacheError, CacheLockedError
+        from reidkit.typedconfig import ConfigError, from_mapping, merge
+
+        from .cache import CacheLockedError
+        from .cache_reader import CacheError
         from .crop_stage import CropConfig, WorkerPoolError, run_crop
         from .datasets import DatasetLayoutError
         from .sources import PoseReadError
-        from .typedconfig import ConfigError, from_mapping, merge
 
         values: dict = {}
         if config is not None:
@@ -243,7 +245,8 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from .cache import CacheError, cache_info
+        from .cache import cache_info
+        from .cache_reader import CacheError
         from .regions import REGION_NAMES
 
         try:
@@ -313,7 +316,7 @@ def register(app: typer.Typer) -> None:
         implausible: bool = typer.Option(False, "--implausible", help="Only images whose pose the plausibility "
                                          "rules distrusted (repaired or placed by the frame fallback)."),
     ) -> None:
-        from .cache import CacheError
+        from .cache_reader import CacheError
         from .show import contact_sheet
 
         try:

@@ -37,7 +37,7 @@ def synth(
     from rich.table import Table
 
     from posecrop import synth as S
-    from posecrop.typedconfig import ConfigError, merge
+    from reidkit.typedconfig import ConfigError, merge
 
     console = Console()
     try:

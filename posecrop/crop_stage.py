@@ -41,15 +41,41 @@ from typing import TYPE_CHECKING, Any, Literal
 import cv2
 import numpy as np
 
-from .crops import (BOX_FRAME, EXTENSIONS, FILL_MODES, PNG_COMPRESS_LEVEL, ImageDecodeError, crop_regions,
-                    decode_image, encode_image, outside_fraction, probe_size)
+from reidkit.errors import ReidError
+
+from .crops import (
+    BOX_FRAME,
+    EXTENSIONS,
+    FILL_MODES,
+    PNG_COMPRESS_LEVEL,
+    ImageDecodeError,
+    crop_regions,
+    decode_image,
+    encode_image,
+    outside_fraction,
+    probe_size,
+)
 from .keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
-from .plausibility import (DEFAULT_RULES, LAST_RESORT, PlausibilityRules, check_poses, distrust, format_issue,
-                           issue_counts)
-from .records import SPLITS, ImageRecord
-from .regions import (DEFAULT_REGION_JOINTS, REGION_NAMES, REGION_WIDTHS, RegionGeometryError, RegionSpec, fit_width,
-                      region_boxes)
-from .errors import ReidError
+from .plausibility import (
+    DEFAULT_RULES,
+    LAST_RESORT,
+    PlausibilityRules,
+    check_poses,
+    distrust,
+    format_issue,
+    issue_counts,
+)
+from .records import ImageRecord
+from .regions import (
+    DEFAULT_REGION_JOINTS,
+    REGION_NAMES,
+    REGION_WIDTHS,
+    RegionGeometryError,
+    RegionSpec,
+    fit_width,
+    region_boxes,
+)
+from .schema import SPLITS
 
 # Worker processes import this module: it stays free of pyarrow (cache / schema are imported where used).
 if TYPE_CHECKING:
@@ -71,7 +97,7 @@ MIN_CROP_SIDE = 8   # the smallest crop side the network takes (reidtrain.config
 
 @dataclass
 class CropConfig:
-    """Everything the crop stage needs (defaults <- recipe TOML <- CLI flags, see posecrop.typedconfig)."""
+    """Everything the crop stage needs (defaults <- recipe TOML <- CLI flags, see reidkit.typedconfig)."""
 
     dataset: str = "market"
     root: Path = Path("DATA")
@@ -752,8 +778,14 @@ class _Progress:
 
     def __enter__(self) -> "_Progress":
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                       TimeElapsedColumn(), TimeRemainingColumn())
             self._progress.__enter__()

@@ -69,10 +69,12 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_text
-from .records import SPLITS, ImageRecord
-from .errors import ReidError
-from .typedconfig import ConfigError
+from reidkit.atomic import atomic_path, atomic_write_text
+from reidkit.errors import ReidError
+from reidkit.typedconfig import ConfigError
+
+from .records import ImageRecord
+from .schema import SPLITS
 
 DATASET_NAMES: tuple[str, ...] = ("market", "duke", "cuhk03-labeled", "cuhk03-detected", "msmt17", "cuhk01",
                                    "folder")

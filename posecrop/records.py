@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SPLITS = ("train", "query", "gallery")
+from .schema import SPLITS
 
 
 @dataclass(frozen=True)

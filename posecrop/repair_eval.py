@@ -104,7 +104,7 @@ def read_cache_poses(cache_dir: str | Path) -> tuple[list[str], np.ndarray, np.n
     A cache written with one bank can so teach the next."""
     import pyarrow.parquet as pq
 
-    from .atomic import is_temporary
+    from reidkit.atomic import is_temporary
 
     cache_dir = Path(cache_dir)
     parts = sorted(p for p in cache_dir.glob("*/part-*.parquet") if not is_temporary(p))
@@ -424,7 +424,7 @@ def plot_report(report: dict, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .atomic import atomic_write_bytes
+    from reidkit.atomic import atomic_write_bytes
 
     rows = report["rows"]
     methods = list(dict.fromkeys(r["method"] for r in rows))

@@ -1,4 +1,5 @@
-"""The Parquet crop cache schema (DESIGN.md section 4) - the contract between posecrop and reidtrain.
+"""The Parquet crop cache schema (DESIGN.md section 4) - with posecrop.cache_reader, posecrop.crops and
+posecrop.regions the contract between posecrop and reidtrain.
 
 Layout of a cache directory:
     CACHE/<split>/part-<shard>-<seq>.parquet   one folder per split (train / query / gallery)
@@ -14,6 +15,7 @@ import pyarrow as pa
 from .keypoints import KEYPOINT_NAMES
 from .regions import REGION_NAMES
 
+SPLITS = ("train", "query", "gallery")  # the split folders of a cache (and the `split` of a dataset record)
 FORMAT_VERSION = 1
 METADATA_KEY = b"posecrop"          # the project's own schema-metadata key (JSON)
 HF_METADATA_KEY = b"huggingface"    # lets datasets.load_dataset("parquet") decode image columns

@@ -34,10 +34,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from posecrop.atomic import atomic_write_bytes, atomic_write_text
-from posecrop.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
 from posecrop import synth_render as R
-from .errors import ReidError
+from posecrop.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
+from reidkit.atomic import atomic_write_bytes, atomic_write_text
+from reidkit.errors import ReidError
 
 SPLIT_FOLDERS = {"train": "bounding_box_train", "gallery": "bounding_box_test", "query": "query"}
 KEYPOINTS_FOLDER = "keypoints"
@@ -558,7 +558,7 @@ def _jpeg_q(cfg: SynthConfig, cam: R.CameraLook, rng: np.random.Generator) -> in
 
 
 def _config_dict(cfg: SynthConfig) -> dict:
-    from posecrop.typedconfig import to_dict
+    from reidkit.typedconfig import to_dict
 
     return to_dict(cfg)
 

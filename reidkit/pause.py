@@ -15,19 +15,25 @@ from __future__ import annotations
 import os
 import signal
 
+from .errors import ReidError
+
 ENV = "REID_PAUSE_AT"
 EVENTS = ("part-temp", "part-written")
 
 _counts: dict[str, int] = {}
 
 
+class PauseSpecError(ReidError, ValueError):
+    """REID_PAUSE_AT holds something else than EVENT[:N],..."""
+
+
 def parse(spec: str) -> dict[str, int]:
-    """`"a:2,b"` -> {"a": 2, "b": 1}; ValueError naming the variable for anything else."""
+    """`"a:2,b"` -> {"a": 2, "b": 1}; PauseSpecError naming the variable for anything else."""
     out: dict[str, int] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, count = item.partition(":")
         if name not in EVENTS or not (count or "1").isdigit() or int(count or "1") < 1:
-            raise ValueError(f"{ENV}={spec!r}: expected EVENT[:N] (N >= 1) separated by commas, EVENT one of "
+            raise PauseSpecError(f"{ENV}={spec!r}: expected EVENT[:N] (N >= 1) separated by commas, EVENT one of "
                              f"{', '.join(EVENTS)}; got {item!r}")
         out[name] = int(count or "1")
     return out

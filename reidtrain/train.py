@@ -35,17 +35,34 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from posecrop.atomic import atomic_write_text, is_temporary
-from posecrop.errors import ReidError
 from posecrop.regions import REGION_NAMES
-from posecrop.typedconfig import to_dict
+from reidkit.atomic import atomic_write_text, is_temporary
+from reidkit.errors import ReidError
+from reidkit.typedconfig import to_dict
 
 from .allocator import keep_freed_memory
-from .checkpoint import (FORMAT, CheckpointError, InitReport, init_from_checkpoint, load_checkpoint, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (
+    FORMAT,
+    CheckpointError,
+    InitReport,
+    init_from_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import TrainConfig, config_hash, result_config
-from .data import (EpochSampler, ReidDataset, SampleTransform, input_columns, input_sizes, load_split, make_loader,
-                   normalize_inputs, relabel)
+from .data import (
+    EpochSampler,
+    ReidDataset,
+    SampleTransform,
+    input_columns,
+    input_sizes,
+    load_split,
+    make_loader,
+    normalize_inputs,
+    relabel,
+)
 from .devices import torch_device
 from .runlock import run_lock
 from .threads import set_threads
@@ -152,7 +169,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if amp == "auto":
         amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
     if amp == "fp16" and device.type != "cuda":
-        from posecrop.typedconfig import ConfigError
+        from reidkit.typedconfig import ConfigError
         raise ConfigError(f"--amp fp16 needs a CUDA device, the device is {device} (use bf16 or off on the CPU)")
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     return Runtime(device, rank, world, local, created, dtype)
@@ -216,7 +233,7 @@ def _check_resume_config(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
     stored = ckpt.get("meta", {}).get("config")
     if stored is None:
         raise CheckpointError(f"{path}: no training config stored - not a reidtrain training checkpoint")
-    from posecrop.typedconfig import from_mapping
+    from reidkit.typedconfig import from_mapping
     old = _flat(result_config(from_mapping(TrainConfig, stored)))
     new = _flat(result_config(cfg))
     diff = sorted(k for k in set(old) | set(new) if not _same_value(k, old.get(k), new.get(k)))
@@ -237,8 +254,14 @@ def _print_init_report(console, report: InitReport) -> None:
 
 
 def _progress(console, enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled,

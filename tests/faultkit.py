@@ -355,7 +355,7 @@ def private_mounts(tmp: Path) -> bool:
 
 def cache_rows(cache: Path) -> dict[str, dict]:
     """image_id -> full row (all columns) of every split of a cache."""
-    from posecrop.cache import read_split
+    from posecrop.cache_reader import read_split
 
     out: dict[str, dict] = {}
     for split in ("train", "query", "gallery"):
@@ -370,7 +370,7 @@ def part_ids(cache: Path) -> list[str]:
     """image_id of every row of every finished part file (duplicates kept, each file read on its own)."""
     import pyarrow.parquet as pq
 
-    from posecrop.cache import all_part_files
+    from posecrop.cache_reader import all_part_files
 
     ids: list[str] = []
     for part in all_part_files(cache):
@@ -380,7 +380,7 @@ def part_ids(cache: Path) -> list[str]:
 
 def leftovers(folder: Path) -> list[Path]:
     """Temporary / partial files under `folder`: atomic-write temporaries and anything not a known cache file."""
-    from posecrop.cache import PART_RE, REPORT_NAME
+    from posecrop.cache_reader import PART_RE, REPORT_NAME
 
     bad = []
     for p in folder.rglob("*"):
@@ -395,7 +395,7 @@ def leftovers(folder: Path) -> list[Path]:
 def report_by_image(cache: Path, statuses: Iterable[str] = ("failed", "skipped"), run: str | None = None
                     ) -> dict[str, dict]:
     """Last report entry per image_id with one of `statuses` (of one run when given)."""
-    from posecrop.cache import read_report
+    from posecrop.cache_reader import read_report
 
     out = {}
     for e in read_report(cache):
@@ -405,6 +405,6 @@ def report_by_image(cache: Path, statuses: Iterable[str] = ("failed", "skipped")
 
 
 def summaries(cache: Path) -> list[dict]:
-    from posecrop.cache import read_report
+    from posecrop.cache_reader import read_report
 
     return [e for e in read_report(cache) if e.get("status") == "summary"]

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from posecrop.cache import (Shard, ShardLock, cache_info, cache_settings, existing_image_ids,
-                            read_report, read_split)
+import faultkit as fk
+from posecrop.cache import Shard, ShardLock, cache_info
+from posecrop.cache_reader import cache_settings, existing_image_ids, read_report, read_split
 from posecrop.crop_stage import PIXEL_CENTRE, CropConfig, run_crop
 from posecrop.crops import outside_fraction
 from posecrop.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES
 from posecrop.regions import REGION_NAMES, region_boxes
 from posecrop.schema import IMAGE_COLUMNS
-from posecrop.typedconfig import ConfigError, from_mapping
-import faultkit as fk
+from reidkit.typedconfig import ConfigError, from_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 MARKET_FOLDERS = ("bounding_box_train", "bounding_box_test", "query")

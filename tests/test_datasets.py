@@ -15,9 +15,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from posecrop.datasets import (DATASET_NAMES, DatasetLayoutError, dataset_options, extract_cuhk03, read_dataset,
-                               scan_dataset)
-from posecrop.records import SPLITS, ImageRecord
+from posecrop.datasets import (
+    DATASET_NAMES,
+    DatasetLayoutError,
+    dataset_options,
+    extract_cuhk03,
+    read_dataset,
+    scan_dataset,
+)
+from posecrop.records import ImageRecord
+from posecrop.schema import SPLITS
 
 HAS_H5PY = importlib.util.find_spec("h5py") is not None
 

@@ -45,7 +45,7 @@ import pytest
 from PIL import Image
 
 import faultkit as fk
-from posecrop.cache import UnsafePathError, load_image_bytes, read_split
+from posecrop.cache_reader import UnsafePathError, load_image_bytes, read_split
 from posecrop.crop_stage import CropConfig, run_crop
 from posecrop.regions import REGION_NAMES
 
@@ -413,7 +413,7 @@ def test_a_cache_from_elsewhere_cannot_point_outside(reference, base, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from posecrop.cache import all_part_files
+    from posecrop.cache_reader import all_part_files
 
     secret = tmp_path / "secret.txt"
     secret.write_text("do not read")

@@ -4,8 +4,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from ..errors import ReidError
-from ..typedconfig import ConfigError
+from reidkit.errors import ReidError
+from reidkit.typedconfig import ConfigError
+
 from .base import PoseBatchItem, PoseNotCoveredError, PoseReadError, PoseSource
 
 POSE_SOURCE_KINDS: tuple[str, ...] = ("openpose-json", "posegan-csv", "mmpose", "blazepose")

@@ -29,9 +29,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from reidkit.typedconfig import ConfigError
+
 from ..keypoints import NUM_KEYPOINTS
 from . import POSE_SOURCE_KINDS, make_pose_source, source_parameters
-from ..typedconfig import ConfigError
 from .base import PoseBatchItem, PoseNotCoveredError, PoseReadError
 
 AUTO = "auto"
