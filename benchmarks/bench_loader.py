@@ -156,16 +156,8 @@ def run(quick: bool = True, sides: tuple[str, ...] = tuple(SIDES)) -> list[dict]
 
     from reidtrain.allocator import keep_freed_memory
     from reidtrain.config import AugmentConfig
-    from reidtrain.data import (
-        EpochSampler,
-        ReidDataset,
-        SampleTransform,
-        input_columns,
-        load_split,
-        make_loader,
-        normalize_inputs,
-        relabel,
-    )
+    from reidtrain.data import (EpochSampler, ReidDataset, SampleTransform, input_columns, load_split, make_loader,
+                                normalize_inputs, relabel)
 
     torch.set_num_threads(1)
     # as `cli.py train` does; set before any worker forks, so the reference's workers inherit it too

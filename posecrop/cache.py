@@ -40,19 +40,8 @@ from reidkit.atomic import atomic_path, is_temporary
 from reidkit.errors import ReidError
 from reidkit.pause import pause_point
 
-from .cache_reader import (
-    PART_RE,
-    REPORT_NAME,
-    CacheError,
-    all_part_files,
-    cache_settings,
-    check_relative_path,
-    empty_split_reason,
-    existing_image_ids,
-    part_files,
-    read_report,
-    read_split,
-)
+from .cache_reader import (PART_RE, REPORT_NAME, CacheError, all_part_files, cache_settings, check_relative_path,
+                           empty_split_reason, existing_image_ids, part_files, read_report, read_split)
 from .schema import IMAGE_COLUMNS, IMAGE_STRUCT, POSE_SOURCE_COLUMN, SPLITS, cache_schema, read_settings
 
 ROW_GROUP_SIZE = 256  # rows per Parquet row group: bounded memory when a reader streams a split

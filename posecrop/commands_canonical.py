@@ -172,16 +172,8 @@ def register(app: typer.Typer) -> None:
         from reidkit.atomic import atomic_write_text
 
         from .canonical import BankFormatError, fit_bank, load_bank
-        from .repair_eval import (
-            FALLBACK_COUNTS,
-            LS_MEAN,
-            NEW,
-            evaluation_report,
-            plot_report,
-            read_posegan_csvs,
-            split_complete,
-            training_poses,
-        )
+        from .repair_eval import (FALLBACK_COUNTS, LS_MEAN, NEW, evaluation_report, plot_report, read_posegan_csvs,
+                                  split_complete, training_poses)
         from .sources.base import PoseReadError
 
         console = Console()

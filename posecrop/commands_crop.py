@@ -76,12 +76,15 @@ def _issue_line(title: str, counts: dict) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    from .datasets import dataset_names        # the --dataset and --pose-source choices: what is registered
+    from .sources import pose_source_kinds
+
     @app.command("crop", help="Pose -> canonical repair -> Eq. 1-2 regions -> five crops per image, into a Parquet "
                               "cache (CACHE/<split>/part-*.parquet). Resumable, shardable; bad images are listed in "
                               "CACHE/crop_report.jsonl and the run goes on.")
     def crop(
-        dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset reader: market, duke, cuhk03-labeled, "
-                                              "cuhk03-detected, msmt17, cuhk01, folder." + _d("dataset")),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset reader: " + ", ".join(dataset_names())
+                                              + "." + _d("dataset")),
         root: Optional[Path] = typer.Option(None, "--root", help="Dataset root folder (required unless in --config)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Cache folder to create or resume (required unless in "
                                            "--config)."),
@@ -92,8 +95,8 @@ def register(app: typer.Typer) -> None:
                                                  "ROOT/keypoints when it exists, else the mmpose model."),
         posegan_csv: Optional[List[Path]] = typer.Option(None, "--posegan-csv", help="pose-gan market-annotation "
                                                          "CSV (repeatable; selects the posegan-csv source)."),
-        pose_source: Optional[str] = typer.Option(None, "--pose-source", help="openpose-json, posegan-csv, mmpose, "
-                                                  "blazepose, a chain tried per image in order (e.g. "
+        pose_source: Optional[str] = typer.Option(None, "--pose-source", help=", ".join(pose_source_kinds())
+                                                  + ", a chain tried per image in order (e.g. "
                                                   "posegan-csv,blazepose), or auto. (default: auto = openpose-json "
                                                   "if ROOT/keypoints exists, else mmpose if its weights are at "
                                                   "hand, else blazepose)"),

@@ -43,38 +43,14 @@ import numpy as np
 
 from reidkit.errors import ReidError
 
-from .crops import (
-    BOX_FRAME,
-    EXTENSIONS,
-    FILL_MODES,
-    PNG_COMPRESS_LEVEL,
-    ImageDecodeError,
-    crop_regions,
-    decode_image,
-    encode_image,
-    outside_fraction,
-    probe_size,
-)
+from .crops import (BOX_FRAME, EXTENSIONS, FILL_MODES, PNG_COMPRESS_LEVEL, ImageDecodeError, crop_regions, decode_image,
+                    encode_image, outside_fraction, probe_size)
 from .keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
-from .plausibility import (
-    DEFAULT_RULES,
-    LAST_RESORT,
-    PlausibilityRules,
-    check_poses,
-    distrust,
-    format_issue,
-    issue_counts,
-)
+from .plausibility import (DEFAULT_RULES, LAST_RESORT, PlausibilityRules, check_poses, distrust, format_issue,
+                           issue_counts)
 from .records import ImageRecord
-from .regions import (
-    DEFAULT_REGION_JOINTS,
-    REGION_NAMES,
-    REGION_WIDTHS,
-    RegionGeometryError,
-    RegionSpec,
-    fit_width,
-    region_boxes,
-)
+from .regions import (DEFAULT_REGION_JOINTS, REGION_NAMES, REGION_WIDTHS, RegionGeometryError, RegionSpec, fit_width,
+                      region_boxes)
 from .schema import SPLITS
 
 # Worker processes import this module: it stays free of pyarrow (cache / schema are imported where used).
@@ -778,14 +754,8 @@ class _Progress:
 
     def __enter__(self) -> "_Progress":
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                       TimeElapsedColumn(), TimeRemainingColumn())
             self._progress.__enter__()

@@ -29,13 +29,14 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import torch
+
+from reidkit.typedconfig import ConfigError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from posecrop.cache_reader import CacheError, cache_settings, read_split
 from posecrop.crops import BOX_FRAME, FILL_MODES, ImageDecodeError, crop_regions, decode_image
 from posecrop.regions import REGION_NAMES
 from posecrop.schema import WHOLE_COLUMN
-from reidkit.typedconfig import ConfigError
 
 from .allocator import keep_freed_memory
 from .augment import CropDraw, augment_crop, draw_erase_box, draw_shift, to_chw

@@ -24,8 +24,8 @@ features of its camera-A images.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -42,16 +42,8 @@ from reidkit.typedconfig import to_dict
 from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import EvalConfig, check_size
-from .data import (
-    ReidDataset,
-    SampleTransform,
-    SplitData,
-    decode,
-    input_sizes,
-    load_split,
-    make_loader,
-    normalize_inputs,
-)
+from .data import (ReidDataset, SampleTransform, SplitData, decode, input_sizes, load_split, make_loader,
+                   normalize_inputs)
 from .runlock import LOCK_NAME, RunLock, reading_run
 from .threads import set_threads
 

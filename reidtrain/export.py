@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from reidkit.atomic import atomic_path
-from reidkit.errors import ReidError
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .evaluate import eval_dataset, eval_device, extract_features, load_trained, resolve_checkpoint, run_folder
 from .runlock import file_lock, reading_run
+from reidkit.errors import ReidError
 
 FEATURES_METADATA_KEY = b"reidtrain"
 

@@ -41,28 +41,11 @@ from reidkit.errors import ReidError
 from reidkit.typedconfig import to_dict
 
 from .allocator import keep_freed_memory
-from .checkpoint import (
-    FORMAT,
-    CheckpointError,
-    InitReport,
-    init_from_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from .checkpoint import (FORMAT, CheckpointError, InitReport, init_from_checkpoint, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
 from .config import TrainConfig, config_hash, result_config
-from .data import (
-    EpochSampler,
-    ReidDataset,
-    SampleTransform,
-    input_columns,
-    input_sizes,
-    load_split,
-    make_loader,
-    normalize_inputs,
-    relabel,
-)
+from .data import (EpochSampler, ReidDataset, SampleTransform, input_columns, input_sizes, load_split, make_loader,
+                   normalize_inputs, relabel)
 from .devices import torch_device
 from .runlock import run_lock
 from .threads import set_threads
@@ -254,14 +237,8 @@ def _print_init_report(console, report: InitReport) -> None:
 
 
 def _progress(console, enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled,

@@ -16,19 +16,8 @@ from posecrop.crops import BOX_FRAME
 from posecrop.regions import REGION_NAMES
 from posecrop.schema import IMAGE_COLUMNS, cache_schema
 from reidtrain.config import AugmentConfig
-from reidtrain.data import (
-    CacheReadError,
-    EpochSampler,
-    ReidDataset,
-    SampleTransform,
-    input_columns,
-    input_sizes,
-    load_split,
-    make_loader,
-    normalize_batch,
-    normalize_inputs,
-    relabel,
-)
+from reidtrain.data import (CacheReadError, EpochSampler, ReidDataset, SampleTransform, input_columns, input_sizes,
+                            load_split, make_loader, normalize_batch, normalize_inputs, relabel)
 
 # region boxes (x1, y1, x2, y2) in the 40x80 source image, REGION_NAMES order (one leaves the image on the left)
 TINY_BOXES = [[0.0, 0.0, 40.0, 80.0], [4.0, 0.0, 36.0, 20.0], [0.0, 14.0, 40.0, 44.0], [-6.0, 40.0, 34.0, 64.0],

@@ -11,7 +11,7 @@ from PIL import Image
 
 from posecrop.keypoints import BODY25_TO_COCO18, KEYPOINT_INDEX
 from posecrop.records import ImageRecord
-from posecrop.sources import POSE_SOURCE_KINDS, PoseBatchItem, PoseReadError, PoseSource, make_pose_source
+from posecrop.sources import PoseBatchItem, PoseReadError, PoseSource, make_pose_source, pose_source_kinds
 from posecrop.sources.openpose_json import OpenPoseJsonSource, parse_people
 from posecrop.sources.posegan_csv import PoseGanCsvSource
 
@@ -281,8 +281,35 @@ def test_posegan_bad_files(tmp_path):
 # --------------------------------------------------------------------------------------------------- factory
 
 
+def test_a_registered_pose_source_is_built_and_chained_like_the_built_in_ones(monkeypatch):
+    """Adding a pose source: its class plus one register_pose_source call (or "module:Class", imported on first
+    use); options are its constructor's keywords."""
+    import posecrop.sources as sources
+    from posecrop.sources import register_pose_source, source_parameters
+    from posecrop.sources.chain import parse_chain
+
+    monkeypatch.setattr(sources, "_REGISTRY", dict(sources._REGISTRY))
+
+    class Upright:
+        in_worker = False
+
+        def __init__(self, score: float = 0.9) -> None:
+            self.score = score
+
+    register_pose_source("upright", Upright)
+    assert pose_source_kinds()[-1] == "upright" and source_parameters("upright") == (["score"], False)
+    assert make_pose_source("upright", score=0.5).score == 0.5
+    assert parse_chain("upright,openpose-json") == ["upright", "openpose-json"]
+    with pytest.raises(ValueError, match=r"'upright' does not take option\(s\) layout"):
+        make_pose_source("upright", layout="x")
+    with pytest.raises(ValueError, match="already registered"):
+        register_pose_source("upright", Upright)
+    register_pose_source("json-again", "posecrop.sources.openpose_json:OpenPoseJsonSource")  # lazy form
+    assert source_parameters("json-again") == source_parameters("openpose-json")
+
+
 def test_make_pose_source_errors(tmp_path):
-    assert POSE_SOURCE_KINDS == ("openpose-json", "posegan-csv", "mmpose", "blazepose")
+    assert pose_source_kinds() == ("openpose-json", "posegan-csv", "mmpose", "blazepose")
     with pytest.raises(ValueError, match="unknown pose source 'openpose'; known kinds: openpose-json, posegan-csv, "
                                          "mmpose, blazepose"):
         make_pose_source("openpose", keypoints_dir=tmp_path)

@@ -17,17 +17,8 @@ from posecrop.cache_reader import read_report, read_split
 from posecrop.canonical import repair
 from posecrop.crop_stage import CropConfig, WorkerSettings, _place, run_crop
 from posecrop.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES
-from posecrop.plausibility import (
-    DEFAULT_RULES,
-    FACE,
-    RULES,
-    PlausibilityRules,
-    check_poses,
-    distrust,
-    format_issue,
-    issue_counts,
-    parse_issue,
-)
+from posecrop.plausibility import (DEFAULT_RULES, FACE, RULES, PlausibilityRules, check_poses, distrust, format_issue,
+                                   issue_counts, parse_issue)
 from posecrop.regions import RegionGeometryError, RegionSpec, region_boxes
 from posecrop.show import contact_sheet
 

@@ -20,20 +20,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from posecrop.regions import REGION_NAMES
 from reidkit.errors import ReidError
+from posecrop.regions import REGION_NAMES
 
 from .attention import AttentionHeads, InterAttention, IntraAttentionBlock
-from .base import (
-    GLOBAL_SPEC,
-    PART_SPEC,
-    BranchSpec,
-    Embedding,
-    IdentityClassifier,
-    init_conv_weights,
-    residual_stage,
-    stem,
-)
+from .base import (GLOBAL_SPEC, PART_SPEC, BranchSpec, Embedding, IdentityClassifier, init_conv_weights,
+                   residual_stage, stem)
 
 ATTENTION_POOLS: tuple[int, ...] = (0, 2, 1, 1)
 """Max-pool levels of the attention path in blocks 1..4 (Sec. 3.3: twice in block 2, once in blocks 3-4)."""
