@@ -42,7 +42,8 @@ from reidkit.pause import pause_point
 
 from .cache_reader import (PART_RE, REPORT_NAME, CacheError, all_part_files, cache_settings, check_relative_path,
                            empty_split_reason, existing_image_ids, part_files, read_report, read_split)
-from .schema import IMAGE_COLUMNS, IMAGE_STRUCT, POSE_SOURCE_COLUMN, SPLITS, cache_schema, read_settings
+from .records import SPLITS
+from .schema import IMAGE_COLUMNS, IMAGE_STRUCT, POSE_SOURCE_COLUMN, cache_schema, read_settings
 
 ROW_GROUP_SIZE = 256  # rows per Parquet row group: bounded memory when a reader streams a split
 # settings that may differ between runs filling one cache (paths to precomputed keypoints differ between machines)

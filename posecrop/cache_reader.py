@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from reidkit.atomic import is_temporary
 from reidkit.errors import ReidError
 
-from .schema import IMAGE_COLUMNS, SPLITS, read_settings
+from .records import SPLITS
+from .schema import IMAGE_COLUMNS, read_settings
 
 REPORT_NAME = "crop_report.jsonl"
 PART_RE = re.compile(r"^part-(?P<shard>\d+of\d+)-(?P<seq>\d+)\.parquet$")

@@ -154,7 +154,8 @@ def register(app: typer.Typer) -> None:
 
         from .cache import CacheLockedError
         from .cache_reader import CacheError
-        from .crop_stage import CropConfig, WorkerPoolError, run_crop
+        from .crop_pool import WorkerPoolError
+        from .crop_stage import CropConfig, run_crop
         from .datasets import DatasetLayoutError
         from .sources import PoseReadError
 

@@ -15,7 +15,6 @@ import pyarrow as pa
 from .keypoints import KEYPOINT_NAMES
 from .regions import REGION_NAMES
 
-SPLITS = ("train", "query", "gallery")  # the split folders of a cache (and the `split` of a dataset record)
 FORMAT_VERSION = 1
 METADATA_KEY = b"posecrop"          # the project's own schema-metadata key (JSON)
 HF_METADATA_KEY = b"huggingface"    # lets datasets.load_dataset("parquet") decode image columns

@@ -191,7 +191,8 @@ def contact_sheet(cache: str | Path, out: str | Path, n: int = 8, split: str | N
     from reidkit.typedconfig import ConfigError
 
     from .cache_reader import CacheError, cache_settings, open_cache, validate_paths
-    from .schema import IMAGE_COLUMNS, SPLITS
+    from .records import SPLITS
+    from .schema import IMAGE_COLUMNS
 
     if Path(out).suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: the contact sheet is a PNG image; give a name ending in .png")

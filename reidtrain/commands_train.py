@@ -283,7 +283,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="'auto', 'cpu', 'cuda'."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
-        from posecrop.schema import SPLITS
+        from posecrop.records import SPLITS
         names = [s.strip() for s in splits.split(",") if s.strip()]
         bad = [s for s in names if s not in SPLITS]
         if bad or not names:

@@ -16,7 +16,8 @@ from PIL import Image
 import faultkit as fk
 from posecrop.cache import Shard, ShardLock, cache_info
 from posecrop.cache_reader import cache_settings, existing_image_ids, read_report, read_split
-from posecrop.crop_stage import PIXEL_CENTRE, CropConfig, run_crop
+from posecrop.crop_stage import CropConfig, run_crop
+from posecrop.crop_worker import PIXEL_CENTRE
 from posecrop.crops import outside_fraction
 from posecrop.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES
 from posecrop.regions import REGION_NAMES, region_boxes
@@ -329,12 +330,12 @@ def test_a_run_of_crashing_images_is_reported_and_the_run_goes_on(tmp_path):
     """More crashing images in a row than the environment-failure bound: once workers have finished work, each
     crash is pinned on its image and reported; the run is not aborted."""
     from posecrop.canonical import load_bank
-    from posecrop.crop_stage import _Pool
+    from posecrop.crop_pool import WorkerPool
     root = tmp_path / "data"
     person = _person()
     for i, folder in enumerate(MARKET_FOLDERS):
         _write(root, f"{folder}/{i + 1:04d}_c1s1_{i + 1:06d}_01.jpg", _encode(person), _openpose(POSE_XY))
-    killers = [f"bounding_box_train/{i:04d}_c1s1_{i:06d}_01.jpg" for i in range(20, 20 + _Pool.MAX_DEATHS_WITHOUT_PROGRESS + 2)]
+    killers = [f"bounding_box_train/{i:04d}_c1s1_{i:06d}_01.jpg" for i in range(20, 20 + WorkerPool.MAX_DEATHS_WITHOUT_PROGRESS + 2)]
     for k in killers:
         _write(root, k, _encode(_person(13, 128)), _openpose(POSE_XY * np.float32([13 / 64, 1])))
     out = tmp_path / "cache"

@@ -17,8 +17,7 @@ from PIL import Image
 
 from posecrop.datasets import DatasetLayoutError, dataset_names, dataset_options, read_dataset, scan_dataset
 from posecrop.datasets.cuhk03 import extract_cuhk03
-from posecrop.records import ImageRecord
-from posecrop.schema import SPLITS
+from posecrop.records import SPLITS, ImageRecord
 
 HAS_H5PY = importlib.util.find_spec("h5py") is not None
 

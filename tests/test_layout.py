@@ -7,7 +7,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # what stage two (reidtrain) may import of stage one: the cache schema and reader, the crop geometry
-CONTRACT = {"posecrop.schema", "posecrop.cache_reader", "posecrop.crops", "posecrop.regions", "posecrop.keypoints"}
+CONTRACT = {"posecrop.schema", "posecrop.cache_reader", "posecrop.crops", "posecrop.regions", "posecrop.keypoints",
+            "posecrop.records"}
 PACKAGES = ("posecrop", "reidtrain", "reidkit", "pipelines", "benchmarks")
 
 
@@ -87,3 +88,14 @@ def test_only_pipelines_cli_and_benchmarks_import_both_stages():
 def test_the_pipelines_do_drive_both_stages():
     runner = imports_of(REPO / "pipelines" / "runner.py")
     assert {"posecrop", "reidtrain"} <= {_top(m) for m in runner}
+
+
+def test_the_crop_workers_and_the_dataset_readers_stay_free_of_pyarrow():
+    """Spawned crop workers import posecrop.crop_worker; neither it nor the dataset readers pull in pyarrow (the
+    cache is the main process's)."""
+    import subprocess
+    import sys
+
+    code = "import sys, posecrop.crop_worker, posecrop.datasets, posecrop.sources.chain; print('pyarrow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -15,7 +15,8 @@ import faultkit as fk
 from posecrop.cache import cache_info
 from posecrop.cache_reader import read_report, read_split
 from posecrop.canonical import repair
-from posecrop.crop_stage import CropConfig, WorkerSettings, _place, run_crop
+from posecrop.crop_stage import CropConfig, run_crop
+from posecrop.crop_worker import WorkerSettings, _place
 from posecrop.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES
 from posecrop.plausibility import (DEFAULT_RULES, FACE, RULES, PlausibilityRules, check_poses, distrust, format_issue,
                                    issue_counts, parse_issue)

@@ -10,8 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from ..records import ImageRecord
-from ..schema import SPLITS
+from ..records import SPLITS, ImageRecord
 from .common import IMAGE_EXTENSIONS, DatasetLayoutError, Skipped, _bare_stem, _image_files
 
 _CAMERA_TOKEN = re.compile(r"(?<![A-Za-z0-9])c(\d+)")

@@ -14,8 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from ..records import ImageRecord
-from ..schema import SPLITS
+from ..records import SPLITS, ImageRecord
 from .common import DatasetLayoutError, Skipped, _bare_stem, _join, _listing, _locate, _rel
 
 _MSMT_VERSIONS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}

@@ -18,8 +18,7 @@ from typing import Any, Callable
 
 from reidkit.typedconfig import ConfigError
 
-from ..records import ImageRecord
-from ..schema import SPLITS
+from ..records import SPLITS, ImageRecord
 from .common import EXCLUDED, DatasetLayoutError, Skipped, _listing
 
 Reader = Callable[..., tuple[list[ImageRecord], list[Skipped]]]
