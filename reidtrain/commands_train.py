@@ -94,7 +94,7 @@ def _train_table(path: Optional[Path], model_flag: Optional[str]) -> dict:
 
 def _expected_errors():
     """Errors printed as one line (exit 1): the project's (reidkit.errors.ReidError) and missing files. OSErrors of
-    the disk (full, read-only) reach cli.main, which prints them as one line too."""
+    the disk (full, read-only) reach pipelines.app.main, which prints them as one line too."""
     from reidkit.errors import ReidError
     return (ReidError, FileNotFoundError)
 
