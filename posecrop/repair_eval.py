@@ -227,7 +227,7 @@ def knn_fill(train: np.ndarray, kps: np.ndarray, scores: np.ndarray, k: int = DE
 
 def training_poses(keypoints: np.ndarray, scores: np.ndarray, mirror: bool = True) -> np.ndarray:
     """The complete training poses, normalised (centroid 0, height 1), with their mirror images: k-NN's memory."""
-    from .canonical import _normalise, mirror_poses
+    from .canonical_fit import _normalise, mirror_poses
 
     present = (np.asarray(scores) > 0) & np.isfinite(keypoints).all(-1)
     P = _normalise(np.asarray(keypoints, dtype=np.float64)[present.all(1)])

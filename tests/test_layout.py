@@ -96,6 +96,7 @@ def test_the_crop_workers_and_the_dataset_readers_stay_free_of_pyarrow():
     import subprocess
     import sys
 
-    code = "import sys, posecrop.crop_worker, posecrop.datasets, posecrop.sources.chain; print('pyarrow' in sys.modules)"
+    code = ("import sys, posecrop.crop_worker, posecrop.datasets, posecrop.sources.chain; "
+            "print('pyarrow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
