@@ -62,7 +62,8 @@ def _list_problems(cache: Path, run_id: str, limit: int = MAX_LISTED) -> None:
     for e in problems[:limit]:
         image_id, reason = str(e.get("image_id")), str(e.get("reason"))
         line = reason if image_id in reason else f"{image_id}: {reason}"
-        console.print(f"[yellow]{escape(str(e['status']))}:[/] {escape(line)}", highlight=False, markup=True, soft_wrap=True)
+        console.print(f"[yellow]{escape(str(e['status']))}:[/] {escape(line)}", highlight=False, markup=True,
+                      soft_wrap=True)
     if len(problems) > limit:
         console.print(f"... and {len(problems) - limit} more in {cache / 'crop_report.jsonl'}", highlight=False,
                       markup=False, soft_wrap=True)
@@ -113,9 +114,9 @@ def register(app: typer.Typer) -> None:
                                                            "dataset reader (repeatable), e.g. protocol=new."),
         beta: Optional[float] = typer.Option(None, "--beta", help="Region overlap as a fraction of the body height "
                                              "H (paper: 0.1; its best 3/48=0.0625)." + _d("beta")),
-        region_width: Optional[str] = typer.Option(None, "--region-width", help="Region width: 'paper' (Eq. 1, at least "
-                                                   "H/2, may reach outside the image) or 'image' (clipped to the image "
-                                                   "columns)." + _d("region_width")),
+        region_width: Optional[str] = typer.Option(None, "--region-width", help="Region width: 'paper' (Eq. 1, at "
+                                                   "least H/2, may reach outside the image) or 'image' (clipped to the "
+                                                   "image columns)." + _d("region_width")),
         threshold: Optional[float] = typer.Option(None, "--threshold", help="Joints scoring below are repaired from "
                                                   "the canonical poses." + _d("threshold")),
         min_reliable: Optional[int] = typer.Option(None, "--min-reliable", help="Fewer reliable joints -> fallback "

@@ -54,7 +54,8 @@ if TYPE_CHECKING:
 
 PRECOMPUTED_SOURCES = ("openpose-json", "posegan-csv")
 REGION_DEFINITION = ("DESIGN.md section 2 (paper Eq. 1-2): top(R0)=top(R1)=2 min y(P1) - max y(P1); "
-                     "bottom(R0)=bottom(R4)=4/3 max y(P4) - 1/3 min y(P4); H = bottom - top; R1 bottom = max y(P1) + b; "
+                     "bottom(R0)=bottom(R4)=4/3 max y(P4) - 1/3 min y(P4); H = bottom - top; "
+                     "R1 bottom = max y(P1) + b; "
                      "R2, R3 = [min y(Pi) - b, max y(Pi) + b]; R4 top = min y(P4) - b; b = beta * H; x in "
                      "[min(xc - H/4, min x(P0)), max(xc + H/4, max x(P0))], xc = mean x(P0)")
 
@@ -354,7 +355,8 @@ def run_crop(cfg: CropConfig, pose_source: Any | None = None, bank: Any | None =
             cache=str(cfg.out), run_id=report.run_id, shard=str(shard), records=len(records), already_done=already,
             processed=len(todo), written=sum(per_split.values()), failed=failed,
             skipped=sum(1 for p, _ in skipped if shard.owns(p)), per_split=per_split,
-            repaired_joints=float(joint_counts[1] / total_joints), fallback_joints=float(joint_counts[2] / total_joints),
+            repaired_joints=float(joint_counts[1] / total_joints),
+            fallback_joints=float(joint_counts[2] / total_joints),
             seconds=round(time.perf_counter() - t0, 3), report=str(report.path), pose_sources=pose_counts,
             pose_issues=issue_counts(issues), excluded=sum(1 for p, _ in excluded if shard.owns(p)))
         report.add_summary({k: v for k, v in summary.as_dict().items() if k not in ("run_id", "report")})

@@ -384,7 +384,8 @@ def evaluate_incomplete(keypoints: np.ndarray, scores: np.ndarray, methods: dict
             raise AssertionError(f"method {name!r} moved reliable joints")
         err = np.linalg.norm(pred.astype(np.float64) - np.nan_to_num(truth), axis=-1)
         rel = err / np.maximum(height, 1e-9)[:, None]
-        splits = (("all", np.ones(len(truth), bool)),) + ((("back views", back), ("front views", front)) if views else ())
+        splits = ((("all", np.ones(len(truth), bool)),)
+                  + ((("back views", back), ("front views", front)) if views else ()))
         for label, rows_of in splits:
             m = hidden & rows_of[:, None]
             if not m.any():

@@ -598,7 +598,8 @@ def preview_sheet(out: Path, identities: list[Identity], truth: dict[str, Any], 
         lk = ident.look
         label = (f"{ident.pid:04d} fam{ident.family} {lk.shirt}{'/stripes' if lk.pattern == 'stripes' else ''} "
                  f"{lk.sleeves}-sl, {lk.trousers} {lk.trouser_kind}, shoes {lk.shoes}, hat {lk.hat}, bag {lk.bag}"
-                 f"{' ' + lk.bag_colour if lk.bag != 'none' else ''}" + (f"  [differs: {ident.cue}]" if ident.cue else ""))
+                 f"{' ' + lk.bag_colour if lk.bag != 'none' else ''}"
+                 + (f"  [differs: {ident.cue}]" if ident.cue else ""))
         y = r * (h + label_h)
         d.text((2, y + 1), label, fill=(0, 0, 0))
         for c, rel in enumerate(rels):

@@ -270,8 +270,8 @@ def test_bad_images_are_reported_and_poses_with_0_1_17_missing_joints(tmp_path):
     assert (src["bounding_box_test/0007_c1s1_000015_01.jpg"] == 2).all()  # no person found: frame fallback
     # the complete pose: the body box spans the person as Eq. 1-2 says, partly above the image
     body = np.array(rows["bounding_box_train/0001_c1s1_000001_01.jpg"]["boxes"][0])
-    np.testing.assert_allclose(body[[1, 3]], np.array([2 * 12 - 26, 4 / 3 * 110 - 86 / 3]) + PIXEL_CENTRE,  # Eq. 1, box frame
-                               atol=1e-3)
+    np.testing.assert_allclose(body[[1, 3]], np.array([2 * 12 - 26, 4 / 3 * 110 - 86 / 3]) + PIXEL_CENTRE,
+                               atol=1e-3)  # Eq. 1, box frame
     for k in written:
         r = rows[k]
         for name, size in zip(REGION_NAMES, [(192, 384)] + [(192, 96)] * 4):
@@ -335,7 +335,8 @@ def test_a_run_of_crashing_images_is_reported_and_the_run_goes_on(tmp_path):
     person = _person()
     for i, folder in enumerate(MARKET_FOLDERS):
         _write(root, f"{folder}/{i + 1:04d}_c1s1_{i + 1:06d}_01.jpg", _encode(person), _openpose(POSE_XY))
-    killers = [f"bounding_box_train/{i:04d}_c1s1_{i:06d}_01.jpg" for i in range(20, 20 + WorkerPool.MAX_DEATHS_WITHOUT_PROGRESS + 2)]
+    killers = [f"bounding_box_train/{i:04d}_c1s1_{i:06d}_01.jpg"
+               for i in range(20, 20 + WorkerPool.MAX_DEATHS_WITHOUT_PROGRESS + 2)]
     for k in killers:
         _write(root, k, _encode(_person(13, 128)), _openpose(POSE_XY * np.float32([13 / 64, 1])))
     out = tmp_path / "cache"
@@ -380,7 +381,8 @@ def test_real_market_crops_with_posegan_keypoints(realdata, tmp_path):
 def test_config_validation_and_cli_defaults():
     from posecrop import commands_crop
     cfg = CropConfig()
-    defaults = {"dataset": cfg.dataset, "beta": cfg.beta, "region_width": cfg.region_width, "threshold": cfg.threshold, "min_reliable": cfg.min_reliable,
+    defaults = {"dataset": cfg.dataset, "beta": cfg.beta, "region_width": cfg.region_width, "threshold": cfg.threshold,
+                "min_reliable": cfg.min_reliable,
                 "body_size": "x".join(map(str, cfg.body_size)), "part_size": "x".join(map(str, cfg.part_size)),
                 "encoding": cfg.encoding, "jpeg_quality": cfg.jpeg_quality, "fill": cfg.fill, "shard": cfg.shard,
                 "batch_size": cfg.batch_size, "rows_per_part": cfg.rows_per_part}

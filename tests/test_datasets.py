@@ -123,7 +123,8 @@ def test_market_missing_folder_error(tmp_path):
 def test_market_parent_errors(tmp_path):
     (tmp_path / "Market-1501-v15.09.15" / "query").mkdir(parents=True)
     with pytest.raises(DatasetLayoutError, match=r"Market-1501 layout not found under .*Market-1501-v15\.09\.15: "
-                                                 r"expected folders .* \(missing: bounding_box_train, bounding_box_test\)"):
+                                                 r"expected folders .* "
+                                                 r"\(missing: bounding_box_train, bounding_box_test\)"):
         read_dataset("market", tmp_path)
     (tmp_path / "Market-1501-copy").mkdir()
     with pytest.raises(DatasetLayoutError, match="ambiguous.*Market-1501-copy, Market-1501-v15.09.15"):
@@ -286,7 +287,8 @@ def test_msmt17_bad_lines_and_missing_files(tmp_path):
     assert len(records) == 7
     assert skipped == [
         ("list_gallery.txt:6", "expected '<relative path> <pid>', got 'just-a-name.jpg'"),
-        ("test/0000/0000_000_01_0303noon_0002_0.jpg", "list_gallery.txt gives pid 7 but the file name starts with 0000"),
+        ("test/0000/0000_000_01_0303noon_0002_0.jpg",
+         "list_gallery.txt gives pid 7 but the file name starts with 0000"),
         ("test/0000/0000_000_16_0303noon_0001_0.jpg", "camera 16 outside 1-15"),
         ("test/0002/0002_000_03_0303noon_0001_0.jpg", "listed in list_gallery.txt but not found"),
     ]
@@ -298,7 +300,8 @@ def test_msmt17_layout_errors(tmp_path):
     make_msmt(tmp_path)
     (tmp_path / "list_query.txt").unlink()
     with pytest.raises(DatasetLayoutError, match=r"MSMT17 layout not found under .*: expected list files "
-                                                 r"list_train.txt, list_query.txt, list_gallery.txt \(missing: list_query.txt\)"):
+                                                 r"list_train.txt, list_query.txt, list_gallery.txt "
+                                                 r"\(missing: list_query.txt\)"):
         read_dataset("msmt17", tmp_path)
     (tmp_path / "list_query.txt").write_text("")
     with pytest.raises(DatasetLayoutError, match="no usable query images"):

@@ -163,7 +163,8 @@ def test_openpose_no_people_and_flat_layout(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     ("{not json", r"bad_keypoints.json: not valid JSON"),
-    ({"version": 1.3}, r"bad_keypoints.json: not an OpenPose keypoint file \(expected an object with a 'people' list\)"),
+    ({"version": 1.3},
+     r"bad_keypoints.json: not an OpenPose keypoint file \(expected an object with a 'people' list\)"),
     ({"people": [{"pose_keypoints_2d": [1.0] * 60}]}, r"bad_keypoints.json: people\[0\].pose_keypoints_2d has 60 "
                                                        r"numbers; expected 54 \(COCO-18\) or 75 \(BODY_25\)"),
     ({"people": [{"face_keypoints_2d": []}]}, r"people\[0\] has no pose_keypoints_2d or pose_keypoints"),
@@ -256,7 +257,8 @@ def test_posegan_unknown_image_and_double_extension_names(posegan):
 
 
 def test_posegan_bad_files(tmp_path):
-    good = "name:keypoints_y:keypoints_x\n" + "a.jpg: [" + ", ".join(["5"] * 18) + "]: [" + ", ".join(["3"] * 18) + "]\n"
+    good = ("name:keypoints_y:keypoints_x\n" + "a.jpg: [" + ", ".join(["5"] * 18) + "]: [" + ", ".join(["3"] * 18)
+            + "]\n")
     (tmp_path / "a.csv").write_text(good)
     src = make_pose_source("posegan-csv", csv_paths=[tmp_path / "a.csv"])
     np.testing.assert_allclose(src.read("x/a.jpg")[0], np.full((18, 2), [3, 5]))
