@@ -1,5 +1,5 @@
 # Two entry points (see README): `make demo` runs the whole pipeline on the built-in synthetic dataset,
-# `make test` runs the test suite. Both create .venv and install what they need first.
+# `make test` lints (ruff) and runs the test suite. Both create .venv and install what they need first.
 PY := .venv/bin/python
 
 .PHONY: venv venv-dev demo test bench clean
@@ -14,6 +14,7 @@ demo: venv
 	$(PY) cli.py demo --out demo_out
 
 test: venv-dev
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: venv-dev

@@ -91,7 +91,7 @@ def train_and_evaluate(cfg: BenchConfig, model: str, seed: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from posecrop.typedconfig import from_mapping
+    from reidkit.typedconfig import from_mapping
     from reidtrain.config import EvalConfig, TrainConfig
     from reidtrain.evaluate import compute_result, eval_dataset, extract_features, load_trained
     from reidtrain.train import train
@@ -120,7 +120,7 @@ def train_and_evaluate(cfg: BenchConfig, model: str, seed: int) -> dict:
         if protocol == PRIMARY:
             row["cmc"] = [100.0 * float(v) for v in r.cmc[:20]]
             row["num_queries"] = int(s["num_valid_queries"])
-    from posecrop.atomic import atomic_write_text
+    from reidkit.atomic import atomic_write_text
     atomic_write_text(done, json.dumps(row))
     return row
 
@@ -251,7 +251,7 @@ def format_controls(controls: list[dict], rows: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------------------ main
 def run_benchmark(cfg: BenchConfig) -> dict:
-    from posecrop.atomic import atomic_write_text
+    from reidkit.atomic import atomic_write_text
 
     t0 = time.perf_counter()
     print(f"[accuracy] crop cache {cfg.cache} ...", flush=True)

@@ -359,7 +359,7 @@ def _mediapipe_version() -> str:
 
 
 if __name__ == "__main__":
-    from posecrop.atomic import atomic_write_text
+    from reidkit.atomic import atomic_write_text
 
     quick = "--full" not in sys.argv[1:]
     result = run(quick=quick)

@@ -136,7 +136,7 @@ def run_reference(paths: list[str], crop_sets: list[list[np.ndarray]], workers: 
 def _crop_sets(cache: Path, k: int) -> list[list[np.ndarray]]:
     from PIL import Image
 
-    from posecrop.cache import read_split
+    from posecrop.cache_reader import read_split
     from posecrop.regions import REGION_NAMES
     rows = read_split(cache, "train", list(REGION_NAMES)).slice(0, k).to_pylist()
     return [[np.asarray(Image.open(io.BytesIO(r[name]["bytes"])).convert("RGB")) for name in REGION_NAMES]

@@ -44,7 +44,7 @@ def make_data(root: Path, n: int) -> tuple[Path, Path, int]:
     then every stored train crop written as its own JPEG file (the bytes the cache holds) for the reference.
     Returns (cache, files, number of train samples: at least n)."""
     from benchmarks.bench_crop import make_dataset
-    from posecrop.cache import read_split
+    from posecrop.cache_reader import read_split
     from posecrop.crop_stage import CropConfig, run_crop
 
     data, cache, files = root / "market", root / "cache", root / "files"

@@ -138,7 +138,7 @@ def write_table(speed: dict, error: dict, note: str, quick: bool, rows: list[dic
     from rich.console import Console
     from rich.table import Table
 
-    from posecrop.atomic import atomic_write_text
+    from reidkit.atomic import atomic_write_text
 
     table = Table(title=f"joint repair: {note}")
     for col in ("method", "poses/s (1 core)", "hidden-joint error px"):

@@ -65,10 +65,9 @@ def format_markdown(rows: list[dict], meta: dict) -> str:
 
 def run_suite(stages: tuple[str, ...] = STAGES, quick: bool = True, out: Path | None = None,
               timeout: float | None = None) -> tuple[list[dict], dict]:
+    import torch
     from rich.console import Console
     from rich.table import Table
-
-    import torch
 
     console = Console()
     rows: list[dict] = []
@@ -96,7 +95,7 @@ def run_suite(stages: tuple[str, ...] = STAGES, quick: bool = True, out: Path | 
         table.add_row(*[f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in COLUMNS])
     console.print(table)
     if out is not None:
-        from posecrop.atomic import atomic_write_text
+        from reidkit.atomic import atomic_write_text
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
         atomic_write_text(out / "results.md", format_markdown(rows, meta))

@@ -1,12 +1,12 @@
-"""The Parquet crop cache on disk: writer (atomic part files, resume, shards, locks), run report, readers.
+"""The crop cache writer: atomic part files, resume, shards, locks, the run report; `cache_info` for `info`.
 
-Layout (see posecrop.schema):
+Layout (see posecrop.schema; reading a cache is posecrop.cache_reader, the contract with the training stage):
     CACHE/<split>/part-<shard>-<seq>.parquet   e.g. part-000of001-000003.parquet; one folder per split
     CACHE/crop_report.jsonl                    skipped / failed images with the reason, one JSON object per line
     CACHE/.lock-<shard>                        lock file of the process writing that shard
     CACHE/.lock-count-<n>, CACHE/.lock-counts  shard-count locks (writers at the same time use one count n)
 
-- Part files are written atomically (temporary file + rename, posecrop.atomic): a killed run never leaves a
+- Part files are written atomically (temporary file + rename, reidkit.atomic): a killed run never leaves a
   half-written part under its final name, and the next run removes the temporaries of its own shard.
 - Resume: a writer reads the `image_id` column of every existing part (all splits, all shards) and the crop
   stage skips those images. A resumed run must use the same settings (checked; see `settings_mismatch`).
@@ -16,8 +16,6 @@ Layout (see posecrop.schema):
   of 0/2), so a writer is refused while another process writes the cache with another shard count.
 - Report: entries are appended in blocks (one locked write per flush, every line tagged with the run id), so a
   killed run keeps what it reported up to its last flush; a truncated last line is skipped by `read_report`.
-- Readers validate what they hand out: split names, and every image_id / image `path` must be a relative POSIX
-  path without '..' (an untrusted cache must not make the program read outside a given root).
 """
 from __future__ import annotations
 
@@ -32,32 +30,26 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path, is_temporary
+from reidkit.atomic import atomic_path, is_temporary
+from reidkit.errors import ReidError
+from reidkit.pause import pause_point
+
+from .cache_reader import (PART_RE, REPORT_NAME, CacheError, all_part_files, cache_settings, check_relative_path,
+                           empty_split_reason, existing_image_ids, part_files, read_report, read_split)
 from .records import SPLITS
-from .errors import ReidError
 from .schema import IMAGE_COLUMNS, IMAGE_STRUCT, POSE_SOURCE_COLUMN, cache_schema, read_settings
 
-REPORT_NAME = "crop_report.jsonl"
-PART_RE = re.compile(r"^part-(?P<shard>\d+of\d+)-(?P<seq>\d+)\.parquet$")
 ROW_GROUP_SIZE = 256  # rows per Parquet row group: bounded memory when a reader streams a split
 # settings that may differ between runs filling one cache (paths to precomputed keypoints differ between machines)
 _POSE_SOURCE_KEYS_COMPARED = ("backend", "config", "checkpoint_sha256", "model")
 # "auto" dataset options as resolved for the files found (CUHK03 protocol); older caches lack it
 _COMPARED_WHEN_BOTH_HAVE = ("dataset_options_resolved",)
-
-
-class CacheError(ReidError, ValueError):
-    """A crop cache is missing, unreadable, inconsistent or unsafe; the message names the file."""
-
-
-class UnsafePathError(CacheError):
-    """A path stored in a cache is absolute or climbs out of its root ('..')."""
 
 
 class CacheLockedError(ReidError, RuntimeError):
@@ -79,27 +71,6 @@ class CacheWriteError(ReidError, OSError):
 
 
 # ------------------------------------------------------------------------------------------------ paths, shards
-
-
-def check_relative_path(path: str, what: str = "path") -> str:
-    """Return `path` if it is a safe relative POSIX path (no root, drive, backslash, NUL, '.' or '..' parts)."""
-    if not isinstance(path, str) or not path:
-        raise UnsafePathError(f"{what}: empty or non-string path {path!r}")
-    if (path[0] == "/" or "\\" in path or "\x00" in path or (len(path) > 1 and path[1] == ":")
-            or "//" in path or path.endswith("/")
-            or any(part in ("..", ".") for part in path.split("/"))):
-        raise UnsafePathError(f"{what}: {path!r} is not a plain relative path (absolute paths and '..' are refused)")
-    return path
-
-
-def resolve_under(root: str | os.PathLike, path: str, what: str = "path") -> Path:
-    """root / path, refusing paths that leave `root` (also through symbolic links)."""
-    check_relative_path(path, what)
-    base = Path(root).resolve()
-    full = (base / path).resolve()
-    if full != base and base not in full.parents:
-        raise UnsafePathError(f"{what}: {path!r} resolves to {full}, outside {base}")
-    return full
 
 
 @dataclass(frozen=True)
@@ -138,33 +109,6 @@ def shard_of(image_id: str, count: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ part files
-
-
-def part_files(cache: str | os.PathLike, split: str) -> list[Path]:
-    """The finished part files of one split, sorted by name (temporaries ignored)."""
-    if split not in SPLITS:
-        raise CacheError(f"unknown split {split!r}; a cache has {SPLITS}")
-    folder = Path(cache) / split
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir()
-                  if PART_RE.match(p.name) and not is_temporary(p) and p.is_file())
-
-
-def all_part_files(cache: str | os.PathLike) -> list[Path]:
-    return [p for split in SPLITS for p in part_files(cache, split)]
-
-
-def existing_image_ids(cache: str | os.PathLike) -> set[str]:
-    """image_id of every row already in the cache (reads only that column)."""
-    done: set[str] = set()
-    for part in all_part_files(cache):
-        try:
-            ids = pq.read_table(part, columns=["image_id"]).column("image_id").to_pylist()
-        except (pa.ArrowException, OSError) as e:
-            raise CacheError(f"{part}: unreadable part file ({e}); move it away and re-run to redo its images") from e
-        done.update(ids)
-    return done
 
 
 def settings_mismatch(old: dict, new: dict) -> list[str]:
@@ -315,20 +259,6 @@ class RunReport:
             os.close(fd)
 
 
-def read_report(cache: str | os.PathLike) -> list[dict]:
-    """All entries of CACHE/crop_report.jsonl (a torn last line from a killed run is skipped)."""
-    path = Path(cache) / REPORT_NAME
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            entry = json.loads(line)
-            if isinstance(entry, dict):
-                out.append(entry)
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ writer
 
 
@@ -469,8 +399,10 @@ class CacheWriter:
             with atomic_path(path) as tmp:
                 pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, compression=_COMPRESSION,
                                use_dictionary=["dataset", "split"], write_statistics=_STATISTICS)
+                pause_point("part-temp")
         except OSError as e:
             raise CacheWriteError(path, e, f"this part file of {n} rows") from e
+        pause_point("part-written")
         self._seq += 1
         self.written += n
         self.parts_written.append(path)
@@ -569,99 +501,6 @@ def rows_to_table(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
 
 
 # ------------------------------------------------------------------------------------------------ readers
-
-
-def open_cache(cache: str | os.PathLike, splits: Iterable[str] = SPLITS) -> "pyarrow.dataset.Dataset":  # noqa: F821
-    """A pyarrow dataset over the part files of `splits` (the report and temporaries are not part of it)."""
-    import pyarrow.dataset as pads  # imports pandas: only where needed
-
-    cache = Path(cache)
-    if not cache.is_dir():
-        raise CacheError(f"{cache}: no such crop cache folder")
-    files = [p for s in splits for p in part_files(cache, s)]
-    if not files:
-        raise CacheError(f"{cache}: no part files (expected {'/'.join(SPLITS)}/part-*.parquet)")
-    try:
-        schema = pq.read_schema(files[0])
-        return pads.dataset([str(f) for f in files], schema=schema, format="parquet")
-    except (pa.ArrowException, OSError) as e:
-        raise CacheError(f"{cache}: unreadable part file ({e})") from e
-
-
-def read_split(cache: str | os.PathLike, split: str, columns: Sequence[str] | None = None) -> pa.Table:
-    """One split as an Arrow table (all part files; only `columns` when given). Stored paths are validated."""
-    if split not in SPLITS:
-        raise CacheError(f"unknown split {split!r}; a cache has {SPLITS}")
-    files = part_files(cache, split)
-    if not files:
-        raise CacheError(f"{cache}: split {split!r} has no part files ({Path(cache) / split}/part-*.parquet): "
-                         f"{empty_split_reason(cache, split)}")
-    tables = []
-    for f in files:
-        try:
-            tables.append(pq.read_table(f, columns=list(columns) if columns is not None else None))
-        except (pa.ArrowException, OSError, KeyError) as e:
-            raise CacheError(f"{f}: cannot read columns {list(columns) if columns else 'all'}: {e}") from e
-    try:
-        # promote: parts written before the pose_source column existed read it as null next to newer parts
-        table = pa.concat_tables(tables, promote_options="default")
-    except pa.ArrowInvalid as e:
-        raise CacheError(f"{cache}/{split}: part files have different schemas ({e})") from e
-    validate_paths(table, where=f"{cache}/{split}")
-    return table
-
-
-def empty_split_reason(cache: str | os.PathLike, split: str) -> str:
-    """Why a split of a cache has no rows, from its report: how many of its images failed and the first reason
-    (e.g. a pose source that does not cover the split: the pose-gan CSVs have no Market-1501 query images)."""
-    failed: dict[str, str] = {}
-    for e in read_report(cache):
-        if e.get("split") == split and e.get("status") == "failed":
-            failed.setdefault(str(e.get("image_id")), str(e.get("reason")))
-    report = Path(cache) / REPORT_NAME
-    if failed:
-        image, reason = next(iter(failed.items()))
-        reason = reason if image in reason else f"{image}: {reason}"
-        return f"{len(failed)} image(s) of it failed in {report}, first reason: {reason}"
-    return (f"no image of it was cropped and {report} records no failure for it (a --limit, a shard or an "
-            f"interrupted `crop`? run it again)")
-
-
-def validate_paths(table: pa.Table, where: str = "cache") -> None:
-    """Refuse tables whose image_id or image `path` values are not safe relative paths."""
-    if "image_id" in table.column_names:
-        for v in table.column("image_id").to_pylist():
-            check_relative_path(v, f"{where}: image_id")
-    for name in IMAGE_COLUMNS:
-        if name in table.column_names:
-            col = table.column(name)
-            for chunk in col.chunks:
-                for v in chunk.field("path").to_pylist():
-                    if v is not None:
-                        check_relative_path(v, f"{where}: {name}.path")
-
-
-def cache_settings(cache: str | os.PathLike) -> dict:
-    """How the cache was made (the posecrop schema metadata of its first part file)."""
-    files = all_part_files(cache)
-    if not files:
-        raise CacheError(f"{cache}: no part files (expected {'/'.join(SPLITS)}/part-*.parquet)")
-    try:
-        return read_settings(pq.read_schema(files[0]))
-    except (pa.ArrowException, OSError) as e:
-        raise CacheError(f"{files[0]}: unreadable part file ({e})") from e
-
-
-def load_image_bytes(image: dict, root: str | os.PathLike | None = None, what: str = "image") -> bytes:
-    """The encoded bytes of an image struct; when it has no bytes, read `path` under `root` (never outside)."""
-    data = image.get("bytes")
-    if data:
-        return bytes(data)
-    path = image.get("path")
-    if root is None or not path:
-        raise CacheError(f"{what}: no image bytes stored and no root to read {path!r} from")
-    return resolve_under(root, path, what).read_bytes()
-
 
 
 def cache_info(cache: str | os.PathLike) -> dict:

@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from .canonical import fit_bank
+        from .canonical_fit import fit_bank
         from .sources.base import PoseReadError
 
         console = Console()
@@ -169,8 +169,10 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from .atomic import atomic_write_text
-        from .canonical import BankFormatError, fit_bank, load_bank
+        from reidkit.atomic import atomic_write_text
+
+        from .canonical_fit import fit_bank
+        from .canonical import BankFormatError, load_bank
         from .repair_eval import (FALLBACK_COUNTS, LS_MEAN, NEW, evaluation_report, plot_report, read_posegan_csvs,
                                   split_complete, training_poses)
         from .sources.base import PoseReadError

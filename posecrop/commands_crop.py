@@ -55,14 +55,15 @@ def _list_problems(cache: Path, run_id: str, limit: int = MAX_LISTED) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    from .cache import read_report
+    from .cache_reader import read_report
 
     problems = [e for e in read_report(cache) if e.get("run") == run_id and e.get("status") in ("failed", "skipped")]
     console = Console(stderr=True)
     for e in problems[:limit]:
         image_id, reason = str(e.get("image_id")), str(e.get("reason"))
         line = reason if image_id in reason else f"{image_id}: {reason}"
-        console.print(f"[yellow]{escape(str(e['status']))}:[/] {escape(line)}", highlight=False, markup=True, soft_wrap=True)
+        console.print(f"[yellow]{escape(str(e['status']))}:[/] {escape(line)}", highlight=False, markup=True,
+                      soft_wrap=True)
     if len(problems) > limit:
         console.print(f"... and {len(problems) - limit} more in {cache / 'crop_report.jsonl'}", highlight=False,
                       markup=False, soft_wrap=True)
@@ -76,12 +77,15 @@ def _issue_line(title: str, counts: dict) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    from .datasets import dataset_names        # the --dataset and --pose-source choices: what is registered
+    from .sources import pose_source_kinds
+
     @app.command("crop", help="Pose -> canonical repair -> Eq. 1-2 regions -> five crops per image, into a Parquet "
                               "cache (CACHE/<split>/part-*.parquet). Resumable, shardable; bad images are listed in "
                               "CACHE/crop_report.jsonl and the run goes on.")
     def crop(
-        dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset reader: market, duke, cuhk03-labeled, "
-                                              "cuhk03-detected, msmt17, cuhk01, folder." + _d("dataset")),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset reader: " + ", ".join(dataset_names())
+                                              + "." + _d("dataset")),
         root: Optional[Path] = typer.Option(None, "--root", help="Dataset root folder (required unless in --config)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Cache folder to create or resume (required unless in "
                                            "--config)."),
@@ -92,8 +96,8 @@ def register(app: typer.Typer) -> None:
                                                  "ROOT/keypoints when it exists, else the mmpose model."),
         posegan_csv: Optional[List[Path]] = typer.Option(None, "--posegan-csv", help="pose-gan market-annotation "
                                                          "CSV (repeatable; selects the posegan-csv source)."),
-        pose_source: Optional[str] = typer.Option(None, "--pose-source", help="openpose-json, posegan-csv, mmpose, "
-                                                  "blazepose, a chain tried per image in order (e.g. "
+        pose_source: Optional[str] = typer.Option(None, "--pose-source", help=", ".join(pose_source_kinds())
+                                                  + ", a chain tried per image in order (e.g. "
                                                   "posegan-csv,blazepose), or auto. (default: auto = openpose-json "
                                                   "if ROOT/keypoints exists, else mmpose if its weights are at "
                                                   "hand, else blazepose)"),
@@ -110,9 +114,9 @@ def register(app: typer.Typer) -> None:
                                                            "dataset reader (repeatable), e.g. protocol=new."),
         beta: Optional[float] = typer.Option(None, "--beta", help="Region overlap as a fraction of the body height "
                                              "H (paper: 0.1; its best 3/48=0.0625)." + _d("beta")),
-        region_width: Optional[str] = typer.Option(None, "--region-width", help="Region width: 'paper' (Eq. 1, at least "
-                                                   "H/2, may reach outside the image) or 'image' (clipped to the image "
-                                                   "columns)." + _d("region_width")),
+        region_width: Optional[str] = typer.Option(None, "--region-width", help="Region width: 'paper' (Eq. 1, at "
+                                                   "least H/2, may reach outside the image) or 'image' (clipped to the "
+                                                   "image columns)." + _d("region_width")),
         threshold: Optional[float] = typer.Option(None, "--threshold", help="Joints scoring below are repaired from "
                                                   "the canonical poses." + _d("threshold")),
         min_reliable: Optional[int] = typer.Option(None, "--min-reliable", help="Fewer reliable joints -> fallback "
@@ -147,11 +151,14 @@ def register(app: typer.Typer) -> None:
 
         from rich.console import Console
 
-        from .cache import CacheError, CacheLockedError
-        from .crop_stage import CropConfig, WorkerPoolError, run_crop
+        from reidkit.typedconfig import ConfigError, from_mapping, merge
+
+        from .cache import CacheLockedError
+        from .cache_reader import CacheError
+        from .crop_pool import WorkerPoolError
+        from .crop_stage import CropConfig, run_crop
         from .datasets import DatasetLayoutError
         from .sources import PoseReadError
-        from .typedconfig import ConfigError, from_mapping, merge
 
         values: dict = {}
         if config is not None:
@@ -243,7 +250,8 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from .cache import CacheError, cache_info
+        from .cache import cache_info
+        from .cache_reader import CacheError
         from .regions import REGION_NAMES
 
         try:
@@ -313,7 +321,7 @@ def register(app: typer.Typer) -> None:
         implausible: bool = typer.Option(False, "--implausible", help="Only images whose pose the plausibility "
                                          "rules distrusted (repaired or placed by the frame fallback)."),
     ) -> None:
-        from .cache import CacheError
+        from .cache_reader import CacheError
         from .show import contact_sheet
 
         try:

@@ -17,27 +17,36 @@ def synth(
     preset: str = typer.Option("demo", "--preset", help="Size preset: 'demo' (40+40 identities, 6 cameras, "
                                "~1,140 images, ~15 s) or 'tiny' (3+3 identities, 3 cameras, ~60 images)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives byte-identical files."),
-    num_ids_train: Optional[int] = typer.Option(None, "--num-ids-train", help="Train identities (default: from the preset)."),
-    num_ids_test: Optional[int] = typer.Option(None, "--num-ids-test", help="Test (query/gallery) identities (default: from the preset)."),
+    num_ids_train: Optional[int] = typer.Option(None, "--num-ids-train",
+                                                help="Train identities (default: from the preset)."),
+    num_ids_test: Optional[int] = typer.Option(None, "--num-ids-test",
+                                               help="Test (query/gallery) identities (default: from the preset)."),
     num_cameras: Optional[int] = typer.Option(None, "--num-cameras", help="Cameras, 2-6 (default: from the preset)."),
     images_per_camera: Optional[int] = typer.Option(None, "--images-per-camera",
-                                                    help="Train/gallery images per identity and camera (default: from the preset)."),
-    num_distractors: Optional[int] = typer.Option(None, "--num-distractors", help="Gallery distractors, pid 0000 (default: from the preset)."),
-    num_junk: Optional[int] = typer.Option(None, "--num-junk", help="Gallery junk images, pid -1 (default: from the preset)."),
+                                                    help="Train/gallery images per identity and camera (default: "
+                                                         "from the preset)."),
+    num_distractors: Optional[int] = typer.Option(None, "--num-distractors",
+                                                  help="Gallery distractors, pid 0000 (default: from the preset)."),
+    num_junk: Optional[int] = typer.Option(None, "--num-junk",
+                                           help="Gallery junk images, pid -1 (default: from the preset)."),
     no_person_rate: Optional[float] = typer.Option(None, "--no-person-rate",
-                                                   help="Fraction of images whose keypoint file finds no person (default: 0.10)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier synth dataset of another config in OUT (off by default)."),
-    preview: bool = typer.Option(True, "--preview/--no-preview", help="Write OUT/preview.png, a contact sheet of a few identities."),
+                                                   help="Fraction of images whose keypoint file finds no person "
+                                                        "(default: 0.10)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier synth dataset of another config in "
+                                   "OUT (off by default)."),
+    preview: bool = typer.Option(True, "--preview/--no-preview", help="Write OUT/preview.png, a contact sheet of a "
+                                 "few identities."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Render a synthetic Market-1501-layout pedestrian dataset with OpenPose-format keypoints (the demo's default data)."""
+    """Render a synthetic Market-1501-layout pedestrian dataset with OpenPose-format keypoints (the demo's default
+    data)."""
     import dataclasses
 
     from rich.console import Console
     from rich.table import Table
 
     from posecrop import synth as S
-    from posecrop.typedconfig import ConfigError, merge
+    from reidkit.typedconfig import ConfigError, merge
 
     console = Console()
     try:
@@ -66,8 +75,9 @@ def synth(
     for split, folder in S.SPLIT_FOLDERS.items():
         table.add_row(split, folder, str(summary.images[split]))
     console.print(table)
-    console.print(f"identities: {summary.num_ids_train} train, {summary.num_ids_test} test; cameras: {summary.num_cameras}; "
-                  f"gallery extras: {summary.distractors} distractors (0000), {summary.junk} junk (-1)")
+    console.print(f"identities: {summary.num_ids_train} train, {summary.num_ids_test} test; cameras: "
+                  f"{summary.num_cameras}; gallery extras: {summary.distractors} distractors (0000), "
+                  f"{summary.junk} junk (-1)")
     console.print(f"keypoints: {out / S.KEYPOINTS_FOLDER} (OpenPose 1.3 JSON, COCO-18; {summary.no_person} images "
                   f"with no person found); truth: {out / S.TRUTH_FILE}")
     if preview:

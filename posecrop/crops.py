@@ -27,7 +27,8 @@ from typing import Iterator, Literal, Sequence
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from .errors import ReidError
+
+from reidkit.errors import ReidError
 
 BOX_FRAME = "continuous pixels of the source image: the image covers [0, width] x [0, height]"
 FillMode = Literal["mean", "zeros"]

@@ -46,7 +46,8 @@ def coco17_to_coco18(keypoints: np.ndarray, scores: np.ndarray) -> tuple[np.ndar
     keypoints = np.asarray(keypoints, dtype=np.float32)
     scores = np.asarray(scores, dtype=np.float32)
     if keypoints.shape[-2:] != (17, 2) or scores.shape[-1] != 17:
-        raise ValueError(f"expected COCO-17 poses of shape (..., 17, 2) and (..., 17), got {keypoints.shape} and {scores.shape}")
+        raise ValueError(f"expected COCO-17 poses of shape (..., 17, 2) and (..., 17), got {keypoints.shape} and "
+                         f"{scores.shape}")
     idx = np.where(_COCO17_OF_18 < 0, 0, _COCO17_OF_18)
     kp18 = keypoints[..., idx, :].copy()
     sc18 = scores[..., idx].copy()
@@ -61,7 +62,8 @@ def body25_to_coco18(keypoints: np.ndarray, scores: np.ndarray) -> tuple[np.ndar
     keypoints = np.asarray(keypoints, dtype=np.float32)
     scores = np.asarray(scores, dtype=np.float32)
     if keypoints.shape[-2:] != (25, 2) or scores.shape[-1] != 25:
-        raise ValueError(f"expected BODY_25 poses of shape (..., 25, 2) and (..., 25), got {keypoints.shape} and {scores.shape}")
+        raise ValueError(f"expected BODY_25 poses of shape (..., 25, 2) and (..., 25), got {keypoints.shape} and "
+                         f"{scores.shape}")
     return keypoints[..., BODY25_TO_COCO18, :].copy(), scores[..., BODY25_TO_COCO18].copy()
 
 

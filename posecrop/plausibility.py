@@ -21,8 +21,9 @@ one sees the joints the earlier rules left trusted), and what they distrust:
   upside_down       the body's vertical order (face, shoulders, hips, knees, ankles: the mean y of each level) is
                     inverted for most pairs of levels present (ORDER_TOLERANCE of the image height decides a tie):
                     every joint (a flipped skeleton has no trustworthy part).
-  head_below_hips   a face joint (nose, eyes, ears) below the hips (by more than ORDER_TOLERANCE): those face joints when the shoulders are
-                    present and above the hips (the torso is upright, only the head is wrong), else every joint.
+  head_below_hips   a face joint (nose, eyes, ears) below the hips (by more than ORDER_TOLERANCE): those face joints
+                    when the shoulders are present and above the hips (the torso is upright, only the head is
+                    wrong), else every joint.
   legs_above_neck   a knee or ankle above the shoulders (by more than ORDER_TOLERANCE; an upright torso is
                     required): that joint.
   height            Eq. 1-2's body height H from the trusted head (P1) and lower-leg (P4) joints is <= 0:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SPLITS = ("train", "query", "gallery")
+SPLITS = ("train", "query", "gallery")  # the splits of a dataset and the split folders of a cache
 
 
 @dataclass(frozen=True)

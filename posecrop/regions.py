@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from reidkit.errors import ReidError
+
 from .keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES
-from .errors import ReidError
 
 REGION_NAMES: tuple[str, ...] = ("body", "head", "upper_body", "upper_leg", "lower_leg")
 

@@ -104,7 +104,7 @@ def read_cache_poses(cache_dir: str | Path) -> tuple[list[str], np.ndarray, np.n
     A cache written with one bank can so teach the next."""
     import pyarrow.parquet as pq
 
-    from .atomic import is_temporary
+    from reidkit.atomic import is_temporary
 
     cache_dir = Path(cache_dir)
     parts = sorted(p for p in cache_dir.glob("*/part-*.parquet") if not is_temporary(p))
@@ -227,7 +227,7 @@ def knn_fill(train: np.ndarray, kps: np.ndarray, scores: np.ndarray, k: int = DE
 
 def training_poses(keypoints: np.ndarray, scores: np.ndarray, mirror: bool = True) -> np.ndarray:
     """The complete training poses, normalised (centroid 0, height 1), with their mirror images: k-NN's memory."""
-    from .canonical import _normalise, mirror_poses
+    from .canonical_fit import _normalise, mirror_poses
 
     present = (np.asarray(scores) > 0) & np.isfinite(keypoints).all(-1)
     P = _normalise(np.asarray(keypoints, dtype=np.float64)[present.all(1)])
@@ -384,7 +384,8 @@ def evaluate_incomplete(keypoints: np.ndarray, scores: np.ndarray, methods: dict
             raise AssertionError(f"method {name!r} moved reliable joints")
         err = np.linalg.norm(pred.astype(np.float64) - np.nan_to_num(truth), axis=-1)
         rel = err / np.maximum(height, 1e-9)[:, None]
-        splits = (("all", np.ones(len(truth), bool)),) + ((("back views", back), ("front views", front)) if views else ())
+        splits = ((("all", np.ones(len(truth), bool)),)
+                  + ((("back views", back), ("front views", front)) if views else ()))
         for label, rows_of in splits:
             m = hidden & rows_of[:, None]
             if not m.any():
@@ -424,7 +425,7 @@ def plot_report(report: dict, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .atomic import atomic_write_bytes
+    from reidkit.atomic import atomic_write_bytes
 
     rows = report["rows"]
     methods = list(dict.fromkeys(r["method"] for r in rows))

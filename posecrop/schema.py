@@ -1,4 +1,5 @@
-"""The Parquet crop cache schema (DESIGN.md section 4) - the contract between posecrop and reidtrain.
+"""The Parquet crop cache schema (DESIGN.md section 4) - with posecrop.cache_reader, posecrop.crops and
+posecrop.regions the contract between posecrop and reidtrain.
 
 Layout of a cache directory:
     CACHE/<split>/part-<shard>-<seq>.parquet   one folder per split (train / query / gallery)
@@ -68,11 +69,14 @@ def hf_features_metadata() -> bytes:
         "height": {"dtype": "int32", "_type": "Value"},
         "keypoints": {"feature": {"feature": {"dtype": "float32", "_type": "Value"}, "length": 2, "_type": "Sequence"},
                       "length": len(KEYPOINT_NAMES), "_type": "Sequence"},
-        "scores": {"feature": {"dtype": "float32", "_type": "Value"}, "length": len(KEYPOINT_NAMES), "_type": "Sequence"},
-        "joint_source": {"feature": {"dtype": "int8", "_type": "Value"}, "length": len(KEYPOINT_NAMES), "_type": "Sequence"},
+        "scores": {"feature": {"dtype": "float32", "_type": "Value"}, "length": len(KEYPOINT_NAMES),
+                   "_type": "Sequence"},
+        "joint_source": {"feature": {"dtype": "int8", "_type": "Value"}, "length": len(KEYPOINT_NAMES),
+                         "_type": "Sequence"},
         "boxes": {"feature": {"feature": {"dtype": "float32", "_type": "Value"}, "length": 4, "_type": "Sequence"},
                   "length": len(REGION_NAMES), "_type": "Sequence"},
-        "outside": {"feature": {"dtype": "float32", "_type": "Value"}, "length": len(REGION_NAMES), "_type": "Sequence"},
+        "outside": {"feature": {"dtype": "float32", "_type": "Value"}, "length": len(REGION_NAMES),
+                    "_type": "Sequence"},
         "beta": {"dtype": "float32", "_type": "Value"},
         POSE_SOURCE_COLUMN: {"dtype": "string", "_type": "Value"},
         "pose_issue": {"dtype": "string", "_type": "Value"},

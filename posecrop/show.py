@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_path
+from reidkit.atomic import atomic_path
+
 from .keypoints import SKELETON
 from .plausibility import parse_issue
 from .regions import REGION_NAMES
@@ -169,7 +170,7 @@ def _unreadable_part(cache: str | Path, splits: list[str]) -> Path | None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .cache import part_files
+    from .cache_reader import part_files
 
     for split in splits:
         for part in part_files(cache, split):
@@ -184,15 +185,14 @@ def contact_sheet(cache: str | Path, out: str | Path, n: int = 8, split: str | N
                   implausible: bool = False) -> Path:
     """Write a contact sheet PNG of `n` images sampled (seeded) from `split` (None: all splits) of a cache;
     with `implausible`, only from the rows whose pose the plausibility rules distrusted (`pose_issue`)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    from .cache import CacheError, cache_settings, open_cache, validate_paths
+    from reidkit.typedconfig import ConfigError
+
+    from .cache_reader import CacheError, cache_settings, open_cache, validate_paths
     from .records import SPLITS
     from .schema import IMAGE_COLUMNS
-
-    import pyarrow as pa
-
-    from .typedconfig import ConfigError
 
     if Path(out).suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: the contact sheet is a PNG image; give a name ending in .png")

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from posecrop.atomic import atomic_path, looks_like_torch_file
-from posecrop.errors import ReidError
+from reidkit.atomic import atomic_path, looks_like_torch_file
+from reidkit.errors import ReidError
 
 FORMAT = "reidtrain-checkpoint-v1"
 

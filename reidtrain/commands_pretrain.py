@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Replace the run in --out (its outputs removed first)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
-        from posecrop.typedconfig import from_mapping, merge
+        from reidkit.typedconfig import from_mapping, merge
 
         errors = _expected_errors()
         result = None

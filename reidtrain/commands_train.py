@@ -1,4 +1,5 @@
-"""`python cli.py train | evaluate | extract | export | run | demo` (torch and the stages load inside the commands).
+"""`python cli.py train | evaluate | extract | export` (torch loads inside the commands; `run` and `demo` are
+pipelines.commands).
 
 Configuration: defaults <- a TOML file (--config: its [train] / [eval] table or top-level keys; a recipe works)
 <- the flags given. Multi-GPU / multi-node: `torchrun --nproc_per_node N cli.py train ...`.
@@ -13,7 +14,6 @@ import typer
 from .config import MODEL_CHOICES, AugmentConfig, EvalConfig, TrainConfig
 
 _T, _E, _A = TrainConfig(), EvalConfig(), AugmentConfig()
-DEMO_RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "demo.toml"
 EXIT_BAD_INPUT = 1
 
 
@@ -63,7 +63,7 @@ def _int_list(text: Optional[str], option: str) -> Optional[tuple[int, ...]]:
 
 
 def one_line(e: BaseException) -> str:
-    from posecrop.errors import one_line as _one_line
+    from reidkit.errors import one_line as _one_line
     return _one_line(e)
 
 
@@ -133,9 +133,9 @@ def _sizes_from_crop(model: str) -> bool:
 
 
 def _expected_errors():
-    """Errors printed as one line (exit 1): the project's (posecrop.errors.ReidError) and missing files. OSErrors of
-    the disk (full, read-only) reach cli.main, which prints them as one line too."""
-    from posecrop.errors import ReidError
+    """Errors printed as one line (exit 1): the project's (reidkit.errors.ReidError) and missing files. OSErrors of
+    the disk (full, read-only) reach pipelines.app.main, which prints them as one line too."""
+    from reidkit.errors import ReidError
     return (ReidError, FileNotFoundError)
 
 
@@ -242,7 +242,7 @@ def register(app: typer.Typer) -> None:
                                    "--force an existing run is refused."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
-        from posecrop.typedconfig import from_mapping, merge
+        from reidkit.typedconfig import from_mapping, merge
 
         if resume and force:
             raise typer.BadParameter("--resume continues the run in --out, --force replaces it: give one",
@@ -318,7 +318,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from rich.console import Console
 
-        from posecrop.typedconfig import from_mapping, merge
+        from reidkit.typedconfig import from_mapping, merge
 
         errors = _expected_errors()
         try:
@@ -334,7 +334,7 @@ def register(app: typer.Typer) -> None:
             outcome = evaluate(cfg, progress=progress)
         except errors as e:
             _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
-        from .recipe import results_table
+        from .reports import results_table
         console = Console()
         console.print(results_table(f"{outcome.metrics['dataset']}", {outcome.metrics["model"]: outcome.metrics}))
         console.print(f"reports in {outcome.out}")
@@ -392,49 +392,3 @@ def register(app: typer.Typer) -> None:
                    f"output features "
                    f"({info['feature_dim']})"
                    + (f"; max relative deviation from PyTorch {dev:.1e}" if dev is not None else ""))
-
-    @app.command("run", help="Run a recipe (pipelines/*.toml): synth (synthetic recipes) -> crop -> train -> "
-                             "evaluate for every model of the recipe, skipping stages whose outputs are up to date; prints the results table.")
-    def run_cmd(
-        recipe: Path = typer.Argument(..., help="Recipe TOML file, e.g. pipelines/market.toml."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: out/<recipe name>)."),
-        model: Optional[List[str]] = typer.Option(None, "--model", help="Only this model of the recipe (repeatable)."),
-        set_: Optional[List[str]] = typer.Option(None, "--set", help="Override TABLE.KEY=VALUE (TOML value, "
-                                                 "repeatable), e.g. --set train.epochs=5 --set dataset.root=/data/m."),
-        jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="Models trained at the same time, each in "
-                                           "its own process (default: the recipe's 'jobs' in its 'recipe' table, "
-                                           "else 1)."),
-        force: bool = typer.Option(False, "--force", help="Rerun every stage even when up to date."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
-    ) -> None:
-        _run(recipe, out, model, set_ or [], force, progress, jobs)
-
-    @app.command("demo", help="The whole pipeline on the built-in synthetic dataset (pipelines/demo.toml), on the CPU "
-                              "in a few minutes: synth -> crop -> train baseline and intra-inter -> evaluate; prints "
-                              "their results side by side.")
-    def demo_cmd(
-        out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder."),
-        force: bool = typer.Option(False, "--force", help="Rerun every stage even when up to date."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
-    ) -> None:
-        _run(DEMO_RECIPE, out, None, [], force, progress, None)
-
-
-def _run(recipe_path: Path, out: Optional[Path], models: Optional[List[str]], overrides: List[str], force: bool,
-         progress: bool, jobs: Optional[int]) -> None:
-    from rich.console import Console
-
-    errors = _expected_errors()
-    try:
-        from .recipe import load_recipe, run_recipe
-        recipe = load_recipe(recipe_path, overrides)
-        result = run_recipe(recipe, out, force, models, progress, Console(stderr=True), jobs)
-    except errors as e:
-        _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
-    except KeyboardInterrupt:
-        _fail("interrupted; finished stages and epochs are kept - run the same command again to continue")
-    from .recipe import results_table
-    console = Console()
-    console.print(results_table(recipe.name, result.results))
-    console.print(f"outputs in {result.out}: results.md, summary.html, cmc.png, ranked_list.png; "
-                  f"per model runs/<model>/ (checkpoints, metrics.jsonl, tb/, eval/)")

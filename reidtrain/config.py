@@ -1,6 +1,6 @@
 """Typed configs of the reidtrain stage: TrainConfig (Sec. 4.1 recipe) and EvalConfig (Sec. 4.1 protocols).
 
-Filled from defaults <- recipe TOML ([train] / [eval] tables) <- CLI flags with posecrop.typedconfig, which
+Filled from defaults <- recipe TOML ([train] / [eval] tables) <- CLI flags with reidkit.typedconfig, which
 rejects unknown keys and wrong types naming the key. No heavy imports here: `cli.py --help` stays fast.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from posecrop.typedconfig import to_dict
+from reidkit.typedconfig import to_dict
 
 # the five-branch variants (reidtrain.model.FIVE_BRANCH_NAMES), repeated here without importing torch
 # (tests/test_recipe.py checks); any registered model name is accepted (reidtrain.model.list_models)

@@ -30,10 +30,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from posecrop.typedconfig import ConfigError
+from reidkit.typedconfig import ConfigError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from posecrop.cache import CacheError, cache_settings, read_split
+from posecrop.cache_reader import CacheError, cache_settings, read_split
 from posecrop.crops import BOX_FRAME, FILL_MODES, ImageDecodeError, crop_regions, decode_image
 from posecrop.regions import REGION_NAMES
 from posecrop.schema import WHOLE_COLUMN
@@ -70,7 +70,7 @@ def read_split_table(cache: Path, split: str, columns: Sequence[str]) -> pa.Tabl
     """Read `columns` of one split (posecrop.cache.read_split), ordered by image_id (stable across runs)."""
     table = read_split(Path(cache), split, list(columns))
     if table.num_rows == 0:
-        from posecrop.cache import empty_split_reason
+        from posecrop.cache_reader import empty_split_reason
         raise CacheReadError(f"{cache}/{split}: the split has no rows: {empty_split_reason(cache, split)}")
     return table.sort_by("image_id")
 

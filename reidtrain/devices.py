@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from posecrop.typedconfig import ConfigError
+from reidkit.typedconfig import ConfigError
 
 
 def torch_device(name: str, local_rank: int = 0) -> torch.device:

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from posecrop.atomic import atomic_write_text
-from posecrop.errors import ReidError
-from posecrop.typedconfig import to_dict
+from reidkit.atomic import atomic_write_text
+from reidkit.errors import ReidError
+from reidkit.typedconfig import to_dict
 
 from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint
@@ -191,7 +191,7 @@ def choose_protocol(requested: str, cache: Path, dataset: str, num_query_ids: in
         return "cuhk01-single-shot"
     if not dataset.startswith("cuhk03"):
         return "market"
-    from posecrop.cache import cache_settings
+    from posecrop.cache_reader import cache_settings
     option = str(cache_settings(cache).get("dataset_options", {}).get("protocol", "auto"))
     if option == "new":
         return "market"

@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from posecrop.atomic import atomic_path
+from reidkit.atomic import atomic_path
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .evaluate import (eval_dataset, eval_device, extract_features, load_trained, meta_inputs, resolve_checkpoint,
                        run_folder)
 from .runlock import file_lock, reading_run
-from posecrop.errors import ReidError
+from reidkit.errors import ReidError
 
 FEATURES_METADATA_KEY = b"reidtrain"
 
@@ -182,7 +182,7 @@ def _export_onnx(checkpoint: Path, out: Path, opset: int, exporter: str, verify:
 
     import onnx
 
-    from posecrop.errors import os_error_in_chain
+    from reidkit.errors import os_error_in_chain
 
     model, meta, _ = load_trained(checkpoint, "cpu")
     opset = max(opset, int(getattr(model, "min_onnx_opset", 0)))   # e.g. hacnn's GridSample

@@ -42,9 +42,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from posecrop.atomic import atomic_write_text, is_temporary
+from reidkit.atomic import atomic_write_text, is_temporary
 from posecrop.regions import REGION_NAMES
-from posecrop.typedconfig import to_dict
+from reidkit.typedconfig import to_dict
 
 from .allocator import keep_freed_memory
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state

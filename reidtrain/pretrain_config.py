@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from posecrop.typedconfig import to_dict
+from reidkit.typedconfig import to_dict
 
 from .config import Normalize, check_size
 

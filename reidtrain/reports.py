@@ -6,7 +6,8 @@ plot_ranked_list    Fig. 6: each row a query and its top-k gallery images, green
 plot_attention_maps Fig. 7: the input crops and the intra-attention maps of blocks 2-4 laid over them
                     (channel mean, bilinear upsampling); the four body-part branches fused into one picture.
 write_summary       summary.md and summary.html (figures as relative links, inline CSS; opens locally).
-Every file is written atomically (posecrop.atomic).
+results_table       a rich table of CMC ranks and mAP, one row per model (console output of evaluate / run).
+Every file is written atomically (reidkit.atomic).
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from posecrop.atomic import atomic_path, atomic_write_text
 from posecrop.regions import REGION_NAMES
+from reidkit.atomic import atomic_path, atomic_write_text
 
 from .metrics import EvalResult
 
@@ -390,3 +391,24 @@ pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 """
     atomic_write_text(run_dir / "summary.html", page)
     return md_path
+
+
+# --------------------------------------------------------------------------------------------- results table
+
+RESULT_COLUMNS = ("R1", "R5", "R10", "R20", "mAP")
+
+
+def results_table(title: str, results: Mapping[str, Mapping[str, Any]]):
+    """A rich Table: one row per model, CMC ranks and mAP in percent (side by side)."""
+    from rich.table import Table
+
+    table = Table(title=f"{title}: CMC / mAP (%)")
+    table.add_column("model")
+    for c in RESULT_COLUMNS:
+        table.add_column(c, justify="right")
+    table.add_column("protocol")
+    table.add_column("epochs", justify="right")
+    for model, m in results.items():
+        table.add_row(model, *["-" if m.get(c) is None else f"{m[c]:.2f}" for c in RESULT_COLUMNS],
+                      str(m.get("protocol", "")), str(m.get("epoch", "")))
+    return table

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from posecrop.typedconfig import ConfigError, to_dict
+from reidkit.typedconfig import ConfigError, to_dict
 
 from .config import TrainConfig
 from .model.contract import InputSpec, LossSettings

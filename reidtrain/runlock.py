@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from posecrop.errors import RunLockedError
+from reidkit.errors import RunLockedError
 
 LOCK_NAME = ".lock"
 

@@ -42,9 +42,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from posecrop.atomic import atomic_write_text, is_temporary
-from posecrop.errors import ReidError
-from posecrop.typedconfig import to_dict
+from reidkit.atomic import atomic_write_text, is_temporary
+from reidkit.errors import ReidError
+from reidkit.typedconfig import to_dict
 
 from .allocator import keep_freed_memory
 from .checkpoint import (FORMAT, CheckpointError, InitReport, init_from_checkpoint, load_checkpoint, rng_state,
@@ -169,7 +169,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if amp == "auto":
         amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
     if amp == "fp16" and device.type != "cuda":
-        from posecrop.typedconfig import ConfigError
+        from reidkit.typedconfig import ConfigError
         raise ConfigError(f"--amp fp16 needs a CUDA device, the device is {device} (use bf16 or off on the CPU)")
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     return Runtime(device, rank, world, local, created, dtype)
@@ -233,7 +233,7 @@ def _check_resume_config(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
     stored = ckpt.get("meta", {}).get("config")
     if stored is None:
         raise CheckpointError(f"{path}: no training config stored - not a reidtrain training checkpoint")
-    from posecrop.typedconfig import from_mapping
+    from reidkit.typedconfig import from_mapping
     old = _flat(result_config(from_mapping(TrainConfig, stored)))
     new = _flat(result_config(cfg))
     diff = sorted(k for k in set(old) | set(new) if not _same_value(k, old.get(k), new.get(k)))

@@ -9,7 +9,9 @@ Broken inputs
     names:     see UNPARSEABLE_NAMES
 Processes
     cli / popen:            the real command line in a subprocess (cwd = repository root)
-    wait_for / kill_when:   poll the file system, SIGKILL a process at a chosen point
+    popen_paused / pause_at: a command that stops itself at a named event (reidkit.pause), to kill it there
+    wait_for / kill:        poll for a condition, SIGKILL a process we started
+    stop / stopped / resume: SIGSTOP a process and wait until it is stopped, SIGCONT
     limit_file_size:        preexec_fn giving a child a small RLIMIT_FSIZE (writes past it fail with EFBIG)
     private_mounts:         whether a tmpfs can be mounted in a private mount namespace (small / read-only disks)
 Reading results
@@ -246,6 +248,12 @@ def children(pid: int) -> list[int]:
 def stop(proc: subprocess.Popen, timeout: float = 10) -> bool:
     """SIGSTOP `proc` and wait until it is really stopped (state T); False when it ended first."""
     os.kill(proc.pid, signal.SIGSTOP)
+    return stopped(proc, timeout)
+
+
+def stopped(proc: subprocess.Popen, timeout: float = 90) -> bool:
+    """Wait until `proc` is stopped (state T: SIGSTOP, or a pause point of reidkit.pause); False when it ended
+    first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -258,6 +266,24 @@ def stop(proc: subprocess.Popen, timeout: float = 10) -> bool:
             return True
         time.sleep(0.001)
     raise AssertionError(f"process {proc.pid} did not stop")
+
+
+def pause_at(event: str, n: int = 1) -> dict:
+    """Environment for a child that stops itself (SIGSTOP) at the n-th `event` (reidkit.pause, e.g. part-written):
+    the test then kills or inspects it at exactly that point, on any CPU."""
+    from reidkit.pause import ENV
+
+    return {ENV: f"{event}:{n}"}
+
+
+def popen_paused(*args: str, event: str, n: int = 1, **kw) -> subprocess.Popen:
+    """`popen(ARGS)` that stops itself at the n-th `event`; returns once it is stopped there (fails when the
+    command ends first)."""
+    proc = popen(*args, env={**kw.pop("env", {}), **pause_at(event, n)}, **kw)
+    if not stopped(proc):
+        raise AssertionError(f"process ended (rc {proc.returncode}) before the {n}th {event}: "
+                             f"{(proc.stderr.read() if proc.stderr else '')[-2000:]}")
+    return proc
 
 
 def resume(proc: subprocess.Popen) -> None:
@@ -329,7 +355,7 @@ def private_mounts(tmp: Path) -> bool:
 
 def cache_rows(cache: Path) -> dict[str, dict]:
     """image_id -> full row (all columns) of every split of a cache."""
-    from posecrop.cache import read_split
+    from posecrop.cache_reader import read_split
 
     out: dict[str, dict] = {}
     for split in ("train", "query", "gallery"):
@@ -344,7 +370,7 @@ def part_ids(cache: Path) -> list[str]:
     """image_id of every row of every finished part file (duplicates kept, each file read on its own)."""
     import pyarrow.parquet as pq
 
-    from posecrop.cache import all_part_files
+    from posecrop.cache_reader import all_part_files
 
     ids: list[str] = []
     for part in all_part_files(cache):
@@ -354,7 +380,7 @@ def part_ids(cache: Path) -> list[str]:
 
 def leftovers(folder: Path) -> list[Path]:
     """Temporary / partial files under `folder`: atomic-write temporaries and anything not a known cache file."""
-    from posecrop.cache import PART_RE, REPORT_NAME
+    from posecrop.cache_reader import PART_RE, REPORT_NAME
 
     bad = []
     for p in folder.rglob("*"):
@@ -369,7 +395,7 @@ def leftovers(folder: Path) -> list[Path]:
 def report_by_image(cache: Path, statuses: Iterable[str] = ("failed", "skipped"), run: str | None = None
                     ) -> dict[str, dict]:
     """Last report entry per image_id with one of `statuses` (of one run when given)."""
-    from posecrop.cache import read_report
+    from posecrop.cache_reader import read_report
 
     out = {}
     for e in read_report(cache):
@@ -379,6 +405,6 @@ def report_by_image(cache: Path, statuses: Iterable[str] = ("failed", "skipped")
 
 
 def summaries(cache: Path) -> list[dict]:
-    from posecrop.cache import read_report
+    from posecrop.cache_reader import read_report
 
     return [e for e in read_report(cache) if e.get("status") == "summary"]

@@ -355,7 +355,7 @@ def test_a_crash_inside_the_pose_model_costs_only_its_image(small_market, tmp_pa
     pytest.importorskip("mediapipe")
     from PIL import Image
 
-    from posecrop.cache import read_report
+    from posecrop.cache_reader import read_report
     from posecrop.crop_stage import CropConfig, run_crop
 
     killer = small_market / "query" / "0007_c1s1_000007_00.jpg"

@@ -15,10 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from posecrop.cache import (REPORT_NAME, CacheError, CacheLockedError, CacheWriter, RunReport, Shard, ShardLock,
-                            UnsafePathError, all_part_files, cache_info, cache_settings, check_relative_path,
-                            existing_image_ids, load_image_bytes, open_cache, read_report, read_split, rows_to_table,
+from posecrop.cache import (CacheLockedError, CacheWriter, RunReport, Shard, ShardLock, cache_info, rows_to_table,
                             shard_of)
+from posecrop.cache_reader import (REPORT_NAME, CacheError, UnsafePathError, all_part_files, cache_settings,
+                                   check_relative_path, existing_image_ids, load_image_bytes, open_cache, read_report,
+                                   read_split)
 from posecrop.crops import encode_image
 from posecrop.regions import REGION_NAMES
 from posecrop.schema import IMAGE_COLUMNS, cache_schema

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from posecrop.canonical import (DEFAULT_BANK_PATH, JOINT_DETECTED, JOINT_FALLBACK, JOINT_REPAIRED, BankFormatError,
-                                CanonicalBank, fit_bank, load_bank, mirror_poses, repair)
+                                CanonicalBank, load_bank, repair)
+from posecrop.canonical_fit import fit_bank, mirror_poses
 from posecrop.keypoints import FLIP_PERMUTATION, KEYPOINT_INDEX
 from posecrop.repair_eval import (evaluation_report, read_cache_poses, read_openpose_folder, read_posegan_csv,
                                   split_complete)
@@ -225,7 +226,7 @@ def test_shipped_bank(bank):
     assert {"front", "back"} <= views
     # the bank is closed under left/right mirroring (up to the de-duplication distance)
     flipped, _ = mirror_poses(bank.poses)
-    from posecrop.canonical import pose_distance
+    from posecrop.canonical_fit import pose_distance
     assert pose_distance(flipped, bank.poses).min(1).max() < 0.03
 
 

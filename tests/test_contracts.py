@@ -14,10 +14,10 @@ import pyarrow as pa
 import pytest
 
 from posecrop import keypoints as K
-from posecrop.atomic import atomic_path, atomic_write_text, is_temporary
 from posecrop.regions import REGION_NAMES, RegionSpec
 from posecrop.schema import IMAGE_COLUMNS, cache_schema, read_settings
-from posecrop.typedconfig import ConfigError, from_mapping, merge, to_dict
+from reidkit.atomic import atomic_path, atomic_write_text, is_temporary
+from reidkit.typedconfig import ConfigError, from_mapping, merge, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,3 +162,12 @@ def test_atomic_write_gives_normal_file_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_pause_points_parse_and_refuse_naming_the_variable():
+    from reidkit.pause import ENV, PauseSpecError, parse
+
+    assert parse("part-written:3, part-temp") == {"part-written": 3, "part-temp": 1}
+    for bad in ("part-written:0", "nowhere:2", "part-temp:x"):
+        with pytest.raises(PauseSpecError, match=ENV):
+            parse(bad)

@@ -5,25 +5,24 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from posecrop.cache import (Shard, ShardLock, cache_info, cache_settings, existing_image_ids,
-                            read_report, read_split)
-from posecrop.crop_stage import PIXEL_CENTRE, CropConfig, run_crop
+import faultkit as fk
+from posecrop.cache import Shard, ShardLock, cache_info
+from posecrop.cache_reader import cache_settings, existing_image_ids, read_report, read_split
+from posecrop.crop_stage import CropConfig, run_crop
+from posecrop.crop_worker import PIXEL_CENTRE
 from posecrop.crops import outside_fraction
 from posecrop.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES
 from posecrop.regions import REGION_NAMES, region_boxes
 from posecrop.schema import IMAGE_COLUMNS
-from posecrop.typedconfig import ConfigError, from_mapping
-import faultkit as fk
+from reidkit.typedconfig import ConfigError, from_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 MARKET_FOLDERS = ("bounding_box_train", "bounding_box_test", "query")
@@ -60,26 +59,6 @@ def _openpose(xy: np.ndarray | None, present: np.ndarray | None = None) -> str:
 
 _write = fk.put            # image + keypoint file writer of the fault kit
 _replicate = fk.replicate  # Market layout copied under new frame numbers
-
-
-def _children(pid: int) -> list[int]:
-    """Child process ids of `pid` (Linux /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
 
 
 def _cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -167,27 +146,17 @@ def test_resume_after_sigkill_gives_the_rows_of_an_uninterrupted_run(synth, tmp_
     data = tmp_path / "data"
     total = _replicate(synth, data, 4)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "cli.py", "crop", "--dataset", "market", "--root", str(data), "--out", str(out),
-           "--workers", "1", "--batch-size", "4", "--rows-per-part", "4", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list(out.glob("*/part-*.parquet")):
-        assert proc.poll() is None, f"crop ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        assert time.monotonic() < deadline, "no part file appeared"
-        time.sleep(0.005)
-    workers = _children(proc.pid)
+    args = ["crop", "--dataset", "market", "--root", str(data), "--out", str(out), "--workers", "1",
+            "--batch-size", "4", "--rows-per-part", "4", "--no-progress"]
+    proc = fk.popen_paused(*args, event="part-written")  # stops itself right after its first part file
+    workers = fk.children(proc.pid)
     assert workers, "the worker pool had not started"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    deadline = time.monotonic() + 20
-    while any(Path(f"/proc/{w}").exists() and _state(w) != "Z" for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [w for w in workers if Path(f"/proc/{w}").exists() and _state(w) != "Z"], "orphaned workers"
+    fk.kill(proc)
+    fk.wait_for(lambda: not any(fk.alive(w) for w in workers), timeout=20)  # no orphaned workers
     partial = existing_image_ids(out)
     assert 0 < len(partial) < total
 
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = fk.cli(*args, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
     resumed = _rows(out)
@@ -301,8 +270,8 @@ def test_bad_images_are_reported_and_poses_with_0_1_17_missing_joints(tmp_path):
     assert (src["bounding_box_test/0007_c1s1_000015_01.jpg"] == 2).all()  # no person found: frame fallback
     # the complete pose: the body box spans the person as Eq. 1-2 says, partly above the image
     body = np.array(rows["bounding_box_train/0001_c1s1_000001_01.jpg"]["boxes"][0])
-    np.testing.assert_allclose(body[[1, 3]], np.array([2 * 12 - 26, 4 / 3 * 110 - 86 / 3]) + PIXEL_CENTRE,  # Eq. 1, box frame
-                               atol=1e-3)
+    np.testing.assert_allclose(body[[1, 3]], np.array([2 * 12 - 26, 4 / 3 * 110 - 86 / 3]) + PIXEL_CENTRE,
+                               atol=1e-3)  # Eq. 1, box frame
     for k in written:
         r = rows[k]
         for name, size in zip(REGION_NAMES, [(192, 384)] + [(192, 96)] * 4):
@@ -361,12 +330,13 @@ def test_a_run_of_crashing_images_is_reported_and_the_run_goes_on(tmp_path):
     """More crashing images in a row than the environment-failure bound: once workers have finished work, each
     crash is pinned on its image and reported; the run is not aborted."""
     from posecrop.canonical import load_bank
-    from posecrop.crop_stage import _Pool
+    from posecrop.crop_pool import WorkerPool
     root = tmp_path / "data"
     person = _person()
     for i, folder in enumerate(MARKET_FOLDERS):
         _write(root, f"{folder}/{i + 1:04d}_c1s1_{i + 1:06d}_01.jpg", _encode(person), _openpose(POSE_XY))
-    killers = [f"bounding_box_train/{i:04d}_c1s1_{i:06d}_01.jpg" for i in range(20, 20 + _Pool.MAX_DEATHS_WITHOUT_PROGRESS + 2)]
+    killers = [f"bounding_box_train/{i:04d}_c1s1_{i:06d}_01.jpg"
+               for i in range(20, 20 + WorkerPool.MAX_DEATHS_WITHOUT_PROGRESS + 2)]
     for k in killers:
         _write(root, k, _encode(_person(13, 128)), _openpose(POSE_XY * np.float32([13 / 64, 1])))
     out = tmp_path / "cache"
@@ -411,7 +381,8 @@ def test_real_market_crops_with_posegan_keypoints(realdata, tmp_path):
 def test_config_validation_and_cli_defaults():
     from posecrop import commands_crop
     cfg = CropConfig()
-    defaults = {"dataset": cfg.dataset, "beta": cfg.beta, "region_width": cfg.region_width, "threshold": cfg.threshold, "min_reliable": cfg.min_reliable,
+    defaults = {"dataset": cfg.dataset, "beta": cfg.beta, "region_width": cfg.region_width, "threshold": cfg.threshold,
+                "min_reliable": cfg.min_reliable,
                 "body_size": "x".join(map(str, cfg.body_size)), "part_size": "x".join(map(str, cfg.part_size)),
                 "encoding": cfg.encoding, "jpeg_quality": cfg.jpeg_quality, "fill": cfg.fill, "shard": cfg.shard,
                 "batch_size": cfg.batch_size, "rows_per_part": cfg.rows_per_part}

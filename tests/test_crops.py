@@ -170,7 +170,7 @@ def test_crop_stage_boxes_keep_keypoints_on_their_pixels():
     boxes must bridge the two so that the pixel under a joint lands where the box geometry says (no half-pixel
     shift, which is 1.5 output pixels on a Market body crop)."""
     from posecrop.canonical import load_bank
-    from posecrop.crop_stage import _boxes_per_pose
+    from posecrop.crop_worker import _boxes_per_pose
     from posecrop.regions import RegionSpec, region_boxes
 
     pose = load_bank().mean_pose * 100 + np.array([50.0, 80.0])          # a person ~100 px tall

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from posecrop.cache_reader import CacheError
 from posecrop.crops import BOX_FRAME
 from posecrop.regions import REGION_NAMES
 from posecrop.schema import IMAGE_COLUMNS, cache_schema
 from reidtrain.config import AugmentConfig
-from posecrop.cache import CacheError
 from reidtrain.model.registry import model_inputs
 from reidtrain.data import (CacheReadError, EpochSampler, ReidDataset, SampleTransform, input_columns, input_sizes,
                             load_split, make_loader, normalize_batch, normalize_inputs, relabel)

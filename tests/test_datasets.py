@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from posecrop.datasets import (DATASET_NAMES, DatasetLayoutError, dataset_options, extract_cuhk03, read_dataset,
-                               scan_dataset)
+from posecrop.datasets import DatasetLayoutError, dataset_names, dataset_options, read_dataset, scan_dataset
+from posecrop.datasets.cuhk03 import extract_cuhk03
 from posecrop.records import SPLITS, ImageRecord
 
 HAS_H5PY = importlib.util.find_spec("h5py") is not None
@@ -123,7 +123,8 @@ def test_market_missing_folder_error(tmp_path):
 def test_market_parent_errors(tmp_path):
     (tmp_path / "Market-1501-v15.09.15" / "query").mkdir(parents=True)
     with pytest.raises(DatasetLayoutError, match=r"Market-1501 layout not found under .*Market-1501-v15\.09\.15: "
-                                                 r"expected folders .* \(missing: bounding_box_train, bounding_box_test\)"):
+                                                 r"expected folders .* "
+                                                 r"\(missing: bounding_box_train, bounding_box_test\)"):
         read_dataset("market", tmp_path)
     (tmp_path / "Market-1501-copy").mkdir()
     with pytest.raises(DatasetLayoutError, match="ambiguous.*Market-1501-copy, Market-1501-v15.09.15"):
@@ -164,9 +165,50 @@ def test_unknown_dataset_and_option(tmp_path):
         read_dataset("viper", tmp_path)
     with pytest.raises(ValueError, match="dataset 'market' does not take option.* split; accepted: none"):
         read_dataset("market", tmp_path, split=3)
-    assert set(DATASET_NAMES) == {"market", "duke", "cuhk03-labeled", "cuhk03-detected", "msmt17", "cuhk01", "folder"}
+    assert set(dataset_names()) == {"market", "duke", "cuhk03-labeled", "cuhk03-detected", "msmt17", "cuhk01", "folder"}
     assert dataset_options("cuhk03-labeled") == {"protocol": "auto", "split": 0, "num_test_ids": None,
                                                  "split_file": None}
+
+
+
+def test_a_registered_dataset_is_read_like_the_built_in_ones(tmp_path, monkeypatch):
+    """Adding a dataset: its reader plus one register_dataset call; options, sorting, the skipped list, the
+    unknown-name message and the CLI's --dataset help all follow the registry."""
+    import subprocess
+    import sys
+
+    from posecrop.datasets import registry, register_dataset
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # this test's registrations stay here
+
+    def read_flat(root: Path, dataset: str, camera: int = 0) -> tuple[list[ImageRecord], list[tuple[str, str]]]:
+        records, skipped = [], []
+        for p in sorted(root.iterdir()):
+            pid, _, split = p.stem.partition("-")
+            if pid.isdigit() and split in SPLITS:
+                records.append(ImageRecord(p.name, int(pid), camera, split, dataset))
+            else:
+                skipped.append((p.name, "not PID-SPLIT.jpg"))
+        return records, skipped
+
+    for name in ("7-gallery.jpg", "3-train.jpg", "5-query.jpg", "holiday.jpg"):
+        touch(tmp_path / name)
+    register_dataset("flat", read_flat)
+    assert dataset_names()[-1] == "flat" and dataset_options("flat") == {"camera": 0}
+    records, skipped = scan_dataset("flat", tmp_path, camera=2)
+    assert [(r.path, r.split, r.camid) for r in records] == [("3-train.jpg", "train", 2), ("5-query.jpg", "query", 2),
+                                                             ("7-gallery.jpg", "gallery", 2)]
+    assert skipped == [("holiday.jpg", "not PID-SPLIT.jpg")]
+    with pytest.raises(DatasetLayoutError, match="1 file"):
+        read_dataset("flat", tmp_path)
+    with pytest.raises(ValueError, match="known datasets: market, duke, .*, folder, flat"):
+        read_dataset("viper", tmp_path)
+    with pytest.raises(ValueError, match="'flat' is already registered"):
+        register_dataset("flat", read_flat)
+    # the command line lists what the registry holds (here: the built-in datasets)
+    help_text = subprocess.run([sys.executable, "cli.py", "crop", "--help"], cwd=Path(__file__).resolve().parents[1],
+                               capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"}).stdout
+    assert all(name in help_text for name in dataset_names() if name != "flat")
 
 
 # --------------------------------------------------------------------------------------------------- Duke
@@ -245,7 +287,8 @@ def test_msmt17_bad_lines_and_missing_files(tmp_path):
     assert len(records) == 7
     assert skipped == [
         ("list_gallery.txt:6", "expected '<relative path> <pid>', got 'just-a-name.jpg'"),
-        ("test/0000/0000_000_01_0303noon_0002_0.jpg", "list_gallery.txt gives pid 7 but the file name starts with 0000"),
+        ("test/0000/0000_000_01_0303noon_0002_0.jpg",
+         "list_gallery.txt gives pid 7 but the file name starts with 0000"),
         ("test/0000/0000_000_16_0303noon_0001_0.jpg", "camera 16 outside 1-15"),
         ("test/0002/0002_000_03_0303noon_0001_0.jpg", "listed in list_gallery.txt but not found"),
     ]
@@ -257,7 +300,8 @@ def test_msmt17_layout_errors(tmp_path):
     make_msmt(tmp_path)
     (tmp_path / "list_query.txt").unlink()
     with pytest.raises(DatasetLayoutError, match=r"MSMT17 layout not found under .*: expected list files "
-                                                 r"list_train.txt, list_query.txt, list_gallery.txt \(missing: list_query.txt\)"):
+                                                 r"list_train.txt, list_query.txt, list_gallery.txt "
+                                                 r"\(missing: list_query.txt\)"):
         read_dataset("msmt17", tmp_path)
     (tmp_path / "list_query.txt").write_text("")
     with pytest.raises(DatasetLayoutError, match="no usable query images"):

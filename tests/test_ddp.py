@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-from posecrop.typedconfig import from_mapping, to_dict
-from reidtrain.config import TrainConfig
 from test_data import write_tiny_cache
+
+from reidkit.typedconfig import from_mapping, to_dict
+from reidtrain.config import TrainConfig
 
 
 def _free_port() -> int:

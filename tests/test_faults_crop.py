@@ -36,7 +36,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,7 +45,7 @@ import pytest
 from PIL import Image
 
 import faultkit as fk
-from posecrop.cache import UnsafePathError, load_image_bytes, read_split
+from posecrop.cache_reader import UnsafePathError, load_image_bytes, read_split
 from posecrop.crop_stage import CropConfig, run_crop
 from posecrop.regions import REGION_NAMES
 
@@ -297,38 +296,24 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_cache(repli
     args = ("crop", "--root", replicated, "--out", out, *CROP_FLAGS)
     progress = [0]
 
-    # 1: the worker-pool path, a random moment after the first part file
-    p = fk.popen(*args, "--workers", "1")
-    fk.wait_for(lambda: list(out.glob("*/part-*.parquet")), p)
-    time.sleep(rng.uniform(0.0, 0.3))
+    # Each run stops itself at a seeded point (reidkit.pause) and is SIGKILLed there: the same points on any CPU.
+    # 1: the worker-pool path, after a seeded number of part files
+    p = fk.popen_paused(*args, "--workers", "1", event="part-written", n=rng.randint(1, 4))
     workers = fk.children(p.pid)
+    assert workers, "the worker pool had not started"
     fk.kill(p)
     fk.wait_for(lambda: not any(fk.alive(w) for w in workers), timeout=20)  # no orphaned workers
     progress.append(len(fk.part_ids(out)))
 
-    # 2: in the middle of writing a part file (stopped at random moments until a temporary part exists)
-    p = fk.popen(*args, "--workers", "0")
-    parts = len(list(out.glob("*/part-*.parquet")))
-    fk.wait_for(lambda: len(list(out.glob("*/part-*.parquet"))) > parts, p)  # it has started writing
-    temporaries: list[Path] = []
-    for _ in range(500):
-        time.sleep(rng.uniform(0.0, 0.01))
-        if not fk.stop(p):
-            break
-        temporaries = list(out.glob("*/.part-*.tmp"))
-        if temporaries:
-            break
-        fk.resume(p)
-    assert p.poll() is None, "the run finished before it was caught writing a part file"
+    # 2: in the middle of writing a part file: written under its temporary name, not yet renamed
+    p = fk.popen_paused(*args, "--workers", "0", event="part-temp", n=rng.randint(1, 4))
+    temporaries = list(out.glob("*/.part-*.tmp"))
     fk.kill(p)
     assert temporaries and all(t.exists() for t in temporaries)  # a half-written part, under a temporary name
     progress.append(len(fk.part_ids(out)))
 
-    # 3: after a random number of further part files
-    p = fk.popen(*args, "--workers", "0")
-    parts = len(list(out.glob("*/part-*.parquet")))
-    more = rng.randint(1, 4)
-    fk.wait_for(lambda: len(list(out.glob("*/part-*.parquet"))) >= parts + more, p)
+    # 3: after a seeded number of further part files
+    p = fk.popen_paused(*args, "--workers", "0", event="part-written", n=rng.randint(1, 4))
     fk.kill(p)
     progress.append(len(fk.part_ids(out)))
     assert progress == sorted(progress) and progress[-1] < len(reference)
@@ -343,9 +328,9 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_cache(repli
 def test_ctrl_c_saves_finished_rows_and_a_rerun_completes(replicated, reference, tmp_path):
     out = tmp_path / "cache"
     args = ("crop", "--root", replicated, "--out", out, "--workers", "2", *CROP_FLAGS)
-    p = fk.popen(*args, new_session=True)
-    fk.wait_for(lambda: list(out.glob("*/part-*.parquet")), p)
+    p = fk.popen_paused(*args, new_session=True, event="part-written")  # stopped after its first part file
     os.killpg(p.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C: the whole process group
+    fk.resume(p)  # the interrupt is pending: it lands right after that first part file
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err[-2000:]
     assert "Traceback" not in err  # workers ignore the interrupt, the main process stops them
@@ -364,10 +349,7 @@ def test_ctrl_c_saves_finished_rows_and_a_rerun_completes(replicated, reference,
 def _started(out: Path, *args: str) -> subprocess.Popen:
     """A crop process, stopped (SIGSTOP) right after its first part file: it holds its locks and has rows on
     disk and in memory while another process runs."""
-    p = fk.popen(*args)
-    fk.wait_for(lambda: list(out.glob("*/part-*.parquet")), p)
-    assert fk.stop(p), "the run finished before it could be paused"
-    return p
+    return fk.popen_paused(*args, event="part-written")
 
 
 def test_two_shards_at_the_same_time_give_the_unsharded_cache(replicated, reference, tmp_path):
@@ -431,7 +413,7 @@ def test_a_cache_from_elsewhere_cannot_point_outside(reference, base, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from posecrop.cache import all_part_files
+    from posecrop.cache_reader import all_part_files
 
     secret = tmp_path / "secret.txt"
     secret.write_text("do not read")

@@ -84,7 +84,7 @@ def _stop_when(proc: subprocess.Popen, condition, rng: random.Random, tries: int
 def interrupted(cache, tmp_path_factory) -> dict:
     """One training run interrupted three times (seeded moments) and resumed after each; plus the same run
     uninterrupted, in this process."""
-    from posecrop.typedconfig import from_mapping
+    from reidkit.typedconfig import from_mapping
     from reidtrain.config import TrainConfig
     from reidtrain.train import train
 
@@ -306,7 +306,7 @@ def _bad_recipe(tmp_path: Path, edit: str) -> Path:
 
 @pytest.mark.parametrize("edit, named", BAD_RECIPES)
 def test_a_bad_recipe_is_refused_naming_the_key(tmp_path, edit, named):
-    from reidtrain.recipe import RecipeError, load_recipe
+    from pipelines.runner import RecipeError, load_recipe
 
     recipe = _bad_recipe(tmp_path, edit)
     with pytest.raises(RecipeError) as e:

@@ -167,7 +167,7 @@ def test_loss_terms_per_stage():
 
 
 def test_stage_option_is_checked():
-    from posecrop.typedconfig import ConfigError
+    from reidkit.typedconfig import ConfigError
     with pytest.raises((ValueError, ConfigError), match="stage"):
         build_model("hpnet", NUM_CLASSES, body_size=SMALL, stage="af4")
 

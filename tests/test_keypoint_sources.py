@@ -11,7 +11,7 @@ from PIL import Image
 
 from posecrop.keypoints import BODY25_TO_COCO18, KEYPOINT_INDEX
 from posecrop.records import ImageRecord
-from posecrop.sources import POSE_SOURCE_KINDS, PoseBatchItem, PoseReadError, PoseSource, make_pose_source
+from posecrop.sources import PoseBatchItem, PoseReadError, PoseSource, make_pose_source, pose_source_kinds
 from posecrop.sources.openpose_json import OpenPoseJsonSource, parse_people
 from posecrop.sources.posegan_csv import PoseGanCsvSource
 
@@ -163,7 +163,8 @@ def test_openpose_no_people_and_flat_layout(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     ("{not json", r"bad_keypoints.json: not valid JSON"),
-    ({"version": 1.3}, r"bad_keypoints.json: not an OpenPose keypoint file \(expected an object with a 'people' list\)"),
+    ({"version": 1.3},
+     r"bad_keypoints.json: not an OpenPose keypoint file \(expected an object with a 'people' list\)"),
     ({"people": [{"pose_keypoints_2d": [1.0] * 60}]}, r"bad_keypoints.json: people\[0\].pose_keypoints_2d has 60 "
                                                        r"numbers; expected 54 \(COCO-18\) or 75 \(BODY_25\)"),
     ({"people": [{"face_keypoints_2d": []}]}, r"people\[0\] has no pose_keypoints_2d or pose_keypoints"),
@@ -256,7 +257,8 @@ def test_posegan_unknown_image_and_double_extension_names(posegan):
 
 
 def test_posegan_bad_files(tmp_path):
-    good = "name:keypoints_y:keypoints_x\n" + "a.jpg: [" + ", ".join(["5"] * 18) + "]: [" + ", ".join(["3"] * 18) + "]\n"
+    good = ("name:keypoints_y:keypoints_x\n" + "a.jpg: [" + ", ".join(["5"] * 18) + "]: [" + ", ".join(["3"] * 18)
+            + "]\n")
     (tmp_path / "a.csv").write_text(good)
     src = make_pose_source("posegan-csv", csv_paths=[tmp_path / "a.csv"])
     np.testing.assert_allclose(src.read("x/a.jpg")[0], np.full((18, 2), [3, 5]))
@@ -281,8 +283,35 @@ def test_posegan_bad_files(tmp_path):
 # --------------------------------------------------------------------------------------------------- factory
 
 
+def test_a_registered_pose_source_is_built_and_chained_like_the_built_in_ones(monkeypatch):
+    """Adding a pose source: its class plus one register_pose_source call (or "module:Class", imported on first
+    use); options are its constructor's keywords."""
+    import posecrop.sources as sources
+    from posecrop.sources import register_pose_source, source_parameters
+    from posecrop.sources.chain import parse_chain
+
+    monkeypatch.setattr(sources, "_REGISTRY", dict(sources._REGISTRY))
+
+    class Upright:
+        in_worker = False
+
+        def __init__(self, score: float = 0.9) -> None:
+            self.score = score
+
+    register_pose_source("upright", Upright)
+    assert pose_source_kinds()[-1] == "upright" and source_parameters("upright") == (["score"], False)
+    assert make_pose_source("upright", score=0.5).score == 0.5
+    assert parse_chain("upright,openpose-json") == ["upright", "openpose-json"]
+    with pytest.raises(ValueError, match=r"'upright' does not take option\(s\) layout"):
+        make_pose_source("upright", layout="x")
+    with pytest.raises(ValueError, match="already registered"):
+        register_pose_source("upright", Upright)
+    register_pose_source("json-again", "posecrop.sources.openpose_json:OpenPoseJsonSource")  # lazy form
+    assert source_parameters("json-again") == source_parameters("openpose-json")
+
+
 def test_make_pose_source_errors(tmp_path):
-    assert POSE_SOURCE_KINDS == ("openpose-json", "posegan-csv", "mmpose", "blazepose")
+    assert pose_source_kinds() == ("openpose-json", "posegan-csv", "mmpose", "blazepose")
     with pytest.raises(ValueError, match="unknown pose source 'openpose'; known kinds: openpose-json, posegan-csv, "
                                          "mmpose, blazepose"):
         make_pose_source("openpose", keypoints_dir=tmp_path)

@@ -11,15 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from posecrop.cache import cache_info, read_report, read_split
+import faultkit as fk
+from posecrop.cache import cache_info
+from posecrop.cache_reader import read_report, read_split
 from posecrop.canonical import repair
-from posecrop.crop_stage import CropConfig, WorkerSettings, _place, run_crop
+from posecrop.crop_stage import CropConfig, run_crop
+from posecrop.crop_worker import WorkerSettings, _place
 from posecrop.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES
-from posecrop.plausibility import (DEFAULT_RULES, FACE, RULES, PlausibilityRules, check_poses, distrust,
-                                   format_issue, issue_counts, parse_issue)
+from posecrop.plausibility import (DEFAULT_RULES, FACE, RULES, PlausibilityRules, check_poses, distrust, format_issue,
+                                   issue_counts, parse_issue)
 from posecrop.regions import RegionGeometryError, RegionSpec, region_boxes
 from posecrop.show import contact_sheet
-import faultkit as fk
 
 J = KEYPOINT_INDEX
 SIZE = (64, 128)
@@ -357,8 +359,8 @@ def test_real_blazepose_failures_on_cuhk01_keep_their_images(realdata, tmp_path)
         expect[rel] = CUHK01_BAD.get(name, "")
 
     # the fixtures are real failures: without the rules, the repaired upside-down poses have no regions
-    from posecrop.sources import make_pose_source
     from posecrop.records import ImageRecord
+    from posecrop.sources import make_pose_source
     src = make_pose_source("openpose-json", keypoints_dir=root / "keypoints")
     for rel, rule in expect.items():
         if rule == "upside_down":

@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from posecrop.cache import cache_info, read_split
+from posecrop.cache import cache_info
+from posecrop.cache_reader import read_split
 from posecrop.crop_stage import CropConfig, run_crop
 from posecrop.sources.chain import auto_kind, build_chain, parse_chain, route_options
 
@@ -166,7 +167,7 @@ def test_caches_without_the_pose_source_column_still_read(small_market, tmp_path
 
 def test_resume_with_other_blazepose_options_is_refused(small_market, tmp_path):
     pytest.importorskip("mediapipe")
-    from posecrop.cache import CacheError
+    from posecrop.cache_reader import CacheError
 
     out = tmp_path / "cache"
     run_crop(CropConfig(dataset="market", root=small_market, out=out, pose_source="blazepose", workers=0,

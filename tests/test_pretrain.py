@@ -273,7 +273,7 @@ def _rank_main(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from posecrop.typedconfig import from_mapping
+    from reidkit.typedconfig import from_mapping
     result = pretrain(from_mapping(PretrainConfig, cfg), progress=False)
     torch.save(result.model.state_dict(), Path(out) / f"rank{rank}.pt")
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(result.history))
@@ -283,7 +283,7 @@ def _rank_main(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
 def test_two_process_pretraining_keeps_ranks_in_sync_and_validates_every_image_once(tmp_path):
     import torch.multiprocessing as mp
 
-    from posecrop.typedconfig import to_dict
+    from reidkit.typedconfig import to_dict
     from test_ddp import _free_port
     root = make_imagenet(tmp_path / "in", "csv", per_class=4, val_per_class=3)   # 9 val images: 5 + 4 per rank
     cfg = PretrainConfig(root=root, out=tmp_path / "run", **{**TINY, "epochs": 1})

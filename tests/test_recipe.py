@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from reidtrain.recipe import RecipeError, load_recipe, run_recipe
+from pipelines.runner import RecipeError, load_recipe, run_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"

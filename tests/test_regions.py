@@ -21,8 +21,10 @@ def _pose(x_default: float = 30.0, wrists_x: tuple[float, float] | None = None) 
 
 
 def test_eq_1_2_hand_computed():
-    # P1 head: min y 18, max y 30 -> top = 2*18 - 30 = 6.  P4 lower legs: min 80, max 110 -> bottom = 4/3*110 - 80/3 = 120.
-    # H = 114, beta*H = 11.4.  x: 16 joints at 30, wrists at 0 and 70 -> xc = 550/18 = 30.556; xc -+ H/4 = 2.056 / 59.056,
+    # P1 head: min y 18, max y 30 -> top = 2*18 - 30 = 6.
+    # P4 lower legs: min 80, max 110 -> bottom = 4/3*110 - 80/3 = 120.
+    # H = 114, beta*H = 11.4.  x: 16 joints at 30, wrists at 0 and 70 -> xc = 550/18 = 30.556;
+    # xc -+ H/4 = 2.056 / 59.056,
     # so x_l = min(2.056, 0) = 0 and x_r = max(59.056, 70) = 70.
     boxes = region_boxes(_pose(wrists_x=(0.0, 70.0))[None], beta=0.1)
     expected = np.array([

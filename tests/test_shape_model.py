@@ -165,7 +165,7 @@ def test_learn_shape_model_on_real_poses(realdata):
     np.testing.assert_allclose(model.mean.mean(0), 0.0, atol=1e-6)
     assert np.ptp(model.mean[:, 1]) == pytest.approx(1.0, abs=1e-5)
     # the mirror images make the mean left/right symmetric
-    from posecrop.canonical import mirror_poses
+    from posecrop.canonical_fit import mirror_poses
     np.testing.assert_allclose(mirror_poses(model.mean)[0], model.mean, atol=1e-5)
     with pytest.raises(ValueError, match="complete poses"):
         learn_shape_model(np.full((40, 18, 2), np.nan))

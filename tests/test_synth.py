@@ -15,7 +15,7 @@ from PIL import Image
 from posecrop import synth as S
 from posecrop import synth_render as R
 from posecrop.keypoints import KEYPOINT_INDEX
-from posecrop.typedconfig import ConfigError, from_mapping
+from reidkit.typedconfig import ConfigError, from_mapping
 
 MARKET_NAME = re.compile(r"^(?P<pid>-1|\d{4})_c(?P<cam>\d)s(?P<seq>\d)_(?P<frame>\d{6})_(?P<box>\d{2})\.jpg$")
 TINY = S.preset("tiny")

@@ -6,9 +6,10 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from reidkit.errors import ReidError
+
 from ..keypoints import NUM_KEYPOINTS
 from ..records import ImageRecord
-from ..errors import ReidError
 
 
 class PoseReadError(ReidError, ValueError):

@@ -52,7 +52,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ReidError
+from reidkit.errors import ReidError
+
 from ..keypoints import NUM_KEYPOINTS, mark_missing
 from .base import PoseBatchItem, PoseReadError
 

@@ -29,9 +29,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from reidkit.typedconfig import ConfigError
+
 from ..keypoints import NUM_KEYPOINTS
-from . import POSE_SOURCE_KINDS, make_pose_source, source_parameters
-from ..typedconfig import ConfigError
+from . import make_pose_source, pose_source_kinds, source_parameters
 from .base import PoseBatchItem, PoseNotCoveredError, PoseReadError
 
 AUTO = "auto"
@@ -47,10 +48,10 @@ def parse_chain(spec: str | Sequence[str] | None) -> list[str]:
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
     if not items or any(not s for s in items):
         raise ConfigError(f"pose source chain {spec!r}: empty entry (write e.g. posegan-csv,blazepose)")
-    unknown = [s for s in items if s not in (*POSE_SOURCE_KINDS, AUTO)]
+    unknown = [s for s in items if s not in (*pose_source_kinds(), AUTO)]
     if unknown:
-        raise ConfigError(f"unknown pose source {unknown[0]!r}; known kinds: {', '.join(POSE_SOURCE_KINDS)}, or {AUTO} "
-                         "(a chain: comma-separated kinds tried per image in order)")
+        raise ConfigError(f"unknown pose source {unknown[0]!r}; known kinds: {', '.join(pose_source_kinds())}, "
+                          f"or {AUTO} (a chain: comma-separated kinds tried per image in order)")
     if AUTO in items and len(items) > 1:
         raise ConfigError(f"pose source chain {spec!r}: '{AUTO}' picks one source and cannot be part of a chain")
     if len(set(items)) != len(items):
@@ -64,11 +65,11 @@ def route_options(kinds: Sequence[str], options: dict[str, Any]) -> dict[str, di
     flat: dict[str, Any] = {}
     for key, value in options.items():
         kind, dot, sub = key.partition(".")
-        if key in POSE_SOURCE_KINDS and isinstance(value, dict):
+        if key in pose_source_kinds() and isinstance(value, dict):
             if key in routed:
                 routed[key].update(value)
             continue  # options for a source the chain does not use (e.g. from a recipe)
-        if dot and kind in POSE_SOURCE_KINDS:
+        if dot and kind in pose_source_kinds():
             if kind in routed:
                 routed[kind][sub] = value
             continue

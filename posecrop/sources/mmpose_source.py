@@ -23,9 +23,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from reidkit.errors import ReidError
+
 from ..keypoints import coco17_to_coco18, mark_missing
 from .base import PoseBatchItem
-from ..errors import ReidError
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class MMPoseSource:
                 raise PoseCheckpointError(f"{local}: checkpoint file not found")
         # weights_only explicitly, for downloaded files too: mmengine's loader leaves it to torch's default (False
         # for URLs; for files an environment variable, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, turns it off)
-        from ..atomic import looks_like_torch_file
+        from reidkit.atomic import looks_like_torch_file
         if not looks_like_torch_file(local):
             raise PoseCheckpointError(f"{local}: not a checkpoint (neither a torch zip archive nor a pickle; "
                                       f"{local.stat().st_size} bytes)")

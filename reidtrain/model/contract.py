@@ -38,7 +38,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
-from posecrop.errors import ReidError
+from reidkit.errors import ReidError
 
 SizeGroup = Literal["body", "part"]
 

@@ -13,7 +13,7 @@ Where models come from: every module of the `reidtrain.model` package is importe
 model is one module there), and `REIDTRAIN_MODELS` names further plug-ins, separated by the path separator:
 a `.py` file or an importable module name each. `options` is a dataclass of the model's own settings (the
 recipe's `[model.NAME]` table, `--model-option KEY=VALUE` on the CLI), filled and type-checked by
-posecrop.typedconfig; `None` for a model without options.
+reidkit.typedconfig; `None` for a model without options.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from posecrop.errors import ReidError
+from reidkit.errors import ReidError
 
 from .contract import InputSpec, LossSettings, ModelDefaults, ReidModel
 
@@ -63,7 +63,7 @@ class ModelEntry:
 
     def parse_options(self, values: Mapping[str, Any] | None) -> Any:
         """The options dataclass filled from `values` (unknown keys / wrong types: ConfigError naming them)."""
-        from posecrop.typedconfig import ConfigError, from_mapping
+        from reidkit.typedconfig import ConfigError, from_mapping
 
         values = dict(values or {})
         if self.options is None:

@@ -1,4 +1,5 @@
-"""Recipes: one TOML file describes a whole experiment; `run` chains synth -> crop -> train -> evaluate.
+"""The recipe runner: one TOML file (pipelines/*.toml) describes a whole experiment; `run` chains synth -> crop ->
+train -> evaluate. The one module that drives both stages (posecrop and reidtrain).
 
 Tables (every key optional; unknown keys and wrong types are rejected naming the key):
 
@@ -38,10 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from posecrop.atomic import atomic_write_text
-from posecrop.typedconfig import ConfigError, from_mapping, to_dict
-
-from .config import EvalConfig, TrainConfig, config_hash, result_config
+from reidkit.atomic import atomic_write_text
+from reidkit.typedconfig import ConfigError, from_mapping, to_dict
+from reidtrain.config import EvalConfig, TrainConfig, config_hash, result_config
 
 TABLES = ("recipe", "dataset", "synth", "crop", "model", "train", "eval")
 RESERVED = {"crop": ("dataset", "root", "out"), "train": ("cache", "out", "model"),
@@ -76,7 +76,7 @@ class ModelSection:
     names: list[str] = field(default_factory=lambda: ["intra-inter"])
 
     def __post_init__(self) -> None:
-        from .model.registry import list_models
+        from reidtrain.model.registry import list_models
 
         known = list_models()
         bad = [n for n in self.names if n not in known]
@@ -237,8 +237,9 @@ def stage_plan(out: Path, stage: Stage, force: bool) -> str:
         # never delete them behind the user's back.
         foreign = [p for p in stage.clean if p.exists() and (p.is_file() or any(p.iterdir()))]
         if foreign:
-            raise RecipeError(f"{foreign[0]} exists but was not made by `run` (no record in {_record_path(out, stage.name)}); "
-                              f"move it away, choose another --out, or pass --force to replace it")
+            raise RecipeError(f"{foreign[0]} exists but was not made by `run` (no record in "
+                              f"{_record_path(out, stage.name)}); move it away, choose another --out, or pass "
+                              f"--force to replace it")
     return "resume" if same_key and record else "fresh"
 
 
@@ -282,7 +283,7 @@ def train_in_process(cfg_dict: dict, resume: bool) -> dict:
     """Train in a child process (parallel models): no progress bars, one console line per epoch."""
     from rich.console import Console
 
-    from .train import train
+    from reidtrain.train import train
     cfg = from_mapping(TrainConfig, cfg_dict)
     return _train_summary(train(cfg, resume=resume, progress=False, console=Console(stderr=True)))
 
@@ -293,7 +294,7 @@ def run_trainings(out: Path, stages: list[tuple[Stage, TrainConfig]], force: boo
     import concurrent.futures as cf
     import multiprocessing
 
-    from .train import train
+    from reidtrain.train import train
 
     status: dict[str, str] = {}
     todo = []
@@ -349,7 +350,7 @@ def plan_configs(recipe: Recipe, out: Path):
                                      "out": str(out / "cache")})
     trains, evals = {}, {}
     for model in recipe.models:
-        from .model.registry import get_model
+        from reidtrain.model.registry import get_model
 
         sizes = ({"body_size": list(crop.body_size), "part_size": list(crop.part_size)}
                  if get_model(model).defaults.sizes_from_crop else {})
@@ -410,7 +411,7 @@ def run_recipe(recipe: Recipe, out: Path | None = None, force: bool = False, mod
     stages["crop"] = run_stage(out, Stage("crop", crop_key, [out / "cache" / "train", out / "cache" / "query",
                                                               out / "cache" / "gallery"], do_crop, [out / "cache"]),
                                force, say)
-    from .resolve import resolve
+    from reidtrain.resolve import resolve
     resolved = {m: resolve(trains[m]).cfg for m in trains}
     train_keys = {m: config_hash({"train": result_config(resolved[m]), "epochs": resolved[m].epochs, "crop": crop_key})
                   for m in chosen}
@@ -424,7 +425,7 @@ def run_recipe(recipe: Recipe, out: Path | None = None, force: bool = False, mod
                                 "train": train_keys[model]})
 
         def do_eval(resume: bool, ecfg=ecfg) -> dict:
-            from .evaluate import evaluate
+            from reidtrain.evaluate import evaluate
             outcome = evaluate(ecfg, progress=progress, console=console)
             return {k: outcome.metrics.get(k) for k in ("R1", "R5", "R10", "R20", "mAP")}
 
@@ -438,23 +439,6 @@ def run_recipe(recipe: Recipe, out: Path | None = None, force: bool = False, mod
 
 
 # ------------------------------------------------------------------------------------------------- results
-RESULT_COLUMNS = ("R1", "R5", "R10", "R20", "mAP")
-
-
-def results_table(title: str, results: Mapping[str, Mapping[str, Any]]):
-    """A rich Table: one row per model, CMC ranks and mAP in percent (side by side)."""
-    from rich.table import Table
-
-    table = Table(title=f"{title}: CMC / mAP (%)")
-    table.add_column("model")
-    for c in RESULT_COLUMNS:
-        table.add_column(c, justify="right")
-    table.add_column("protocol")
-    table.add_column("epochs", justify="right")
-    for model, m in results.items():
-        table.add_row(model, *["-" if m.get(c) is None else f"{m[c]:.2f}" for c in RESULT_COLUMNS],
-                      str(m.get("protocol", "")), str(m.get("epoch", "")))
-    return table
 
 
 def write_results(out: Path, recipe: Recipe, results: Mapping[str, Mapping[str, Any]]) -> list[Path]:
@@ -462,7 +446,7 @@ def write_results(out: Path, recipe: Recipe, results: Mapping[str, Mapping[str, 
     each model's first attention-map figure)."""
     import numpy as np
 
-    from .reports import plot_cmc, write_summary
+    from reidtrain.reports import RESULT_COLUMNS, plot_cmc, write_summary
 
     files = [out / "results.json", out / "results.md"]
     atomic_write_text(files[0], json.dumps({"recipe": recipe.name, "models": results}, indent=1, default=str))
@@ -488,9 +472,9 @@ def write_results(out: Path, recipe: Recipe, results: Mapping[str, Mapping[str, 
 
 def _ranked_side_by_side(out: Path, results: Mapping[str, Mapping[str, Any]]) -> Path | None:
     """Fig. 6 across models: the same queries, each model's top-k (from its eval/ranked.json)."""
-    from .data import load_split
-    from .evaluate import RANKED_FILE, decode_display
-    from .reports import plot_ranked_list
+    from reidtrain.data import load_split
+    from reidtrain.evaluate import RANKED_FILE, decode_display
+    from reidtrain.reports import plot_ranked_list
 
     lists = {}
     for model in results:
