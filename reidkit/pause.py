@@ -3,12 +3,14 @@
 With `REID_PAUSE_AT="part-written:3"` in its environment, a process stops itself (SIGSTOP) right after the event
 `part-written` happened for the third time; `kill -CONT PID` lets it go on, and a debugger, py-spy or a look at
 the files can see it in that state meanwhile. Several points are separated by commas; `name` alone means `name:1`.
-The fault tests use this to kill a run at a chosen point (after the n-th part file, while a part file is still
-under its temporary name) instead of after a delay, so they behave the same on a fast and on a slow CPU.
+The fault tests use this to kill a run at a chosen point (after the n-th part file or training step, while a part
+file or a checkpoint is still under its temporary name) instead of after a delay, so they behave the same on a fast and on a slow CPU.
 
 Events (where `pause_point` is called):
     part-temp       posecrop cache writer: a part file is written under its temporary name, not yet renamed
     part-written    posecrop cache writer: a part file is in place under its final name
+    train-step      reidtrain training loop: an optimiser step is done (counted over the process's epochs)
+    checkpoint-temp reidtrain checkpoints: a checkpoint is written under its temporary name, not yet renamed
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import signal
 from .errors import ReidError
 
 ENV = "REID_PAUSE_AT"
-EVENTS = ("part-temp", "part-written")
+EVENTS = ("part-temp", "part-written", "train-step", "checkpoint-temp")
 
 _counts: dict[str, int] = {}
 

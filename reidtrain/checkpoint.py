@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from reidkit.pause import pause_point
 from reidkit.atomic import atomic_path, looks_like_torch_file
 from reidkit.errors import ReidError
 
@@ -38,6 +39,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
     try:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
+            pause_point("checkpoint-temp")
     except RuntimeError as e:  # PytorchStreamWriter: "file write failed" / "unexpected pos" on a full disk
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointWriteError(errno.EIO, f"cannot write the checkpoint ({first}); is the disk full?",

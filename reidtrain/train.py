@@ -44,6 +44,7 @@ from torch import nn
 
 from reidkit.atomic import atomic_write_text, is_temporary
 from reidkit.errors import ReidError
+from reidkit.pause import pause_point
 from reidkit.typedconfig import to_dict
 
 from .allocator import keep_freed_memory
@@ -497,6 +498,7 @@ def _run_epoch(cfg: TrainConfig, rt: Runtime, net: nn.Module, loader, sampler: E
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        pause_point("train-step")
         acc += step_sums
         count += n
         if read_every == 1 or not (step + 1) % read_every:
