@@ -342,8 +342,9 @@ def register(app: typer.Typer) -> None:
         console = Console()
         console.print(results_table(f"{outcome.metrics['dataset']}", {outcome.metrics["model"]: outcome.metrics}))
         if outcome.metrics.get("branches"):
-            console.print(results_table(f"{outcome.metrics['model']}: each feature alone",
-                                        outcome.metrics["branches"]))
+            m = outcome.metrics
+            console.print(results_table(f"{m['model']}: each feature alone", {
+                label: {**b, "protocol": m["protocol"], "epoch": m["epoch"]} for label, b in m["branches"].items()}))
         console.print(f"reports in {outcome.out}")
 
     @app.command("extract", help="Features [E_g, E_l] of cache splits to one Parquet file (image_id, pid, camid, "
