@@ -4,7 +4,6 @@ gradient, and the per-branch evaluation of a tiny trained model scores every bra
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -72,7 +71,6 @@ def test_fc_fusion_shapes_and_gradient():
     assert not list(model.inter.parameters())                  # no inter-attention weights
     out = model(_inputs(model))
     assert out.features.shape == (4, 768) and out.extras["branch:part_fusion"].shape == (4, 512)
-    parts = [out.extras[f"branch:{b}"] for b in BRANCHES[1:5]]
     model.eval()
     out = model(_inputs(model))
     parts = [out.extras[f"branch:{b}"] for b in BRANCHES[1:5]]
