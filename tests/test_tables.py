@@ -61,6 +61,8 @@ def test_today_variants_keep_the_fused_loss_and_the_option_switches_it():
         build_model("aligned-fc", 5, **SIZES, fused_loss=False)
     with pytest.raises(ValueError, match="no loss"):
         build_model("aligned-paper", 5, **SIZES, lambda_intra=0.0)
+    with pytest.raises(ValueError, match="no intra-attention"):
+        build_model("inter", 5, **SIZES, attention="joint")
     with pytest.raises(Exception, match="fusion"):
         build_model("aligned", 5, **SIZES, fusion="sum")
 

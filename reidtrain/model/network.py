@@ -219,6 +219,8 @@ class FiveBranchNet(ReidModel):
         if not self.fused_loss and self.fusion != "concat":
             raise ValueError(f"model {variant.name!r}: fusion {self.fusion!r} is trained by the fused loss only; "
                              f"with fused_loss=false its weights would get no gradient (use fusion='concat')")
+        if options.attention == "joint" and not variant.intra:
+            raise ValueError(f"model {variant.name!r} has no intra-attention: attention='joint' would change nothing")
         if not self.fused_loss and self.lambda_intra == 0:
             raise ValueError(f"model {variant.name!r}: fused_loss=false and lambda_intra=0 leave no loss to train")
         self.body_size = tuple(self.inputs[GLOBAL_BRANCH].size)
