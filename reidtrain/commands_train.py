@@ -314,6 +314,10 @@ def register(app: typer.Typer) -> None:
                                            + _d(_E.topk)),
         reports: Optional[bool] = typer.Option(None, "--reports/--no-reports", help="Write the PNG reports and the "
                                                "summary page." + _d(_E.reports)),
+        branches: Optional[bool] = typer.Option(None, "--branches/--no-branches", help="Also score each branch's "
+                                                "feature alone (global, head, upper body, upper leg, lower leg), "
+                                                "the part fusion E_l and [E_g, E_l] (Table 7): metrics.json "
+                                                "'branches', branches.md." + _d(_E.branches)),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
         from rich.console import Console
@@ -327,7 +331,7 @@ def register(app: typer.Typer) -> None:
                 "flip_average": flip_average, "protocol": protocol, "repeats": repeats, "seed": seed,
                 "batch_size": batch_size, "workers": workers, "threads": threads, "device": device,
                 "ranked_queries": ranked_queries,
-                "topk": topk, "reports": reports})
+                "topk": topk, "reports": reports, "branches": branches})
             from .evaluate import evaluate
             if cfg.cache is None:
                 cfg = merge(cfg, {"cache": _trained_cache(checkpoint)})
@@ -337,6 +341,10 @@ def register(app: typer.Typer) -> None:
         from .reports import results_table
         console = Console()
         console.print(results_table(f"{outcome.metrics['dataset']}", {outcome.metrics["model"]: outcome.metrics}))
+        if outcome.metrics.get("branches"):
+            m = outcome.metrics
+            console.print(results_table(f"{m['model']}: each feature alone", {
+                label: {**b, "protocol": m["protocol"], "epoch": m["epoch"]} for label, b in m["branches"].items()}))
         console.print(f"reports in {outcome.out}")
 
     @app.command("extract", help="Features [E_g, E_l] of cache splits to one Parquet file (image_id, pid, camid, "

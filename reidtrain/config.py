@@ -187,6 +187,7 @@ class EvalConfig:
     camera-A against all camera-B images) and "cuhk01-multi-query" (per identity the mean camera-A feature) on
     request.
     Features are [E_g, E_l] (Eq. 9); `flip_average` adds the features of the mirrored crops (not in the paper).
+    `branches` (Table 7): also score every per-branch feature the model exposes alone (reidtrain.evaluate).
     """
 
     checkpoint: Path | None = None
@@ -210,6 +211,7 @@ class EvalConfig:
     topk: int = 5
     attention_samples: int = 2
     reports: bool = True
+    branches: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.repeats < 1 or self.topk < 1:

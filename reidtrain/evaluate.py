@@ -8,10 +8,15 @@
         attention-N.png    intra-attention maps of blocks 2-4 of the global and part branches (Fig. 7),
                            for variants with intra-attention
         summary.md/.html   one page with the table, the figures and the configuration
+        branches.md        with `branches` (`evaluate --branches`, Table 7): every per-branch feature the model
+                           exposes scored alone with the same protocol; also under "branches" in metrics.json
     extract_features(...) -> Features        also behind `cli.py extract` (see reidtrain.export)
 
 Features are [E_g, E_l] (Eq. 9) of the model in eval mode, optionally averaged with those of the mirrored
-inputs. The ranked lists use the plain distance (not the re-ranked one). Protocol "auto": CUHK03 caches
+inputs. `branches`: a model that returns alternative test-time features in ModelOutput.extras under keys
+"branch:LABEL" (the five-branch variants: global, head, upper_body, upper_leg, lower_leg, part_fusion = E_l,
+global_part = [E_g, E_l]) has each of them scored as its own feature; other models are refused with a clear
+error. The ranked lists use the plain distance (not the re-ranked one). Protocol "auto": CUHK03 caches
 made with the classic (1,367/100) split use the single-gallery-shot CMC averaged over seeded repeats;
 everything else (Market-1501, DukeMTMC-reID, MSMT17, CUHK03 767/700, folder datasets) the Market-1501
 protocol. A CUHK03 cache whose recorded reader option is "auto" is taken
@@ -48,6 +53,13 @@ from .runlock import LOCK_NAME, RunLock, reading_run
 from .threads import set_threads
 
 SUMMARY_RANKS = (1, 5, 10, 20)
+BRANCH_PREFIX = "branch:"
+"""ModelOutput.extras keys that `branches` scores (reidtrain.model.network.BRANCH_PREFIX)."""
+BRANCHES_FILE = "branches.md"
+
+
+class NoBranchFeaturesError(ReidError, ValueError):
+    """`--branches` on a model that exposes no per-branch features."""
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -152,33 +164,61 @@ class Features:
     pids: np.ndarray
     camids: np.ndarray
     features: np.ndarray      # (N, D) float32: [E_g, E_l]
+    extra: dict[str, np.ndarray] = field(default_factory=dict)   # label -> (N, d): the "branch:LABEL" extras
+
+    def with_features(self, features: np.ndarray) -> "Features":
+        """The same images with other features (e.g. one branch's)."""
+        return Features(self.split, self.image_ids, self.pids, self.camids, features)
+
+
+def _branch_extras(model: nn.Module, out, prefix: str) -> dict[str, torch.Tensor]:
+    found = {k[len(prefix):]: v for k, v in out.extras.items() if k.startswith(prefix)}
+    if not found:
+        name = getattr(model, "model_name", type(model).__name__)
+        raise NoBranchFeaturesError(f"model {name!r} exposes no per-branch features (ModelOutput.extras "
+                                    f"'{prefix}LABEL'), so --branches has nothing to score; the five-branch "
+                                    f"variants do")
+    return found
 
 
 @torch.no_grad()
 def extract_features(model: nn.Module, dataset: ReidDataset, normalize: str = "channel-mean",
                      device: torch.device | str = "cpu", batch_size: int = 64, workers: int = 2,
-                     flip_average: bool = False, progress: bool = True, console=None) -> Features:
-    """[E_g, E_l] of every image of `dataset` in order (model in eval mode)."""
+                     flip_average: bool = False, progress: bool = True, console=None,
+                     extras_prefix: str | None = None) -> Features:
+    """[E_g, E_l] of every image of `dataset` in order (model in eval mode); with `extras_prefix` also the
+    model's extras under that key prefix (Features.extra, prefix stripped; NoBranchFeaturesError on the first
+    batch when it has none)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     model.eval()
     device = torch.device(device)
     keep_freed_memory()
     loader = make_loader(dataset, batch_size, workers)
-    chunks = []
+    chunks, extra_chunks = [], {}
     with Progress(TextColumn(f"[bold]features {dataset.data.split}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, disable=not progress, transient=True) as bar:
         task = bar.add_task("", total=len(dataset))
         for batch in loader:
             inputs = normalize_inputs({k: v.to(device) for k, v in batch["inputs"].items()}, normalize)
-            feats = model(inputs).features.float()
+            out = model(inputs)
+            feats = out.features.float()
+            extra = _branch_extras(model, out, extras_prefix) if extras_prefix is not None else {}
             if flip_average:
-                feats = (feats + model({k: v.flip(-1) for k, v in inputs.items()}).features.float()) / 2
+                mirrored = model({k: v.flip(-1) for k, v in inputs.items()})
+                feats = (feats + mirrored.features.float()) / 2
+                if extras_prefix is not None:
+                    flipped = _branch_extras(model, mirrored, extras_prefix)
+                    extra = {k: (v.float() + flipped[k].float()) / 2 for k, v in extra.items()}
             chunks.append(feats.cpu().numpy())
+            for k, v in extra.items():
+                extra_chunks.setdefault(k, []).append(v.float().cpu().numpy())
             bar.update(task, advance=len(feats))
     data = dataset.data
     feats = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-    return Features(data.split, list(data.image_ids), data.pids.copy(), data.camids.copy(), feats.astype(np.float32))
+    extra = {k: np.concatenate(v).astype(np.float32) for k, v in extra_chunks.items()}
+    return Features(data.split, list(data.image_ids), data.pids.copy(), data.camids.copy(), feats.astype(np.float32),
+                    extra)
 
 
 # ------------------------------------------------------------------------------------------------- protocol
@@ -310,7 +350,7 @@ def attention_figures(out: Path, model: nn.Module, q_ds: ReidDataset, meta: dict
 
 # ------------------------------------------------------------------------------------------------- evaluate
 EVAL_OUTPUT_PATTERNS = ("metrics.json", "cmc.png", "ranked.json", "ranked_list.png", "attention-*.png",
-                        "summary.md", "summary.html")
+                        "summary.md", "summary.html", BRANCHES_FILE)
 
 
 @contextlib.contextmanager
@@ -371,7 +411,8 @@ def _evaluate(cfg: EvalConfig, checkpoint: Path, out: Path, device: torch.device
     feats = {}
     for name, ds in (("query", q_ds), ("gallery", g_ds)):
         feats[name] = extract_features(model, ds, meta["normalize"], device, cfg.batch_size, cfg.workers,
-                                       cfg.flip_average, progress, console)
+                                       cfg.flip_average, progress, console,
+                                       BRANCH_PREFIX if cfg.branches else None)
     q, g = feats["query"], feats["gallery"]
     dataset = q_ds.data.dataset
     protocol = choose_protocol(cfg.protocol, Path(cfg.cache), dataset, len(np.unique(q.pids)))
@@ -381,6 +422,8 @@ def _evaluate(cfg: EvalConfig, checkpoint: Path, out: Path, device: torch.device
                "dataset": dataset, "protocol": protocol, "distance": cfg.distance, "rerank": cfg.rerank,
                "flip_average": cfg.flip_average, **summary, "cmc": [float(v) for v in result.cmc],
                "num_gallery": int(len(g.pids)), "notes": result.notes, "eval_config": to_dict(cfg)}
+    if cfg.branches:
+        metrics["branches"] = branch_results(cfg, protocol, q, g)
     # Everything is written into a staging folder inside `out` and moved into place at the end (metrics.json
     # last): a full disk or a kill never leaves a half-written report set, and the previous one stays whole.
     try:
@@ -391,6 +434,26 @@ def _evaluate(cfg: EvalConfig, checkpoint: Path, out: Path, device: torch.device
             raise
         raise EvalWriteError(e.errno, f"cannot write the evaluation reports ({e.strerror or e})", str(out)) from e
     return EvalOutcome(out, metrics, result, files)
+
+
+def branch_results(cfg: EvalConfig, protocol: str, q: Features, g: Features) -> dict[str, dict]:
+    """Table 7: label -> {R1, R5, R10, R20, mAP (percent), dim} of every per-branch feature scored alone, with
+    the protocol, distance and re-ranking of the evaluation."""
+    out = {}
+    for label, qf in q.extra.items():
+        result = compute_result(cfg, protocol, q.with_features(qf), g.with_features(g.extra[label]))
+        out[label] = {**result.summary(SUMMARY_RANKS), "dim": int(qf.shape[1])}
+    return out
+
+
+def branches_markdown(title: str, branches: dict[str, dict]) -> str:
+    """The per-branch table (Table 7's layout: one row per feature)."""
+    cols = [f"R{r}" for r in SUMMARY_RANKS] + ["mAP"]
+    lines = [f"# {title}", "", "| feature | dim | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for label, m in branches.items():
+        cells = ["-" if m.get(c) is None else f"{m[c]:.2f}" for c in cols]
+        lines.append(f"| {label} | {m.get('dim', '')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 class EvalWriteError(ReidError, OSError):
@@ -404,6 +467,11 @@ def _write_reports(cfg: EvalConfig, out: Path, meta: dict, epoch: int, metrics: 
     with staging_folder(out) as stage:
         files = [stage / "metrics.json"]
         atomic_write_text(files[0], json.dumps(metrics, indent=1, default=str))
+        if "branches" in metrics:
+            files.append(stage / BRANCHES_FILE)
+            atomic_write_text(files[-1], branches_markdown(
+                f"{meta['model']} on {dataset}: each feature alone ({protocol} protocol, {cfg.distance})",
+                metrics["branches"]))
         if cfg.reports:
             label = meta["model"]
             figures = [plot_cmc({label: result}, stage / "cmc.png",

@@ -89,6 +89,10 @@ def test_a_model_in_one_file_goes_through_every_command(plugin, cache, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert 0 <= json.dumps(metrics).count("mAP") and (run / "eval" / "cmc.png").is_file()
+    # --branches needs per-branch features ("branch:*" extras): this model has none, and the error says so
+    r = fk.cli("evaluate", run, "--branches", "--no-progress", "--workers", "0", "--out", tmp_path / "b",
+               timeout=300, env=plugin)
+    assert r.returncode == 1 and "per-branch features" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     r = fk.cli("export", run, "--out", tmp_path / "tiny.onnx", timeout=300, env=plugin)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "tiny.onnx").stat().st_size > 0
@@ -120,7 +124,8 @@ def test_five_branch_defaults_are_the_papers_recipe():
     assert (cfg.schedule, cfg.lr_step, cfg.lr_gamma, cfg.warmup_epochs) == ("step", 40, 0.1, 0)
     assert (cfg.epochs, cfg.batch_size, cfg.sampler) == (100, 32, "random")
     assert (cfg.body_size, cfg.part_size) == ((384, 192), (96, 192))
-    assert cfg.model_options == {"lambda_intra": 0.5, "attention_norm": True, "dropout": 0.5}
+    assert cfg.model_options == {"lambda_intra": 0.5, "attention_norm": True, "dropout": 0.5, "fusion": None,
+                                 "attention": None, "fused_loss": None}   # None: the variant's own
     # the shorthands land in the options; flags override defaults
     cfg = resolve(TrainConfig(model="intra", lambda_intra=0.1, attention_norm=False, lr=0.05)).cfg
     assert cfg.model_options["lambda_intra"] == 0.1 and cfg.model_options["attention_norm"] is False

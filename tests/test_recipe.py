@@ -87,9 +87,13 @@ def test_recipe_needs_a_dataset_root_without_synth(tmp_path):
     assert recipe.train["epochs"] == 3 and recipe.eval["distance"] == "cosine"
 
 
+PAPER_RECIPES = ("market", "duke", "cuhk03-labeled", "cuhk03-detected")
+
+
 def test_shipped_recipes_carry_the_papers_settings():
     names = {p.stem for p in PIPELINES.glob("*.toml")}
-    assert {"market", "duke", "cuhk03-labeled", "cuhk03-detected", "ablation-market", "demo"} <= names
+    papers = {*PAPER_RECIPES, *(f"ablation-{n}" for n in PAPER_RECIPES)}
+    assert papers | {f"{n}+extras" for n in papers} | {"demo"} <= names
     recipes = {name: load_recipe(PIPELINES / f"{name}.toml") for name in names}
     for name in ("market", "duke"):
         assert recipes[name].train["lambda_intra"] == 0.1 and recipes[name].crop["beta"] == pytest.approx(3 / 48)
@@ -98,13 +102,28 @@ def test_shipped_recipes_carry_the_papers_settings():
         assert r.train["lambda_intra"] == 0.2 and r.crop["beta"] == pytest.approx(3 / 48)
         assert r.dataset.name == name and r.dataset.options["protocol"] == "classic"
         assert r.eval["protocol"] == "cuhk03-classic"
-    ablation = recipes["ablation-market"]
-    assert ablation.models == ["baseline", "aligned", "intra", "inter", "intra-inter"]
-    assert ablation.train["lambda_intra"] == 0.5
-    for name in ("market", "duke", "cuhk03-labeled", "ablation-market"):
-        t = recipes[name].train
-        assert (t["epochs"], t["lr"], t["lr_step"], t["batch_size"]) == (100, 0.01, 40, 32)
-        assert recipes[name].crop["body_size"] == [384, 192] and recipes[name].crop["part_size"] == [96, 192]
+    for name in PAPER_RECIPES:
+        # Table 6 with the paper's definitions and the models of Tables 7-9, per dataset; today's as +extras
+        ablation, extras = recipes[f"ablation-{name}"], recipes[f"ablation-{name}+extras"]
+        assert ablation.models == ["baseline-paper", "aligned-paper", "intra-paper", "inter", "intra-inter",
+                                   "aligned-fc", "intra-inter-joint"]
+        assert extras.models == ["baseline", "aligned", "intra", "inter", "intra-inter"]
+        assert ablation.eval["branches"] is True and ablation.dataset.name == extras.dataset.name == name
+        for r in (ablation, extras):
+            assert r.train["lambda_intra"] == 0.5 and r.crop["beta"] == pytest.approx(5 / 48)
+    for name in papers:
+        # paper-exact: no augmentation, plain SGD (Keras' defaults: no momentum, no weight decay); +extras opt in
+        t, x = recipes[name].train, recipes[f"{name}+extras"].train
+        assert t["augment"] == {"flip": False, "pad": 0, "erasing": 0.0, "color_jitter": 0.0}
+        assert (t["optimizer"], t["momentum"], t["weight_decay"]) == ("sgd", 0.0, 0.0)
+        assert x["augment"] == {"flip": True, "pad": 10, "erasing": 0.5}
+        assert (x["momentum"], x["weight_decay"]) == (0.9, 5e-4)
+        for r in (recipes[name], recipes[f"{name}+extras"]):
+            t = r.train
+            assert (t["epochs"], t["lr"], t["lr_step"], t["batch_size"]) == (100, 0.01, 40, 32)
+            assert r.crop["body_size"] == [384, 192] and r.crop["part_size"] == [96, 192]
+        for table in ("dataset", "crop"):       # the same experiment otherwise
+            assert recipes[name].raw[table] == recipes[f"{name}+extras"].raw[table], (name, table)
     demo = recipes["demo"]
     assert demo.synth is not None and demo.models == ["baseline", "intra-inter"]
     cuhk01 = recipes["cuhk01"]   # the real-data CPU check: its reader options, split and protocol

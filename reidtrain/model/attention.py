@@ -18,6 +18,13 @@ Reading of Fig. 5 taken here (the figure is not reproduced in the text; DESIGN.m
   the sigmoid saturates - measured on CUHK01 (64x32 body) after 10 epochs: every channel of m is 0 or 1 to 1e-7,
   identical at every position, so the "attention" is a fixed per-channel gain of 1 or 2 that gets no gradient.
 - Residual attention v_{i+1} = (1 + m_i) * a_i (Eq. 7).
+- Table 8's "without attention decomposition" (`attention="joint"`, JointAttentionHead): the same encoder-decoder
+  A, but one h x w x c map straight from it, as the mask head of the Residual Attention Network [28] (the
+  "traditional attention estimation" the paper builds on): 1x1 conv (c -> c) + BN + ReLU, then the same 1x1 mix
+  conv (c -> c), norm and sigmoid. It is as deep as the decomposed heads (two convolutions between A and m) and
+  about as large (2 c^2 weights against 2 c^2 + 10 c), so Table 8 compares the decomposition, not the size; every
+  (position, channel) score is free instead of the rank-one S x C. `JointAttentionHead(kernel=3)` is the variant
+  that sees S's 3x3 neighbourhood (10 c^2 weights: +5.5 M parameters on the full model).
 
 With this reading the attention paths add 53 % parameters and 17 % MACs to the base network (Table 12:
 +53 % / +19 %); the full model counts 11.1 M parameters / 2.40 G MACs at 384x192 against Table 12's
@@ -27,11 +34,18 @@ sample and the factorised form S * (W C) would give the same m for 0.17 G fewer 
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Bottleneck, residual_stage
+
+
+AttentionKind = Literal["decomposed", "joint"]
+"""How an attention path turns A into m: "decomposed" (S x C, Sec. 3.3) or "joint" (one h x w x c map, Table 8)."""
+ATTENTION_KINDS: tuple[str, ...] = ("decomposed", "joint")
 
 
 def residual_attention(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -64,11 +78,42 @@ class AttentionHeads(nn.Module):
         return m, s, c
 
 
+class JointAttentionHead(nn.Module):
+    """Table 8's attention without decomposition: m = sigmoid(norm(1x1 conv(ReLU(BN(k x k conv(A)))))), one
+    h x w x c map (see the module docstring; k = 1 by default). Returns (m, None, None): there is no S or C."""
+
+    def __init__(self, channels: int, kernel: int = 1, norm: bool = True) -> None:
+        super().__init__()
+        self.joint = nn.Sequential(nn.Conv2d(channels, channels, kernel, padding=kernel // 2),
+                                   nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.mix = nn.Conv2d(channels, channels, 1)
+        self.norm: nn.Module = nn.BatchNorm2d(channels) if norm else nn.Identity()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default init for the two convolutions, as AttentionHeads (keeps m spread around 0.5)."""
+        self.joint[0].reset_parameters()
+        self.mix.reset_parameters()
+
+    def forward(self, attention_features: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        """A (B, c, h, w) -> (m (B, c, h, w) in [0, 1], None, None)."""
+        return torch.sigmoid(self.norm(self.mix(self.joint(attention_features)))), None, None
+
+
+def attention_head(channels: int, kind: str = "decomposed", norm: bool = True) -> nn.Module:
+    """The head that turns the encoder-decoder output A into the mask m: AttentionHeads or JointAttentionHead."""
+    if kind == "decomposed":
+        return AttentionHeads(channels, norm=norm)
+    if kind == "joint":
+        return JointAttentionHead(channels, norm=norm)
+    raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {kind!r}")
+
+
 class AttentionPath(nn.Module):
     """Encoder-decoder attention path M: `pools` max-pool / residual-unit levels, symmetric up-sampling with
-    additive skips, then the spatial x channel heads."""
+    additive skips, then the spatial x channel heads (`attention="decomposed"`) or one joint map ("joint")."""
 
-    def __init__(self, channels: int, mid_channels: int, pools: int, norm: bool = True) -> None:
+    def __init__(self, channels: int, mid_channels: int, pools: int, norm: bool = True,
+                 attention: str = "decomposed") -> None:
         super().__init__()
         if pools < 1:
             raise ValueError(f"an attention path needs at least one pooling level, got pools={pools}")
@@ -76,9 +121,9 @@ class AttentionPath(nn.Module):
             nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), Bottleneck(channels, mid_channels, channels))
             for _ in range(pools))
         self.decoder = nn.ModuleList(Bottleneck(channels, mid_channels, channels) for _ in range(pools - 1))
-        self.heads = AttentionHeads(channels, norm=norm)
+        self.heads = attention_head(channels, attention, norm)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         skips = [x]
         y = x
         for level in self.encoder:
@@ -94,18 +139,19 @@ class AttentionPath(nn.Module):
 
 
 class IntraAttentionBlock(nn.Module):
-    """Block B_i (i = 2..4): shared first unit, feature-extraction path F and attention path M, Eq. 7.
+    """Block B_i (i = 2..4): shared first unit, feature-extraction path F and attention path M, Eq. 7;
+    `attention` "decomposed" (Sec. 3.3) or "joint" (Table 8, without the spatial / channel decomposition).
 
     After each forward, `last_map` holds the block's attention map for visualisation: the channel mean of m_i,
     (B, 1, h, w) in [0, 1], detached.
     """
 
     def __init__(self, in_ch: int, mid_ch: int, out_ch: int, stride: int, pools: int, units: int = 3,
-                 norm: bool = True) -> None:
+                 norm: bool = True, attention: str = "decomposed") -> None:
         super().__init__()
         self.entry = Bottleneck(in_ch, mid_ch, out_ch, stride)
         self.trunk = residual_stage(out_ch, mid_ch, out_ch, units=units - 1)
-        self.attention = AttentionPath(out_ch, mid_ch, pools, norm=norm)
+        self.attention = AttentionPath(out_ch, mid_ch, pools, norm=norm, attention=attention)
         self.last_map: torch.Tensor | None = None
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
