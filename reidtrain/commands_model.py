@@ -75,8 +75,9 @@ def register(app: typer.Typer) -> None:
         body = parse_size(body_size, "--body-size") if body_size else None
         part = parse_size(part_size, "--part-size") if part_size else None
         summary = Table(title=f"model size for one sample ({num_classes} classes)")
-        for col in ("model", "inputs", "params M", "w/o cls M", "GMACs", "paper", "Δ params", "Δ MACs"):
-            summary.add_column(col, justify="left" if col in ("model", "inputs", "paper") else "right", no_wrap=True)
+        for col in ("model", "params M", "w/o cls M", "GMACs", "paper", "Δ params", "Δ MACs"):
+            summary.add_column(col, justify="left" if col in ("model", "paper") else "right", no_wrap=True)
+        inputs_lines = []
         for name in chosen:
             entry = get_model(name)
             net = build_model(name, num_classes, body, part)
@@ -97,7 +98,8 @@ def register(app: typer.Typer) -> None:
                 bits = [f"{paper.params_m:.1f}M" if paper.params_m else None,
                         f"{paper.macs_g:.2f}G" if paper.macs_g else None]
                 ref_text = "/".join(b for b in bits if b) or "-"
-            summary.add_row(name, _sizes_text(net.inputs), f"{r.params_total / 1e6:.3f}",
+            inputs_lines.append(f"{name}: inputs {_sizes_text(net.inputs)}")
+            summary.add_row(name, f"{r.params_total / 1e6:.3f}",
                             f"{r.params_without_classifiers / 1e6:.3f}", f"{r.macs / 1e9:.3f}", ref_text,
                             delta(r.params_without_classifiers, paper.params_m * 1e6 if paper and paper.params_m
                                   else None, PARAMS_TOLERANCE),
@@ -116,6 +118,7 @@ def register(app: typer.Typer) -> None:
                 if paper is not None:
                     console.print(f"paper: {paper.source}" + (f" - {paper.note}" if paper.note else ""))
         console.print(summary)
+        console.print("; ".join(inputs_lines))
         console.print("params: all / without the identity classifiers (each parameter counted once, shared "
                       "modules too); GMACs: per sample, classifiers excluded; paper: the figures the model's own "
                       "paper reports (five-branch variants: Table 12, 'Full model' with intra-attention, else "
