@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "reidtrain.commands_model",   # model-info
     "reidtrain.commands_train",   # train, evaluate, extract, export, run, demo
     "reidtrain.commands_pretrain",  # pretrain (ImageNet)
+    "reidtrain.commands_report",  # report (the paper's Tables 6-11 beside ours)
     "benchmarks.commands",        # bench
 )
 
