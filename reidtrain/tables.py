@@ -234,6 +234,13 @@ def build_table(number: int, runs: list[RunRecord], rows: Mapping[str, str] | No
                 out.insert(max(i for i, r in enumerate(out) if r.paper_row == row_label) + 1, row)
         row.ours[group] = {m: (None if metrics.get(m) is None else float(metrics[m])) for m in paper.metrics}
         row.runs[group] = run.name
+    fixed = {10: ("beta", "beta", 5 / 48, "5H/48"), 11: ("lambda_intra", "lambda", 0.5, "0.5")}.get(number)
+    if fixed is not None:     # Tables 10 / 11 vary one parameter: say when our runs also differ in the other
+        attr, name, paper_value, text = fixed
+        values = sorted({getattr(run, attr) for *_, run in cells if getattr(run, attr) is not None})
+        if len(values) > 1 or (values and not _close(values[0], paper_value, 1e-4)):
+            table.notes.append(f"our runs have {name} {', '.join(f'{v:.4g}' for v in values)}; the paper holds "
+                               f"{name} at {text} in table {number}")
     return table
 
 

@@ -116,6 +116,12 @@ def test_lambda_then_beta_sweep_run_on_one_crop(tmp_path, one_thread):
         cfg = json.loads((out / "runs" / run / "config.json").read_text())["train"]
         assert cfg["model_options"]["lambda_intra"] == lam
     assert json.loads((out / "results.json").read_text())["sweep"] == {"lambda_intra": [0.0, 1.0]}
+    # the report places the points on Table 10's rows (lambda from each run's config.json, dataset from metrics)
+    from reidtrain.tables import collect_runs, write_table
+    table, files = write_table(10, collect_runs([out]), out / "tables")
+    assert {r.label: r.runs for r in table.rows if r.runs} == {"0": {"market": "intra-inter@lambda=0"},
+                                                               "1.0": {"market": "intra-inter@lambda=1"}}
+    assert all(f.is_file() for f in files)
     # the beta sweep reuses the synthetic data and the crop cache (same [crop]), trains and evaluates per beta
     path.write_text(TINY + "\n[sweep]\nbeta = [0.0, 0.125]\n")
     second = run_recipe(load_recipe(path), out, progress=False)
@@ -123,3 +129,7 @@ def test_lambda_then_beta_sweep_run_on_one_crop(tmp_path, one_thread):
     assert second.stages["train/intra-inter@beta=0.125"] == "ran"
     cfg = json.loads((out / "runs" / "intra-inter@beta=0.125" / "config.json").read_text())["train"]
     assert cfg["beta"] == 0.125
+    t11, _ = write_table(11, collect_runs([out]), out / "tables")    # beta 0 and 6H/48; the lambda runs: cache beta 0
+    assert {r.label: sorted(r.runs.values()) for r in t11.rows if r.runs} == {
+        "0": ["intra-inter@beta=0"], "0 [intra-inter@lambda=0]": ["intra-inter@lambda=0"],
+        "0 [intra-inter@lambda=1]": ["intra-inter@lambda=1"], "6H/48": ["intra-inter@beta=0.125"]}

@@ -115,6 +115,9 @@ def test_sweep_output_folder_fills_tables_10_and_11_and_writes_png(tmp_path):
     assert {r.label: r.runs for r in t11.rows if r.runs} == {"0": {"market": "b0"}, "3H/48": {"market": "b0.0625"}}
     assert t11.unused == ["b0.1"] and reversals(t11) == []
     assert "None: wherever both have values" in render_markdown(t11)
+    t10 = build_table(10, collect_runs([tmp_path / "b" / "b0.0625"]))    # lambda 0.5 at beta 3H/48, not 5H/48
+    assert [r.label for r in t10.rows if r.runs] == ["0.5"]
+    assert t10.notes == ["our runs have beta 0.0625; the paper holds beta at 5H/48 in table 10"]
 
 
 def test_table7_from_per_branch_results(tmp_path):
