@@ -478,7 +478,8 @@ def write_results(out: Path, recipe: Recipe, results: Mapping[str, Mapping[str, 
     from .reports import plot_cmc, write_summary
 
     files = [out / "results.json", out / "results.md"]
-    atomic_write_text(files[0], json.dumps({"recipe": recipe.name, "sweep": recipe.sweep, "models": results}, indent=1, default=str))
+    atomic_write_text(files[0], json.dumps({"recipe": recipe.name, "sweep": recipe.sweep, "models": results},
+                                           indent=1, default=str))
     lines = [f"# {recipe.name}", "", recipe.info.description, "",
              "| model | " + " | ".join(RESULT_COLUMNS) + " | protocol | epochs |",
              "|---|" + "---:|" * len(RESULT_COLUMNS) + "---|---:|"]
