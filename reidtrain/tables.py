@@ -21,7 +21,8 @@ from typing import Any, Iterable, Mapping
 from posecrop.atomic import atomic_write_text
 from posecrop.errors import ReidError
 
-from .paper_tables import (BEST_PARAMS, BETA_ROWS, BRANCH_ROWS, DATASET_LABELS, LAMBDA_ROWS, TABLES, PaperTable)
+from .paper_tables import (BEST_PARAMS, BETA_ROWS, BRANCH_ROWS, DATASET_LABELS, DEFAULT_PARAMS, LAMBDA_ROWS, TABLES,
+                           PaperTable)
 
 TABLE_NUMBERS = tuple(TABLES)
 METRICS_FILE = Path("eval") / "metrics.json"
@@ -115,6 +116,13 @@ def _close(a: float | None, b: float, tol: float = 1e-6) -> bool:
     return a is not None and abs(a - b) <= tol
 
 
+def default_params(run: RunRecord) -> bool:
+    """Tables 6-9 (but the starred row) are at lambda 0.5, beta 5H/48; a run known to differ is not on them."""
+    lam, beta = DEFAULT_PARAMS
+    return ((run.lambda_intra is None or _close(run.lambda_intra, lam))
+            and (run.beta is None or _close(run.beta, beta, 1e-4)))
+
+
 def _base_model(model: str) -> str:
     return model[:-len("-paper")] if model.endswith("-paper") else model
 
@@ -128,6 +136,11 @@ def _group(table: PaperTable, run: RunRecord) -> str | None:
 def row_of(number: int, run: RunRecord) -> str | None:
     """The paper row `run` belongs to in table `number` (Table 7: see `branch_cells`), or None."""
     model, opts = _base_model(run.model), run.options
+    if number in (6, 8, 9) and not default_params(run):
+        best = BEST_PARAMS.get(run.dataset)
+        starred = (number == 6 and model == "intra-inter" and best is not None and _close(run.lambda_intra, best[0])
+                   and _close(run.beta, best[1], 1e-4))
+        return "*Intra+inter" if starred else None
     if number == 6:
         if opts.get("attention") == "joint" or opts.get("fusion") not in (None, "concat", "inter"):
             return None
@@ -163,6 +176,8 @@ def row_of(number: int, run: RunRecord) -> str | None:
 
 def branch_cells(run: RunRecord) -> list[tuple[str, str, dict]]:
     """Table 7: (row, group, metrics) of every per-branch result of `run` (with / without intra-attention)."""
+    if not default_params(run):
+        return []
     group = "with" if _base_model(run.model).startswith("intra") else "without"
     return [(BRANCH_ROWS[label], group, m) for label, m in run.branches.items() if label in BRANCH_ROWS]
 
@@ -224,6 +239,9 @@ def build_table(number: int, runs: list[RunRecord], rows: Mapping[str, str] | No
         if found and len(paper.groups) == 1 and run.dataset and run.dataset != paper.groups[0] and number != 7:
             table.notes.append(f"{run.name}: on {run.dataset}, the paper's numbers are on "
                                f"{DATASET_LABELS[paper.groups[0]]}")
+    if number in (6, 7, 8, 9) and table.unused:
+        table.notes.append(f"the paper's rows are at lambda {DEFAULT_PARAMS[0]:g}, beta 5H/48 (Table 6's starred row "
+                           f"at the dataset's best); runs at other values take no row of table {number}")
     for row_label, group, metrics, run in cells:
         row = by_label[row_label]
         if group in row.runs:     # a second run on this cell: its own row under the same paper row

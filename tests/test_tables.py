@@ -58,13 +58,14 @@ def test_table6_rows_paper_column_and_reversed_order(tmp_path):
         _run(tmp_path / "full", "intra-inter", _m(60.0, 40.0)),
         _run(tmp_path / "best", "intra-inter", _m(61.0, 41.0), lam=0.1, beta=3 / 48),
         _run(tmp_path / "duke-full", "intra-inter", _m(30.0, 15.0), dataset="duke"),
+        _run(tmp_path / "lambda0", "intra-inter", _m(99.0, 99.0), lam=0.0),      # a Table 10 point: not on Table 6
     ])
     table = build_table(6, runs)
     rows = {r.label: r for r in table.rows}
     assert list(rows) == ["Baseline", "Aligned", "Intra", "Inter", "Intra+inter", "*Intra+inter"]
     assert rows["*Intra+inter"].runs == {"market": "best"} and rows["Intra+inter"].runs == {"market": "full",
                                                                                             "duke": "duke-full"}
-    assert rows["Inter"].ours == {}
+    assert rows["Inter"].ours == {} and table.unused == ["lambda0"]
     flags = reversals(table)
     assert [(f.group, f.metric, f.above, f.below) for f in flags] == [("market", "R1", "Intra", "Aligned")]
     assert flags[0].paper == (92.04, 89.98) and flags[0].ours == (50.0, 55.0)
