@@ -123,6 +123,12 @@ def default_params(run: RunRecord) -> bool:
             and (run.beta is None or _close(run.beta, beta, 1e-4)))
 
 
+def _fixed(run: RunRecord, attr: str, value: float) -> bool:
+    """The parameter a table holds fixed (Table 10: beta, Table 11: lambda) is the paper's, or not known."""
+    v = getattr(run, attr)
+    return v is None or _close(v, value, 1e-4)
+
+
 def _base_model(model: str) -> str:
     return model[:-len("-paper")] if model.endswith("-paper") else model
 
@@ -163,11 +169,11 @@ def row_of(number: int, run: RunRecord) -> str | None:
             return "Concatenation"
         return "Inter-attention" if model == "inter" and opts.get("fusion") in (None, "inter") else None
     if number == 10:
-        if model != "intra-inter" or run.lambda_intra is None:
+        if model != "intra-inter" or run.lambda_intra is None or not _fixed(run, "beta", DEFAULT_PARAMS[1]):
             return None
         return next((label for lam, label in LAMBDA_ROWS.items() if _close(run.lambda_intra, lam)), None)
     if number == 11:
-        if model != "intra-inter" or run.beta is None:
+        if model != "intra-inter" or run.beta is None or not _fixed(run, "lambda_intra", DEFAULT_PARAMS[0]):
             return None
         k = round(run.beta * 48)
         return BETA_ROWS.get(k) if abs(run.beta * 48 - k) < 1e-3 else None
@@ -252,13 +258,9 @@ def build_table(number: int, runs: list[RunRecord], rows: Mapping[str, str] | No
                 out.insert(max(i for i, r in enumerate(out) if r.paper_row == row_label) + 1, row)
         row.ours[group] = {m: (None if metrics.get(m) is None else float(metrics[m])) for m in paper.metrics}
         row.runs[group] = run.name
-    fixed = {10: ("beta", "beta", 5 / 48, "5H/48"), 11: ("lambda_intra", "lambda", 0.5, "0.5")}.get(number)
-    if fixed is not None:     # Tables 10 / 11 vary one parameter: say when our runs also differ in the other
-        attr, name, paper_value, text = fixed
-        values = sorted({getattr(run, attr) for *_, run in cells if getattr(run, attr) is not None})
-        if len(values) > 1 or (values and not _close(values[0], paper_value, 1e-4)):
-            table.notes.append(f"our runs have {name} {', '.join(f'{v:.4g}' for v in values)}; the paper holds "
-                               f"{name} at {text} in table {number}")
+    fixed = {10: "beta at 5H/48", 11: "lambda at 0.5"}.get(number)
+    if fixed is not None and table.unused:
+        table.notes.append(f"table {number} holds {fixed}: runs at other values (or other models) take no row")
     return table
 
 

@@ -117,8 +117,12 @@ def test_sweep_output_folder_fills_tables_10_and_11_and_writes_png(tmp_path):
     assert t11.unused == ["b0.1"] and reversals(t11) == []
     assert "None: wherever both have values" in render_markdown(t11)
     t10 = build_table(10, collect_runs([tmp_path / "b" / "b0.0625"]))    # lambda 0.5 at beta 3H/48, not 5H/48
-    assert [r.label for r in t10.rows if r.runs] == ["0.5"]
-    assert t10.notes == ["our runs have beta 0.0625; the paper holds beta at 5H/48 in table 10"]
+    assert [r.label for r in t10.rows if r.runs] == [] and t10.unused == ["b0.0625"]
+    assert t10.notes == ["table 10 holds beta at 5H/48: runs at other values (or other models) take no row"]
+    _run(tmp_path / "c" / "lam1", "intra-inter", _m(1.0, 1.0), lam=1.0, beta=3 / 48)
+    assert build_table(11, collect_runs([tmp_path / "c" / "lam1"])).unused == ["lam1"]   # Table 11: lambda 0.5
+    assert build_table(10, collect_runs([tmp_path / "c" / "lam1"], ), {"lam1": "1.0"}).rows[-1].runs == {
+        "market": "lam1"}                                                                 # unless --row puts it
 
 
 def test_table7_from_per_branch_results(tmp_path):
