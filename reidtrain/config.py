@@ -175,6 +175,8 @@ def result_config(cfg: TrainConfig) -> dict:
     d = to_dict(cfg)
     for k in RESULT_FIELDS_EXCLUDED:
         d.pop(k, None)
+    if d.get("beta") is None:   # the cache's boxes: keeps the keys of runs made before the field existed
+        d.pop("beta", None)
     return d
 
 
