@@ -142,21 +142,16 @@ def _group(table: PaperTable, run: RunRecord) -> str | None:
 def row_of(number: int, run: RunRecord) -> str | None:
     """The paper row `run` belongs to in table `number` (Table 7: see `branch_cells`), or None."""
     model, opts = _base_model(run.model), run.options
-    if number in (6, 8, 9) and not default_params(run):
-        best = BEST_PARAMS.get(run.dataset)
-        starred = (number == 6 and model == "intra-inter" and best is not None and _close(run.lambda_intra, best[0])
-                   and _close(run.beta, best[1], 1e-4))
-        return "*Intra+inter" if starred else None
     if number == 6:
         if opts.get("attention") == "joint" or opts.get("fusion") not in (None, "concat", "inter"):
             return None
-        rows = {"baseline": "Baseline", "aligned": "Aligned", "intra": "Intra", "inter": "Inter"}
-        if model in rows:
-            return rows[model]
-        if model == "intra-inter":
-            best = BEST_PARAMS.get(run.dataset)
-            starred = best is not None and _close(run.lambda_intra, best[0]) and _close(run.beta, best[1], 1e-4)
-            return "*Intra+inter" if starred else "Intra+inter"
+        best = BEST_PARAMS.get(run.dataset)
+        if model == "intra-inter" and best and _close(run.lambda_intra, best[0]) and _close(run.beta, best[1], 1e-4):
+            return "*Intra+inter"
+        rows = {"baseline": "Baseline", "aligned": "Aligned", "intra": "Intra", "inter": "Inter",
+                "intra-inter": "Intra+inter"}
+        return rows.get(model) if default_params(run) else None
+    if number in (8, 9) and not default_params(run):
         return None
     if number == 8:
         if run.model == "intra-inter-joint" or (model == "intra-inter" and opts.get("attention") == "joint"):
