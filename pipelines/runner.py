@@ -12,12 +12,15 @@ Tables (every key optional; unknown keys and wrong types are rejected naming the
                ablation); [model.NAME] tables hold a model's options (TrainConfig.model_options)
     [train]    TrainConfig fields but not cache / out / model; body_size / part_size default to [crop]'s sizes
     [eval]     EvalConfig fields but not checkpoint / cache / out
+    [sweep]    KEY = [values] of [train] keys (Tables 10-11: lambda_intra, beta): every model is trained and evaluated
+               at every point into OUT/runs/<model>@<point>, e.g. intra-inter@lambda=0.1 (reidtrain.sweep)
 
 Layout of a run (OUT, default out/<recipe file stem>):
 
     OUT/data/                    synthetic dataset ([synth] recipes only)
     OUT/cache/                   the crop cache
     OUT/runs/<model>/            training run of each model (reidtrain.train), its evaluation in eval/
+                                 (with a [sweep]: OUT/runs/<model>@<point>/, all points on the one crop cache)
     OUT/results.json, results.md the results table of all models; cmc.png, ranked_list.png and
     OUT/summary.md / .html       the one-page summary comparing them
     OUT/.stages/<stage>.json     what each stage was run with
@@ -43,7 +46,7 @@ from reidkit.atomic import atomic_write_text
 from reidkit.typedconfig import ConfigError, from_mapping, to_dict
 from reidtrain.config import EvalConfig, TrainConfig, config_hash, result_config
 
-TABLES = ("recipe", "dataset", "synth", "crop", "model", "train", "eval")
+TABLES = ("recipe", "dataset", "synth", "crop", "model", "train", "eval", "sweep")
 RESERVED = {"crop": ("dataset", "root", "out"), "train": ("cache", "out", "model"),
             "eval": ("checkpoint", "cache", "out")}
 STAGE_DIR = ".stages"
@@ -99,6 +102,7 @@ class Recipe:
     eval: dict
     raw: dict
     model_options: dict[str, dict] = field(default_factory=dict)   # [model.NAME] tables
+    sweep: dict[str, list] = field(default_factory=dict)           # [sweep] table (reidtrain.sweep)
 
     @property
     def name(self) -> str:
@@ -166,8 +170,13 @@ def parse_recipe(data: Mapping[str, Any], path: Path) -> Recipe:
     _section(EvalConfig, ev, "eval", path)
     if synth is None and dataset.root is None:
         raise RecipeError(f"{path}: dataset.root is required (the dataset folder), unless the recipe has [synth]")
+    from reidtrain.sweep import check_sweep
+    try:
+        sweep = check_sweep(data.get("sweep", {}), str(path))
+    except ConfigError as e:
+        raise RecipeError(str(e)) from e
     return Recipe(Path(path), info, dataset, dict(synth) if synth is not None else None, crop, models, train, ev,
-                  dict(data), model_options)
+                  dict(data), model_options, sweep)
 
 
 def set_override(data: dict, assignment: str) -> None:
@@ -334,14 +343,17 @@ EVAL_BOOKKEEPING = ("workers", "threads", "device", "batch_size", "checkpoint", 
 @dataclass
 class RunResult:
     out: Path
-    results: dict[str, dict]            # model -> metrics (R1.. in percent)
+    results: dict[str, dict]            # run (model, or model@point of a sweep) -> metrics (R1.. in percent)
     stages: dict[str, str]              # stage -> skipped / ran / resumed
     files: list[Path] = field(default_factory=list)
 
 
 def plan_configs(recipe: Recipe, out: Path):
-    """The concrete configs of every stage for output folder `out`."""
+    """The concrete configs of every stage for output folder `out`; trains / evals are keyed by run name (the
+    model, or <model>@<point> for each point of a [sweep])."""
     from posecrop.crop_stage import CropConfig
+
+    from reidtrain.sweep import expand_sweep, run_names
 
     root = out / "data" if recipe.synth is not None else Path(recipe.dataset.root)
     crop = from_mapping(CropConfig, {**recipe.crop, "dataset": recipe.dataset.name, "root": str(root),
@@ -349,18 +361,18 @@ def plan_configs(recipe: Recipe, out: Path):
                                                          **recipe.crop.get("dataset_options", {})},
                                      "out": str(out / "cache")})
     trains, evals = {}, {}
-    for model in recipe.models:
+    for run, (model, point) in run_names(recipe.models, expand_sweep(recipe.sweep)).items():
         from reidtrain.model.registry import get_model
 
         sizes = ({"body_size": list(crop.body_size), "part_size": list(crop.part_size)}
                  if get_model(model).defaults.sizes_from_crop else {})
-        t = {**sizes, **recipe.train, "cache": str(out / "cache"), "out": str(out / "runs" / model), "model": model}
+        t = {**sizes, **recipe.train, **point.overrides, "cache": str(out / "cache"), "out": str(out / "runs" / run),
+             "model": model}
         if recipe.model_options.get(model):
             t["model_options"] = {**recipe.train.get("model_options", {}), **recipe.model_options[model]}
-        trains[model] = from_mapping(TrainConfig, t)
-        evals[model] = from_mapping(EvalConfig, {**recipe.eval, "checkpoint": str(out / "runs" / model / "model.pt"),
-                                                 "cache": str(out / "cache"),
-                                                 "out": str(out / "runs" / model / "eval")})
+        trains[run] = from_mapping(TrainConfig, t)
+        evals[run] = from_mapping(EvalConfig, {**recipe.eval, "checkpoint": str(out / "runs" / run / "model.pt"),
+                                               "cache": str(out / "cache"), "out": str(out / "runs" / run / "eval")})
     synth = synth_config(recipe.synth, recipe.path) if recipe.synth is not None else None
     return synth, crop, trains, evals
 
@@ -381,6 +393,7 @@ def run_recipe(recipe: Recipe, out: Path | None = None, force: bool = False, mod
     if unknown:
         raise RecipeError(f"{recipe.path}: models {unknown} are not in the recipe's [model] names {recipe.models}")
     synth_cfg, crop_cfg, trains, evals = plan_configs(recipe, out)
+    chosen = [run for run, cfg in trains.items() if cfg.model in chosen]    # every point of the chosen models
     atomic_write_text(out / "recipe.toml", recipe.path.read_text(encoding="utf-8"))
     atomic_write_text(out / "recipe-effective.json", json.dumps(recipe.raw, indent=1, default=str))  # with --set
     stages: dict[str, str] = {}
@@ -449,7 +462,8 @@ def write_results(out: Path, recipe: Recipe, results: Mapping[str, Mapping[str, 
     from reidtrain.reports import RESULT_COLUMNS, plot_cmc, write_summary
 
     files = [out / "results.json", out / "results.md"]
-    atomic_write_text(files[0], json.dumps({"recipe": recipe.name, "models": results}, indent=1, default=str))
+    atomic_write_text(files[0], json.dumps({"recipe": recipe.name, "sweep": recipe.sweep, "models": results},
+                                           indent=1, default=str))
     lines = [f"# {recipe.name}", "", recipe.info.description, "",
              "| model | " + " | ".join(RESULT_COLUMNS) + " | protocol | epochs |",
              "|---|" + "---:|" * len(RESULT_COLUMNS) + "---|---:|"]

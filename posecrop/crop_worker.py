@@ -21,12 +21,9 @@ from .crops import EXTENSIONS, ImageDecodeError, crop_regions, decode_image, enc
 from .keypoints import NUM_KEYPOINTS
 from .plausibility import DEFAULT_RULES, PlausibilityRules, check_poses, distrust, format_issue
 from .records import ImageRecord
-from .regions import REGION_NAMES, RegionGeometryError, RegionSpec, fit_width, region_boxes
+from .regions import PIXEL_CENTRE, REGION_NAMES, RegionGeometryError, RegionSpec, fit_width, region_boxes
 
-# Keypoint sources (OpenPose, pose-gan, mmpose, our synth) put pixel i's centre at coordinate i; the crop frame has
-# it at i + 0.5. Eq. 1-2 is translation-equivariant, so boxes = region_boxes(keypoints) + PIXEL_CENTRE.
 KEYPOINT_FRAME = "source pixels, pixel centres at integer coordinates (as OpenPose writes them)"
-PIXEL_CENTRE = 0.5
 
 
 @dataclass

@@ -22,6 +22,10 @@ DEFAULT_REGION_JOINTS: dict[str, tuple[str, ...]] = {
     "lower_leg": ("r_knee", "l_knee", "r_ankle", "l_ankle"),
 }
 
+# Keypoint sources (OpenPose, pose-gan, mmpose, our synth) put pixel i's centre at coordinate i; the crop frame has
+# it at i + 0.5. Eq. 1-2 is translation-equivariant, so boxes in the crop frame = region_boxes(keypoints) + PIXEL_CENTRE.
+PIXEL_CENTRE = 0.5
+
 
 @dataclass(frozen=True)
 class RegionSpec:

@@ -82,6 +82,9 @@ class TrainConfig:
     image (`whole`) and the cached Eq. 1-2 boxes, straight at the input sizes with the crop stage's own function
     (one resample, no JPEG loss on the enlarged crops, about half the decoding for Market-size sources); "stored":
     decode the stored JPEG/PNG crops (caches whose crops came from elsewhere). Evaluation uses the checkpoint's.
+    `beta`: None (default) - the cache's Eq. 1-2 boxes; a fraction of the body height H - the loader recomputes
+    the boxes from the cache's stored (repaired) keypoints at that overlap (posecrop.rebox, the crops="recrop"
+    path), so a Table 11 sweep needs one crop cache. Evaluation uses the checkpoint's beta.
     """
 
     cache: Path | None = None
@@ -89,6 +92,7 @@ class TrainConfig:
     model: str = "intra-inter"
     model_options: dict[str, Any] = field(default_factory=dict)
     crops: CropSource = "recrop"
+    beta: float | None = None
     body_size: tuple[int, int] | None = None
     part_size: tuple[int, int] | None = None
     lambda_intra: float | None = None
@@ -128,6 +132,10 @@ class TrainConfig:
         for name in ("body_size", "part_size"):
             if getattr(self, name) is not None:
                 check_size(name, getattr(self, name))
+        if self.beta is not None and not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must be a fraction of the body height H in [0, 1], got {self.beta}")
+        if self.beta is not None and self.crops != "recrop":
+            raise ValueError(f"beta = {self.beta} re-places the regions in the loader: it needs crops = 'recrop'")
         if (self.epochs is not None and self.epochs < 1) or (self.lr_step is not None and self.lr_step < 1):
             raise ValueError(f"epochs and lr_step must be >= 1, got {self.epochs}, {self.lr_step}")
         if self.batch_size is not None and self.batch_size < 2:
@@ -167,6 +175,8 @@ def result_config(cfg: TrainConfig) -> dict:
     d = to_dict(cfg)
     for k in RESULT_FIELDS_EXCLUDED:
         d.pop(k, None)
+    if d.get("beta") is None:   # the cache's boxes: keeps the keys of runs made before the field existed
+        d.pop("beta", None)
     return d
 
 

@@ -7,6 +7,8 @@
 - crops="recrop" (the training default): instead of the five stored crops, the source image (`whole`) and the
   Eq. 1-2 boxes are read, and `__getitem__` cuts the crops with the crop stage's own `crop_regions`, straight at
   the input sizes - the stored crops without their JPEG loss, for about half the decoding on Market-size images.
+  With a `beta` (TrainConfig.beta), the boxes are first recomputed from the stored keypoints at that overlap
+  (posecrop.rebox): a Table 11 sweep trains every beta from one crop cache.
 - Augmentation: one horizontal-flip decision (and one albumentations colour jitter) per sample, identical for
   all five crops; padding-crop and random erasing per crop, fused with the flip into one copy per crop that
   writes the CHW layout directly (`reidtrain.augment`).
@@ -158,16 +160,45 @@ def _recrop_settings(cache: Path) -> str:
     return fill
 
 
-def load_split(cache: Path, split: str, columns: dict[str, str], crops: str = "stored") -> SplitData:
+def _boxes_at_beta(cache: Path, split: str, table: pa.Table, image_ids: list[str], beta: float) -> np.ndarray:
+    """The Eq. 1-2 boxes of every row recomputed from its stored keypoints at `beta` (posecrop.rebox)."""
+    from posecrop.rebox import ReboxError, boxes_at_beta, region_spec_of, region_width_of
+
+    column = table.column("keypoints").combine_chunks()
+    if column.null_count:
+        bad = int(np.flatnonzero(np.asarray(column.is_null().to_numpy(zero_copy_only=False)))[0])
+        raise CacheReadError(f"{cache}/{split}: no keypoints for {image_ids[bad]!r}, so its regions cannot be "
+                             f"placed at beta {beta}")
+    kp = np.asarray(column.flatten().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    kp = kp.reshape(len(image_ids), -1, 2)
+    widths = table.column("width").to_numpy(zero_copy_only=False)
+    try:
+        settings = cache_settings(cache)
+        spec, width = region_spec_of(settings), region_width_of(settings)
+        return boxes_at_beta(kp, widths, beta, spec, width)
+    except ReboxError as e:
+        raise CacheReadError(f"{cache}/{split}: the regions cannot be placed at beta {beta}: {e}") from e
+
+
+def load_split(cache: Path, split: str, columns: dict[str, str], crops: str = "stored",
+               beta: float | None = None) -> SplitData:
     """Read one split with only the identity columns and the image columns in `columns` (key -> column).
 
     crops="recrop": when every column is a region crop, read the source images (`whole`) and the boxes instead,
-    and let the dataset cut the crops (see `Recrop`); "stored": the stored crops."""
+    and let the dataset cut the crops (see `Recrop`); "stored": the stored crops.
+    beta: None - the cache's boxes; a fraction of H - the boxes recomputed from the stored (repaired) keypoints at
+    that overlap (Table 11 without re-cropping; needs crops="recrop" and region-crop inputs)."""
     if crops not in ("recrop", "stored"):
         raise ConfigError(f"crops must be 'recrop' or 'stored', got {crops!r}")
     recrop = crops == "recrop" and all(c in REGION_NAMES for c in columns.values())
+    if beta is not None and not recrop:
+        raise ConfigError(f"beta = {beta}: the regions can only be re-placed when the loader cuts the region crops "
+                          f"(crops = 'recrop' and a model that reads the five region crops; got crops = {crops!r}, "
+                          f"columns {sorted(set(columns.values()))})")
     fill = _recrop_settings(Path(cache)) if recrop else ""
     image_cols = [WHOLE_COLUMN, "boxes"] if recrop else list(columns.values())
+    if beta is not None:
+        image_cols += ["keypoints", "width"]
     wanted = list(dict.fromkeys([*IDENTITY_COLUMNS, *image_cols]))
     table = read_split_table(Path(cache), split, wanted)
     image_ids = table.column("image_id").to_pylist()
@@ -179,8 +210,11 @@ def load_split(cache: Path, split: str, columns: dict[str, str], crops: str = "s
             bad = int(np.flatnonzero(np.asarray(boxes.is_null().to_numpy(zero_copy_only=False)))[0])
             raise CacheReadError(f"{cache}/{split}: no boxes for {image_ids[bad]!r}")
         flat = np.asarray(boxes.flatten().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+        flat = flat.reshape(len(image_ids), len(REGION_NAMES), 4)
+        if beta is not None:
+            flat = _boxes_at_beta(Path(cache), split, table, image_ids, beta)
         source = Recrop(whole=_BinaryColumn(table.column(WHOLE_COLUMN), WHOLE_COLUMN, image_ids),
-                        boxes=flat.reshape(len(image_ids), len(REGION_NAMES), 4), fill=fill,
+                        boxes=flat, fill=fill,
                         regions={key: REGION_NAMES.index(col) for key, col in columns.items()})
     else:
         images = {key: _BinaryColumn(table.column(col), col, image_ids) for key, col in columns.items()}

@@ -151,8 +151,10 @@ def eval_device(name: str) -> torch.device:
 
 def eval_dataset(cache: Path, split: str, meta: dict) -> ReidDataset:
     """One split with the model's input columns, resized to its input sizes, no augmentation; the crops come
-    from where the model was trained on them (checkpoint `crops`; checkpoints without it: the stored crops)."""
-    data = load_split(Path(cache), split, dict(meta["input_columns"]), meta.get("crops", "stored"))
+    from where the model was trained on them (checkpoint `crops`; checkpoints without it: the stored crops), at the
+    beta it was trained at (TrainConfig.beta; None: the cache's boxes)."""
+    beta = (meta.get("config") or {}).get("beta")
+    data = load_split(Path(cache), split, dict(meta["input_columns"]), meta.get("crops", "stored"), beta)
     return ReidDataset(data, SampleTransform(input_sizes(meta_inputs(meta))))
 
 

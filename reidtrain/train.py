@@ -316,7 +316,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
 
         # data: train split, only the needed columns; class labels 0..q-1 from the train pids
         columns = input_columns(resolved.inputs)
-        split = load_split(Path(cfg.cache), "train", columns, cfg.crops)
+        split = load_split(Path(cfg.cache), "train", columns, cfg.crops, cfg.beta)
         labels, train_pids = relabel(split.pids)
         sizes = input_sizes(resolved.inputs)
         dataset = ReidDataset(split, SampleTransform(sizes, cfg.augment), labels)

@@ -17,7 +17,7 @@ import faultkit as fk
 from posecrop.cache import Shard, ShardLock, cache_info
 from posecrop.cache_reader import cache_settings, existing_image_ids, read_report, read_split
 from posecrop.crop_stage import CropConfig, run_crop
-from posecrop.crop_worker import PIXEL_CENTRE
+from posecrop.regions import PIXEL_CENTRE
 from posecrop.crops import outside_fraction
 from posecrop.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES
 from posecrop.regions import REGION_NAMES, region_boxes

@@ -8,7 +8,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # what stage two (reidtrain) may import of stage one: the cache schema and reader, the crop geometry
 CONTRACT = {"posecrop.schema", "posecrop.cache_reader", "posecrop.crops", "posecrop.regions", "posecrop.keypoints",
-            "posecrop.records"}
+            "posecrop.records", "posecrop.rebox"}
 PACKAGES = ("posecrop", "reidtrain", "reidkit", "pipelines", "benchmarks")
 
 

@@ -11,10 +11,11 @@ import pytest
 from posecrop.crop_stage import CropConfig, run_crop
 from posecrop.regions import REGION_NAMES
 from reidtrain.data import (CacheReadError, ReidDataset, SampleTransform, input_columns, input_sizes, load_split)
+from reidtrain.model.registry import model_inputs
 
 from test_data import write_tiny_cache
 
-SIZES = input_sizes(list(REGION_NAMES), (384, 192), (96, 192))   # the crop stage's default crop sizes
+SIZES = input_sizes(model_inputs("aligned", (384, 192), (96, 192)))   # the crop stage's default crop sizes
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_recut_crops_are_the_stored_crops(synth, tmp_path, encoding):
                 assert np.abs(a[key].astype(int) - b[key].astype(int)).mean() < 3.0
     # at other input sizes the crops are cut straight at that size (one resample)
     small = ReidDataset(load_split(cache, "query", input_columns("aligned"), "recrop"),
-                        SampleTransform(input_sizes(list(REGION_NAMES), (64, 32), (16, 32))))
+                        SampleTransform(input_sizes(model_inputs("aligned", (64, 32), (16, 32)))))
     assert small[0]["inputs"]["body"].shape == (3, 64, 32) and small[0]["inputs"]["head"].shape == (3, 16, 32)
 
 
