@@ -70,7 +70,8 @@ class BenchConfig:
         return self.work / f"cache-{self.pose_source}-{h}x{w}-{self.region_width}"
 
     def run_dir(self, model: str, seed: int) -> Path:
-        tag = f"e{self.epochs}-lr{self.lr}-b{self.batch_size}" + "".join(f"-{k}{v}" for k, v in sorted(self.extra.items()))
+        tag = (f"e{self.epochs}-lr{self.lr}-b{self.batch_size}"
+               + "".join(f"-{k}{v}" for k, v in sorted(self.extra.items())))
         return self.work / "runs" / f"{self.cache.name}-{tag}" / f"{model}-s{seed}"
 
 
@@ -168,7 +169,8 @@ def verdict(stats: dict[str, dict]) -> dict:
     gain = f[0] - b[0]
     separate = f[2] > b[3]
     return {"met": bool(gain >= TARGET_MAP_GAIN and separate), "mAP_gain": round(gain, 2),
-            "ranges_separate": bool(separate), "baseline_mAP_range": [b[2], b[3]], "intra_inter_mAP_range": [f[2], f[3]]}
+            "ranges_separate": bool(separate), "baseline_mAP_range": [b[2], b[3]],
+            "intra_inter_mAP_range": [f[2], f[3]]}
 
 
 def plot_cmc(rows: list[dict], models: tuple[str, ...], path: Path, title: str) -> Path:
@@ -220,7 +222,8 @@ def format_markdown(cfg: BenchConfig, stats: dict[str, dict], v: dict, wall_s: f
              "Cells: mean +- std (min-max) over the seeds, in percent.", "",
              "| model | seeds | R1 | R5 | mAP | single-shot R1 |", "|---|---|---|---|---|---|"]
     for m, s in stats.items():
-        lines.append(f"| {m} | {s['seeds']} | {cell(s['R1'])} | {cell(s['R5'])} | {cell(s['mAP'])} | {cell(s['ss_R1'])} |")
+        lines.append(f"| {m} | {s['seeds']} | {cell(s['R1'])} | {cell(s['R5'])} | {cell(s['mAP'])} "
+                     f"| {cell(s['ss_R1'])} |")
     lines += ["", "Target (issue 16): intra-inter mAP >= baseline mAP + 3 with non-overlapping seed ranges: "
               + ({True: "**met**", False: "**not met**", None: "not decided"}[v["met"]])
               + (f" (gain {v['mAP_gain']:+.1f} mAP, ranges {'separate' if v['ranges_separate'] else 'overlap'})"
@@ -237,7 +240,8 @@ def format_controls(controls: list[dict], rows: list[dict]) -> str:
     """The controlled experiments against the benchmark's run of the same model and seed."""
     if not controls:
         return ""
-    lines = ["", "Controlled experiments (one change; the reference is the benchmark's run of the same model and seed):",
+    lines = ["", "Controlled experiments (one change; the reference is the benchmark's run of the same model and "
+             "seed):",
              "", "| change | model | seed | R1 | mAP | reference R1 | reference mAP | mAP difference |",
              "|---|---|---|---|---|---|---|---|"]
     for c in sorted(controls, key=lambda r: (r["control"], r["seed"])):
@@ -270,7 +274,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     with ctx.Pool(max(1, cfg.jobs), maxtasksperchild=1) as pool:
         for row in pool.imap_unordered(_job, jobs):
             rows.append(row)
-            print(f"[accuracy] {row['model']}{' (' + row['control'] + ')' if row['control'] else ''} seed {row['seed']}: R1 {row['R1']:.1f} R5 {row['R5']:.1f} "
+            control = f" ({row['control']})" if row['control'] else ""
+            print(f"[accuracy] {row['model']}{control} seed {row['seed']}: R1 {row['R1']:.1f} R5 {row['R5']:.1f} "
                   f"mAP {row['mAP']:.1f} single-shot R1 {row['ss_R1']:.1f} ({row['train_s'] / 60:.1f} min)", flush=True)
     wall = time.perf_counter() - t0
     controls = [r for r in rows if r["control"]]

@@ -11,14 +11,16 @@ def register(app: typer.Typer) -> None:
     @app.command("bench", help="Measure every stage against a reference in the same run (ratios, peak memory).")
     def bench(
         quick: bool = typer.Option(False, "--quick", help="CI-sized inputs for a 2-core machine."),
-        stage: Optional[List[str]] = typer.Option(None, "--stage", help="Only these stages: crop, pose, blazepose, repair, loader, imagenet_loader, model, eval."),
+        stage: Optional[List[str]] = typer.Option(None, "--stage", help="Only these stages: crop, pose, blazepose, "
+                                                  "repair, loader, imagenet_loader, model, eval."),
         out: Path = typer.Option(Path("benchmarks/results"), "--out", help="Folder for results.json and results.md."),
         timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds allowed per stage."),
         accuracy: bool = typer.Option(False, "--accuracy", help="Instead: the real-data accuracy benchmark "
                                       "(CUHK01, BlazePose, baseline / aligned / intra-inter x 3 seeds; "
                                       "benchmarks/bench_accuracy.py)."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="--accuracy: training epochs (default 14)."),
-        seeds: Optional[List[int]] = typer.Option(None, "--seed", help="--accuracy: seeds (repeatable; default 0 1 2)."),
+        seeds: Optional[List[int]] = typer.Option(None, "--seed",
+                                                  help="--accuracy: seeds (repeatable; default 0 1 2)."),
         jobs: Optional[int] = typer.Option(None, "--jobs", help="--accuracy: runs at a time (default 2)."),
     ) -> None:
         if accuracy:

@@ -18,7 +18,8 @@ import numpy as np
 
 from reidkit.errors import ReidError
 
-from .regions import PIXEL_CENTRE, DEFAULT_REGION_JOINTS, REGION_NAMES, REGION_WIDTHS, RegionGeometryError, RegionSpec, fit_width
+from .regions import (DEFAULT_REGION_JOINTS, PIXEL_CENTRE, REGION_NAMES, REGION_WIDTHS, RegionGeometryError,
+                      RegionSpec, fit_width)
 from .regions import region_boxes
 
 

@@ -23,7 +23,8 @@ DEFAULT_REGION_JOINTS: dict[str, tuple[str, ...]] = {
 }
 
 # Keypoint sources (OpenPose, pose-gan, mmpose, our synth) put pixel i's centre at coordinate i; the crop frame has
-# it at i + 0.5. Eq. 1-2 is translation-equivariant, so boxes in the crop frame = region_boxes(keypoints) + PIXEL_CENTRE.
+# it at i + 0.5. Eq. 1-2 is translation-equivariant, so boxes in the crop frame are
+# region_boxes(keypoints) + PIXEL_CENTRE.
 PIXEL_CENTRE = 0.5
 
 

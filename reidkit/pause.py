@@ -4,7 +4,8 @@ With `REID_PAUSE_AT="part-written:3"` in its environment, a process stops itself
 `part-written` happened for the third time; `kill -CONT PID` lets it go on, and a debugger, py-spy or a look at
 the files can see it in that state meanwhile. Several points are separated by commas; `name` alone means `name:1`.
 The fault tests use this to kill a run at a chosen point (after the n-th part file or training step, while a part
-file or a checkpoint is still under its temporary name) instead of after a delay, so they behave the same on a fast and on a slow CPU.
+file or a checkpoint is still under its temporary name) instead of after a delay, so they behave the same on a fast
+and on a slow CPU.
 
 Events (where `pause_point` is called):
     part-temp       posecrop cache writer: a part file is written under its temporary name, not yet renamed

@@ -396,7 +396,8 @@ def register(app: typer.Typer) -> None:
         except errors + (ValueError,) as e:
             _fail(one_line(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
         dev = info["max_rel_deviation"]
-        typer.echo(f"wrote {info['path']} ({info['exporter']} exporter, opset {info['opset']}): inputs {info['inputs']}, "
+        typer.echo(f"wrote {info['path']} ({info['exporter']} exporter, opset {info['opset']}): "
+                   f"inputs {info['inputs']}, "
                    f"output features "
                    f"({info['feature_dim']})"
                    + (f"; max relative deviation from PyTorch {dev:.1e}" if dev is not None else ""))

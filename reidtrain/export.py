@@ -6,7 +6,8 @@ normalisation. Readable with plain pyarrow / pandas / `datasets`; written atomic
 
 ONNX: the graph takes one float32 input per model input key (in `model.input_keys` order: "body" for
 baseline and the whole-image models, the five region crops otherwise), RGB in [0, 1], NCHW at the trained
-sizes, with a dynamic batch axis, and returns "features" (B, model.feature_dim). The per-image normalisation of training is part of the graph.
+sizes, with a dynamic batch axis, and returns "features" (B, model.feature_dim). The per-image normalisation of
+training is part of the graph.
 """
 from __future__ import annotations
 
@@ -198,7 +199,8 @@ def _export_onnx(checkpoint: Path, out: Path, opset: int, exporter: str, verify:
                 _quiet_registry_warnings()
                 batch_dim = torch.export.Dim("batch", min=1, max=4096)
                 torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["features"],
-                                  opset_version=max(opset, DYNAMO_MIN_OPSET), dynamo=True, external_data=False, verbose=False,
+                                  opset_version=max(opset, DYNAMO_MIN_OPSET), dynamo=True, external_data=False,
+                                  verbose=False,
                                   dynamic_shapes={"images": tuple({0: batch_dim} for _ in names)})
             else:
                 torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["features"],

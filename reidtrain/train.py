@@ -39,7 +39,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from reidkit.atomic import atomic_write_text, is_temporary

@@ -148,8 +148,8 @@ def test_shapes_loss_terms_and_attention_maps(name, split):
         return
     assert list(maps) == ["attention_pyramid"] and len(maps["attention_pyramid"]) == 5
     # stem and layer1 at 1/4, layer2 1/8, layer3 1/16, layer4 1/16 (last stride 1)
-    assert [tuple(m.shape) for m in maps["attention_pyramid"]] == [(3, 1, 16, 8), (3, 1, 16, 8), (3, 1, 8, 4), (3, 1, 4, 2),
-                                                      (3, 1, 4, 2)]
+    assert [tuple(m.shape) for m in maps["attention_pyramid"]] == [(3, 1, 16, 8), (3, 1, 16, 8), (3, 1, 8, 4),
+                                                                   (3, 1, 4, 2), (3, 1, 4, 2)]
     for m in maps["attention_pyramid"]:
         assert m.min() >= 0 and m.max() <= 1
         if name == "apnet-c":                                      # per-stripe channel gain: constant along a row

@@ -30,7 +30,8 @@ TINY_MODEL = textwrap.dedent('''
     import torch
     from torch import nn
 
-    from reidtrain.model import InputSpec, ModelDefaults, ModelOutput, OptimizerSpec, PaperRow, ReidModel, register_model
+    from reidtrain.model import (InputSpec, ModelDefaults, ModelOutput, OptimizerSpec, PaperRow, ReidModel,
+                                 register_model)
 
 
     @dataclass
@@ -41,7 +42,8 @@ TINY_MODEL = textwrap.dedent('''
     class TinyNet(ReidModel):
         def __init__(self, num_classes, inputs, losses, options):
             super().__init__("tiny-test", inputs, num_classes, losses)
-            self.features = nn.Sequential(nn.Conv2d(3, options.width, 3, stride=2, padding=1), nn.BatchNorm2d(options.width),
+            self.features = nn.Sequential(nn.Conv2d(3, options.width, 3, stride=2, padding=1),
+                                          nn.BatchNorm2d(options.width),
                                           nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
             self.feature_dim = options.width
             self.feature_layout = (("pooled", options.width),)

@@ -83,7 +83,8 @@ def test_recipe_plans_one_run_per_model_and_point_on_one_cache(tmp_path):
     assert trains["intra-inter@beta=0.125"].beta == 0.125 and trains["intra@beta=0"].beta == 0.0
     assert trains["intra@beta=0"].out == tmp_path / "out" / "runs" / "intra@beta=0"
     run = tmp_path / "out" / "runs" / "intra-inter@beta=0.125"
-    assert evals["intra-inter@beta=0.125"].checkpoint == run / "model.pt" and evals["intra-inter@beta=0.125"].out == run / "eval"
+    point = evals["intra-inter@beta=0.125"]
+    assert point.checkpoint == run / "model.pt" and point.out == run / "eval"
     assert {t.cache for t in trains.values()} == {crop.out}
     path.write_text(TINY + "\n[sweep]\nlambda = [0.1]\n")
     with pytest.raises(RecipeError, match=r"sweep\.lambda"):
