@@ -28,7 +28,8 @@ the detector finds a person in 31/56 crops at its default confidence 0.5 (PCK@0.
 worse (PCK 0.91), 1.5 alike (0.96, median 0.020 H). Padding the crop sideways (w/4 each side) changed nothing with
 the fixed region and little with the detector (46/56 either way, median error 0.026 H); upscaling 2x gained 4 of
 350 joints with the fixed region (PCK 0.963) at more CPU. So the default is the fixed region at 1.25 without padding
-or upscaling; `mode`, `roi_scale`, `pad` (fraction of the width added on each side, edge pixels repeated), `upscale` and `min_detection_confidence` stay options.
+or upscaling; `mode`, `roi_scale`, `pad` (fraction of the width added on each side, edge pixels repeated),
+`upscale` and `min_detection_confidence` stay options.
 In both modes the landmark model's own presence score decides whether a person was found; an image without one
 gets an all-missing pose (the crop stage then uses the frame fallback).
 
