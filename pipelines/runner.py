@@ -14,6 +14,10 @@ Tables (every key optional; unknown keys and wrong types are rejected naming the
     [eval]     EvalConfig fields but not checkpoint / cache / out
     [sweep]    KEY = [values] of [train] keys (Tables 10-11: lambda_intra, beta): every model is trained and evaluated
                at every point into OUT/runs/<model>@<point>, e.g. intra-inter@lambda=0.1 (reidtrain.sweep)
+    [stages]   MODEL = [values of its `stage` option]: staged training (HydraPlus-Net's main net, then each
+               attention branch, then the fusion layer): one run per stage into OUT/runs/<model>@stage=<value>,
+               each initialised from the previous stage's model.pt (its key folded into the next one's, so a
+               changed early stage retrains every later one); only the last stage is evaluated
 
 Layout of a run (OUT, default out/<recipe file stem>):
 
@@ -46,7 +50,7 @@ from reidkit.atomic import atomic_write_text
 from reidkit.typedconfig import ConfigError, from_mapping, to_dict
 from reidtrain.config import EvalConfig, TrainConfig, config_hash, result_config
 
-TABLES = ("recipe", "dataset", "synth", "crop", "model", "train", "eval", "sweep")
+TABLES = ("recipe", "dataset", "synth", "crop", "model", "train", "eval", "sweep", "stages")
 RESERVED = {"crop": ("dataset", "root", "out"), "train": ("cache", "out", "model"),
             "eval": ("checkpoint", "cache", "out")}
 STAGE_DIR = ".stages"
@@ -103,6 +107,7 @@ class Recipe:
     raw: dict
     model_options: dict[str, dict] = field(default_factory=dict)   # [model.NAME] tables
     sweep: dict[str, list] = field(default_factory=dict)           # [sweep] table (reidtrain.sweep)
+    stages: dict[str, list[str]] = field(default_factory=dict)     # [stages] table: model -> its stage values
 
     @property
     def name(self) -> str:
@@ -175,8 +180,34 @@ def parse_recipe(data: Mapping[str, Any], path: Path) -> Recipe:
         sweep = check_sweep(data.get("sweep", {}), str(path))
     except ConfigError as e:
         raise RecipeError(str(e)) from e
+    stages = _check_stages(data.get("stages", {}), models, path)
     return Recipe(Path(path), info, dataset, dict(synth) if synth is not None else None, crop, models, train, ev,
-                  dict(data), model_options, sweep)
+                  dict(data), model_options, sweep, stages)
+
+
+def _check_stages(table: Any, models: list[str], path: Path) -> dict[str, list[str]]:
+    """[stages] MODEL = ["a", "b", ...]: a model of [model] names with a `stage` option, distinct values it takes."""
+    from reidtrain.model.registry import get_model
+
+    if not isinstance(table, Mapping):
+        raise RecipeError(f"{path}: [stages] must be a table of MODEL = [stage values], got {type(table).__name__}")
+    out: dict[str, list[str]] = {}
+    for model, values in table.items():
+        if model not in models:
+            raise RecipeError(f"{path}: stages.{model}: not a model of [model] names {models}")
+        entry = get_model(model)
+        if "stage" not in entry.option_names():
+            raise RecipeError(f"{path}: stages.{model}: model {model!r} has no 'stage' option")
+        if not isinstance(values, list) or len(values) < 2 or len(set(map(str, values))) != len(values):
+            raise RecipeError(f"{path}: stages.{model}: expected a list of at least two distinct stage values, "
+                              f"got {values!r}")
+        for v in values:
+            try:
+                entry.parse_options({"stage": v})
+            except ConfigError as e:
+                raise RecipeError(f"{path}: stages.{model}: {e}") from e
+        out[model] = [str(v) for v in values]
+    return out
 
 
 def set_override(data: dict, assignment: str) -> None:
@@ -370,9 +401,20 @@ def plan_configs(recipe: Recipe, out: Path):
              "model": model}
         if recipe.model_options.get(model):
             t["model_options"] = {**recipe.train.get("model_options", {}), **recipe.model_options[model]}
-        trains[run] = from_mapping(TrainConfig, t)
-        evals[run] = from_mapping(EvalConfig, {**recipe.eval, "checkpoint": str(out / "runs" / run / "model.pt"),
-                                               "cache": str(out / "cache"), "out": str(out / "runs" / run / "eval")})
+        chain = [(f"{run},stage={s}" if point.name else f"{run}@stage={s}", s) for s in recipe.stages.get(model, [])]
+        if not chain:
+            trains[run] = from_mapping(TrainConfig, t)
+            final = run
+        previous = None
+        for name, value in chain:        # staged training: each stage starts from the previous one's weights
+            options = {**t.get("model_options", {}), "stage": value}
+            init = {"init_from": str(out / "runs" / previous / "model.pt")} if previous else {}
+            trains[name] = from_mapping(TrainConfig, {**t, "out": str(out / "runs" / name), "model_options": options,
+                                                      **init})
+            previous = final = name
+        evals[final] = from_mapping(EvalConfig, {**recipe.eval, "checkpoint": str(out / "runs" / final / "model.pt"),
+                                                 "cache": str(out / "cache"),
+                                                 "out": str(out / "runs" / final / "eval")})
     synth = synth_config(recipe.synth, recipe.path) if recipe.synth is not None else None
     return synth, crop, trains, evals
 
@@ -426,13 +468,18 @@ def run_recipe(recipe: Recipe, out: Path | None = None, force: bool = False, mod
                                force, say)
     from reidtrain.resolve import resolve
     resolved = {m: resolve(trains[m]).cfg for m in trains}
-    train_keys = {m: config_hash({"train": result_config(resolved[m]), "epochs": resolved[m].epochs, "crop": crop_key})
-                  for m in chosen}
+    train_keys: dict[str, str] = {}
+    for m in chosen:      # in plan order: a stage initialised from an earlier run folds in that run's key
+        after = next((p for p in train_keys if trains[m].init_from is not None
+                      and Path(trains[m].init_from) == out / "runs" / p / "model.pt"), None)
+        train_keys[m] = config_hash({"train": result_config(resolved[m]), "epochs": resolved[m].epochs,
+                                     "crop": crop_key, **({"after": train_keys[after]} if after else {})})
     train_stages = [(Stage(f"train/{m}", train_keys[m], [out / "runs" / m / "model.pt"], None, [out / "runs" / m]),
                      trains[m]) for m in chosen]
-    stages.update(run_trainings(out, train_stages, force, jobs or recipe.info.jobs, progress, console, say))
+    jobs = 1 if recipe.stages else (jobs or recipe.info.jobs)      # the stages of a chain run in order
+    stages.update(run_trainings(out, train_stages, force, jobs, progress, console, say))
     results: dict[str, dict] = {}
-    for model in chosen:
+    for model in (run for run in chosen if run in evals):
         ecfg, run_dir = evals[model], out / "runs" / model
         eval_key = config_hash({"eval": {k: v for k, v in to_dict(ecfg).items() if k not in EVAL_BOOKKEEPING},
                                 "train": train_keys[model]})

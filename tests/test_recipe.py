@@ -203,3 +203,26 @@ def test_model_choices_match_the_model_package():
     from reidtrain.config import MODEL_CHOICES
     from reidtrain.model import MODEL_NAMES
     assert MODEL_CHOICES == MODEL_NAMES
+
+
+def test_staged_training_chains_the_runs_and_folds_the_keys(tmp_path):
+    """[stages] (HydraPlus-Net): one run per stage, each initialised from the previous one's model.pt, only the
+    last evaluated; the shipped hpnet-staged recipe plans exactly that."""
+    from pipelines.runner import plan_configs
+
+    recipe = load_recipe(PIPELINES / "hpnet-staged.toml")
+    assert recipe.stages == {"hpnet": ["main", "af1", "af2", "af3", "fusion"]}
+    _, _, trains, evals = plan_configs(recipe, tmp_path)
+    names = [f"hpnet@stage={s}" for s in recipe.stages["hpnet"]]
+    assert list(trains) == names and list(evals) == [names[-1]]
+    assert trains[names[0]].init_from is None
+    for before, after in zip(names, names[1:]):
+        assert trains[after].init_from == tmp_path / "runs" / before / "model.pt"
+        assert trains[after].model_options["stage"] == after.split("=")[1]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[dataset]\nroot = "x"\n[model]\nnames = ["intra-inter"]\n[stages]\nintra-inter = ["a", "b"]\n')
+    with pytest.raises(RecipeError, match="no 'stage' option"):
+        load_recipe(bad)
+    bad.write_text('[dataset]\nroot = "x"\n[model]\nnames = ["hpnet"]\n[stages]\nhpnet = ["main", "nope"]\n')
+    with pytest.raises(RecipeError, match="stages.hpnet"):
+        load_recipe(bad)
