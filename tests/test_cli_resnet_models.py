@@ -76,5 +76,6 @@ def test_model_info_rows():
     assert "attention pyramid 5" in r.stdout                          # the per-group table
     r = fk.cli("model-info", "--model", "resnet50", timeout=300, env={"COLUMNS": "250"})
     assert r.returncode == 0, r.stderr[-3000:]
-    row = next(line for line in r.stdout.splitlines() if line.strip("│ ").startswith("resnet50 ") and "256x128" in line)
+    assert "resnet50: inputs 256x128" in r.stdout
+    row = next(line for line in r.stdout.splitlines() if line.strip("│ ").startswith("resnet50 ") and "%" in line)
     assert "23.512" in row and "+0.1%" in row                         # 23.512 M against ResNet-50's 23.5 M

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reidkit.typedconfig import ConfigError
-from reidtrain.recipe import RecipeError, load_recipe, plan_configs, run_recipe
+from pipelines.runner import RecipeError, load_recipe, plan_configs, run_recipe
 from reidtrain.sweep import SweepPoint, check_sweep, expand_sweep
 
 REPO = Path(__file__).resolve().parents[1]
