@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-STAGES: tuple[str, ...] = ("crop", "pose", "blazepose", "repair", "loader", "model", "eval")
+STAGES: tuple[str, ...] = ("crop", "pose", "blazepose", "repair", "loader", "model", "eval", "rerank", "flip")
 # Not a speed ratio and about an hour on 2 cores, so not one of STAGES: `python -m benchmarks.bench_accuracy`
 # or `cli.py bench --accuracy` (CUHK01 R1 / R5 / mAP of baseline, aligned and intra-inter over 3 seeds).
 COLUMNS = ("stage", "ours", "ours_value", "reference", "reference_value", "unit", "ratio", "target", "peak_mem_mb")

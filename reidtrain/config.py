@@ -153,6 +153,8 @@ class EvalConfig:
     camera-A against all camera-B images) and "cuhk01-multi-query" (per identity the mean camera-A feature) on
     request.
     Features are [E_g, E_l] (Eq. 9); `flip_average` adds the features of the mirrored crops (not in the paper).
+    `rerank_convention`: "zhong" re-ranks squared Euclidean distances (Zhong et al.); "torchreid" gives the numbers
+    of torchreid's re_ranking, which squares the squared distances it is given (reidtrain/rerank.py).
     """
 
     checkpoint: Path | None = None
@@ -163,6 +165,7 @@ class EvalConfig:
     rerank_k1: int = 20
     rerank_k2: int = 6
     rerank_lambda: float = 0.3
+    rerank_convention: Literal["zhong", "torchreid"] = "zhong"
     flip_average: bool = False
     protocol: Literal["auto", "market", "cuhk03-classic", "cuhk01-single-shot", "cuhk01-multi-shot",
                       "cuhk01-multi-query"] = "auto"

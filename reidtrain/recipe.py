@@ -409,7 +409,7 @@ def run_recipe(recipe: Recipe, out: Path | None = None, force: bool = False, mod
         def do_eval(resume: bool, ecfg=ecfg) -> dict:
             from .evaluate import evaluate
             outcome = evaluate(ecfg, progress=progress, console=console)
-            return {k: outcome.metrics.get(k) for k in ("R1", "R5", "R10", "R20", "mAP")}
+            return {k: outcome.metrics.get(k) for k in ("R1", "R5", "R10", "R20", "mAP", "mINP")}
 
         stages[f"eval/{model}"] = run_stage(out, Stage(f"eval/{model}", eval_key, [run_dir / "eval" / "metrics.json"],
                                                        do_eval, [run_dir / "eval"]), force, say)
@@ -421,14 +421,14 @@ def run_recipe(recipe: Recipe, out: Path | None = None, force: bool = False, mod
 
 
 # ------------------------------------------------------------------------------------------------- results
-RESULT_COLUMNS = ("R1", "R5", "R10", "R20", "mAP")
+RESULT_COLUMNS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
 
 
 def results_table(title: str, results: Mapping[str, Mapping[str, Any]]):
     """A rich Table: one row per model, CMC ranks and mAP in percent (side by side)."""
     from rich.table import Table
 
-    table = Table(title=f"{title}: CMC / mAP (%)")
+    table = Table(title=f"{title}: CMC / mAP / mINP (%)")
     table.add_column("model")
     for c in RESULT_COLUMNS:
         table.add_column(c, justify="right")
