@@ -15,13 +15,16 @@ Every measurement runs in a fresh subprocess (torch 1 thread), which reports its
              max |difference| to the reference's result (and that of "ours" from features), target <= 1e-5.
 
 Entries returned by `run(quick)` ("ours" names):
-  1. "k_reciprocal_rerank (market-size)": seconds per run, features to re-ranked (Q, G) distances, both sides
-     including their distance computation (reference's distances-only time in the notes); ratio = reference
-     seconds / ours (higher is better, target >= 5). Full mode: Market-1501 size (3,368 + 15,913 images, 768-d);
-     quick mode: Market size scaled down 4x in queries and gallery (842 + 3,978), said in the notes.
+  1. "k_reciprocal_rerank (market-size)": CPU seconds per run (single-threaded processes: CPU time is what load
+     from other processes on a shared machine disturbs least; wall times in the notes), features to re-ranked
+     (Q, G) distances, both sides including their distance computation (the reference's distances-only time in
+     the notes); ratio = reference / ours (higher is better, target >= 5). Full mode: Market-1501 size (3,368 +
+     15,913 images, 768-d; the reference needs about 2 CPU minutes and 8.6 GB); quick mode: Market size scaled
+     down 2x in queries and gallery (1,684 + 7,956), said in the notes.
   2. "k_reciprocal_rerank peak RSS (market-size)": peak memory of the same two processes; ratio = ours / reference
-     (lower is better, target <= 0.1 at Market size). Process peaks include the interpreter, torch and the
-     features (the baseline is in the notes).
+     (lower is better, target <= 0.1 at Market size; the reference's dense matrices grow as (Q+G)^2, ours
+     about linearly, so the ratio is higher at the quick size). Process peaks include the interpreter, torch and
+     the features (the baseline is in the notes).
   3. "k_reciprocal_rerank + evaluate_market (msmt17-size)": ours only, MSMT17 size (11,659 + 82,161 images) from
      features, re-ranked distances streamed into `evaluate_market` in row blocks (nothing Q x G is held);
      peak RSS in MB against the 24 GB of this machine. The reference cannot run there: each of its dense
@@ -135,7 +138,7 @@ def _spawn(kind: str, scale: int, folder: str) -> dict:
 
 def _market_rows(quick: bool) -> list[dict]:
     from benchmarks.torchreid_ref import load_reference, reason
-    scale = 4 if quick else 1
+    scale = 2 if quick else 1
     size = "Market-1501 size" if scale == 1 else f"Market-1501 size scaled down {scale}x (quick mode)"
     ref_src = load_reference()
     if ref_src is None:

@@ -60,7 +60,7 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("TORCHREID_CACHE", _DEFAULT_CACHE))
 
 
-def _find_sdist(path: str | os.PathLike | None) -> Path | None:
+def _find_sdist(path: str | os.PathLike | None, download: bool = True) -> Path | None:
     given = path or os.environ.get("TORCHREID_SDIST")
     if given:
         p = Path(given)
@@ -71,6 +71,9 @@ def _find_sdist(path: str | os.PathLike | None) -> Path | None:
     cached = sorted(cache.glob(f"torchreid-{VERSION}.tar.gz"))
     if cached:
         return cached[0]
+    if not download:
+        _why.append(f"no torchreid-{VERSION}.tar.gz in {cache} (downloading not allowed here)")
+        return None
     try:
         cache.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
@@ -113,10 +116,11 @@ def _load(path: Path, name: str) -> ModuleType:
     return module
 
 
-def load_reference(path: str | os.PathLike | None = None) -> Reference | None:
-    """torchreid's rank.py and rerank.py loaded from their files, or None (see `reason()`)."""
+def load_reference(path: str | os.PathLike | None = None, download: bool = True) -> Reference | None:
+    """torchreid's rank.py and rerank.py loaded from their files, or None (see `reason()`); download=False never
+    calls pip (tests)."""
     _why.clear()
-    sdist = _find_sdist(path)
+    sdist = _find_sdist(path, download)
     if sdist is None:
         return None
     try:

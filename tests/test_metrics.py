@@ -511,6 +511,23 @@ def test_torchreid_convention_reads_square_blocks_column_wise():
         k_reciprocal_rerank(q_g, q_q, g_g, convention="fastreid")
 
 
+def test_evaluate_passes_the_rerank_convention_through():
+    from reidtrain.config import EvalConfig
+    from reidtrain.evaluate import Features, compute_result
+
+    rng = np.random.default_rng(8)
+    qf, qp = clustered(rng, 6, 2)
+    gf, gp = clustered(rng, 6, 5)
+    q = Features("query", [str(i) for i in range(len(qp))], qp, np.zeros(len(qp), np.int64), qf)
+    g = Features("gallery", [str(i) for i in range(len(gp))], gp, np.ones(len(gp), np.int64), gf)
+    for convention in ("zhong", "torchreid"):
+        cfg = EvalConfig(rerank=True, rerank_k1=5, rerank_k2=2, rerank_convention=convention, protocol="market")
+        want = evaluate_market(None, None, qp, gp, q.camids, g.camids, distmat=k_reciprocal_rerank_features(
+            qf, gf, 5, 2, convention=convention))
+        got = compute_result(cfg, "market", q, g)
+        assert got.mAP == want.mAP and got.mINP == want.mINP
+
+
 def test_rerank_rejects_bad_parameters_and_shapes():
     z = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError, match="k1"):
