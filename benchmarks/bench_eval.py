@@ -383,7 +383,8 @@ def _msmt_entry(quick: bool) -> dict:
                   f"{r['seconds']:.1f} s (distances included, {r['threads']} torch threads); lower is better; "
                   f"process peak RSS incl. interpreter+torch {r['baseline_mb']:.0f} MB and features "
                   f"(peak {r['after_data_mb']:.0f} MB before evaluating); R1 {r['R1']:.2f} mAP {r['mAP']:.2f}, "
-                  f"{r['valid']}/{r['queries']} valid queries; the reference is not run: at full MSMT17 size torchreid's "
+                  f"{r['valid']}/{r['queries']} valid queries; the reference is not run: at full MSMT17 size "
+                  f"torchreid's "
                   f"eval_market1501 needs the float32 distmat ({_MSMT_ENTRIES * 4 / 1e9:.1f} GB), an int64 argsort "
                   f"({_MSMT_ENTRIES * 8 / 1e9:.1f} GB) and an int32 match matrix ({_MSMT_ENTRIES * 4 / 1e9:.1f} GB), "
                   f"{_MSMT_ENTRIES * 16 / 1e9:.1f} GB in all"),

@@ -174,9 +174,10 @@ def _market_rows(quick: bool) -> list[dict]:
                   f"{ref['source']}"),
     }
     memory = {
-        "stage": "rerank", "ours": "k_reciprocal_rerank peak RSS (market-size)", "ours_value": round(ours["peak_mb"], 1),
-        "reference": "torchreid re_ranking peak RSS", "reference_value": round(ref["peak_mb"], 1), "unit": "MB",
-        "ratio": round(ours["peak_mb"] / ref["peak_mb"], 3), "target": "<= 0.1", "peak_mem_mb": round(ref["peak_mb"], 1),
+        "stage": "rerank", "ours": "k_reciprocal_rerank peak RSS (market-size)",
+        "ours_value": round(ours["peak_mb"], 1), "reference": "torchreid re_ranking peak RSS",
+        "reference_value": round(ref["peak_mb"], 1), "unit": "MB", "ratio": round(ours["peak_mb"] / ref["peak_mb"], 3),
+        "target": "<= 0.1", "peak_mem_mb": round(ref["peak_mb"], 1),
         "notes": (f"{common}; process peaks (VmHWM) incl. interpreter, torch and features: baseline "
                   f"{ours['baseline_mb']:.0f} MB (ours) / {ref['baseline_mb']:.0f} MB (reference); above baseline "
                   f"{ours['peak_mb'] - ours['baseline_mb']:.0f} MB vs {ref['peak_mb'] - ref['baseline_mb']:.0f} MB; "
@@ -195,10 +196,11 @@ def _msmt_row(quick: bool) -> dict:
     return {
         "stage": "rerank", "ours": "k_reciprocal_rerank + evaluate_market (msmt17-size)",
         "ours_value": round(r["peak_mb"], 1), "reference": "machine memory", "reference_value": MACHINE_MB,
-        "unit": "MB", "ratio": round(r["peak_mb"] / MACHINE_MB, 3), "target": "completes", "peak_mem_mb": round(r["peak_mb"], 1),
+        "unit": "MB", "ratio": round(r["peak_mb"] / MACHINE_MB, 3), "target": "completes",
+        "peak_mem_mb": round(r["peak_mb"], 1),
         "notes": (f"{size}: {r['queries']} + {r['gallery']} images, {FEATURE_DIM}-d, from features in a fresh "
-                  f"process, re-ranked rows streamed into evaluate_market, {r['cpu_seconds']:.0f} CPU s ({r['seconds']:.0f} s wall) "
-                  f"on one torch thread, "
+                  f"process, re-ranked rows streamed into evaluate_market, {r['cpu_seconds']:.0f} CPU s "
+                  f"({r['seconds']:.0f} s wall) on one torch thread, "
                   f"baseline {r['baseline_mb']:.0f} MB; R1 {p['R1']:.2f} -> {s['R1']:.2f}, mAP {p['mAP']:.2f} -> "
                   f"{s['mAP']:.2f} with re-ranking (default convention); torchreid's re_ranking not run: each of its "
                   f"dense (Q+G)^2 float32 matrices would be {n_all ** 2 * 4 / 1e9:.1f} GB at this size "

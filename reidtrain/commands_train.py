@@ -258,7 +258,8 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = merge(from_mapping(EvalConfig, _table_from(config, "eval")), {
                 "checkpoint": checkpoint, "cache": cache, "out": out, "distance": distance, "rerank": rerank,
-                "rerank_convention": rerank_convention, "flip_average": flip_average, "protocol": protocol, "repeats": repeats, "seed": seed,
+                "rerank_convention": rerank_convention, "flip_average": flip_average, "protocol": protocol,
+                "repeats": repeats, "seed": seed,
                 "batch_size": batch_size, "workers": workers, "threads": threads, "device": device,
                 "ranked_queries": ranked_queries,
                 "topk": topk, "reports": reports})
