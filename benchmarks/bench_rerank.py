@@ -203,8 +203,8 @@ def _msmt_row(quick: bool) -> dict:
                   f"({r['seconds']:.0f} s wall) on one torch thread, "
                   f"baseline {r['baseline_mb']:.0f} MB; R1 {p['R1']:.2f} -> {s['R1']:.2f}, mAP {p['mAP']:.2f} -> "
                   f"{s['mAP']:.2f} with re-ranking (default convention); torchreid's re_ranking not run: each of its "
-                  f"dense (Q+G)^2 float32 matrices would be {n_all ** 2 * 4 / 1e9:.1f} GB at this size "
-                  f"({93820 ** 2 * 4 / 1e9:.1f} GB at full MSMT17 size)"),
+                  f"dense (Q+G)^2 float32 matrices would be {n_all ** 2 * 4 / 1e9:.1f} GB at this size"
+                  + ("" if scale == 1 else f" ({93820 ** 2 * 4 / 1e9:.1f} GB at full MSMT17 size)")),
     }
 
 

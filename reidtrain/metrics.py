@@ -135,7 +135,7 @@ class _DistanceRows:
         else:
             self.q2 = (self.q * self.q).sum(1, keepdim=True)
             self.g2 = (self.g * self.g).sum(1).unsqueeze(0)
-        self.gt = self.g.t().contiguous()
+        self.gt = self.g.t()             # a view: BLAS reads it transposed, no (D, G) copy
 
     @property
     def shape(self) -> tuple[int, int]:
