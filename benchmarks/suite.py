@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-STAGES: tuple[str, ...] = ("crop", "pose", "blazepose", "repair", "loader", "imagenet_loader", "model", "eval")
+STAGES: tuple[str, ...] = ("crop", "pose", "blazepose", "repair", "loader", "imagenet_loader", "model", "eval",
+                          "rerank", "flip")
 # Not a speed ratio and about an hour on 2 cores, so not one of STAGES: `python -m benchmarks.bench_accuracy`
 # or `cli.py bench --accuracy` (CUHK01 R1 / R5 / mAP of baseline, aligned and intra-inter over 3 seeds).
 COLUMNS = ("stage", "ours", "ours_value", "reference", "reference_value", "unit", "ratio", "target", "peak_mem_mb")
@@ -63,8 +64,18 @@ def format_markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_rows(previous: Path, rows: list[dict], stages: tuple[str, ...]) -> list[dict]:
+    """The rows of `previous` (a results.json) whose stage was not run now, then this run's rows."""
+    try:
+        old = json.loads(previous.read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return rows
+    ran = set(stages) | {r["stage"] for r in rows}
+    return [r for r in old if r.get("stage") not in ran and r.get("suite_stage", r.get("stage")) not in ran] + rows
+
+
 def run_suite(stages: tuple[str, ...] = STAGES, quick: bool = True, out: Path | None = None,
-              timeout: float | None = None) -> tuple[list[dict], dict]:
+              timeout: float | None = None, merge: bool = False) -> tuple[list[dict], dict]:
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -80,6 +91,7 @@ def run_suite(stages: tuple[str, ...] = STAGES, quick: bool = True, out: Path | 
             errors[stage] = err
             console.print(f"[red]{stage} failed[/]: {err.strip().splitlines()[-1] if err.strip() else err}")
         for r in stage_rows:
+            r["suite_stage"] = stage
             if r.get("peak_mem_mb") is None:
                 r["peak_mem_mb"] = round(peak_mb, 1)
             r["seconds"] = round(time.perf_counter() - t0, 1)
@@ -96,6 +108,9 @@ def run_suite(stages: tuple[str, ...] = STAGES, quick: bool = True, out: Path | 
     console.print(table)
     if out is not None:
         from reidkit.atomic import atomic_write_text
+        if merge:   # keep the rows of the stages not run now
+            rows = merge_rows(out / "results.json", rows, stages)
+            meta["merged"] = f"rows of stages other than {', '.join(stages)} kept from the previous results.json"
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
         atomic_write_text(out / "results.md", format_markdown(rows, meta))

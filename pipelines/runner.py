@@ -487,7 +487,7 @@ def run_recipe(recipe: Recipe, out: Path | None = None, force: bool = False, mod
         def do_eval(resume: bool, ecfg=ecfg) -> dict:
             from reidtrain.evaluate import evaluate
             outcome = evaluate(ecfg, progress=progress, console=console)
-            return {k: outcome.metrics.get(k) for k in ("R1", "R5", "R10", "R20", "mAP")}
+            return {k: outcome.metrics.get(k) for k in ("R1", "R5", "R10", "R20", "mAP", "mINP")}
 
         stages[f"eval/{model}"] = run_stage(out, Stage(f"eval/{model}", eval_key, [run_dir / "eval" / "metrics.json"],
                                                        do_eval, [run_dir / "eval"]), force, say)

@@ -282,7 +282,7 @@ def register(app: typer.Typer) -> None:
         if result.rank == 0:
             typer.echo(f"trained {cfg.model} for {result.epochs_done} epochs: {result.final}")
 
-    @app.command("evaluate", help="CMC rank-1/5/10/20 and mAP of a trained model on the query/gallery splits "
+    @app.command("evaluate", help="CMC rank-1/5/10/20, mAP and mINP of a trained model on the query/gallery splits "
                                   "(Market/Duke protocol, CUHK03 classic single-gallery-shot or CUHK01 single-shot "
                                   "with seeded repeats); writes metrics.json, cmc.png, ranked_list.png, "
                                   "attention-N.png, summary.md/html.")
@@ -294,6 +294,10 @@ def register(app: typer.Typer) -> None:
         distance: Optional[str] = typer.Option(None, "--distance", help="'euclidean' or 'cosine'." + _d(_E.distance)),
         rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help="k-reciprocal re-ranking (not used "
                                               "in the paper)." + _d(_E.rerank)),
+        rerank_convention: Optional[str] = typer.Option(
+            None, "--rerank-convention", help="'zhong' (re-rank squared Euclidean distances, as Zhong et al.) or "
+            "'torchreid' (torchreid's re_ranking numbers: it squares the squared distances it is given)."
+            + _d(_E.rerank_convention)),
         flip_average: Optional[bool] = typer.Option(None, "--flip-average/--no-flip-average",
                                                     help="Average features with the mirrored inputs'."
                                                     + _d(_E.flip_average)),
@@ -328,7 +332,8 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = merge(from_mapping(EvalConfig, _table_from(config, "eval")), {
                 "checkpoint": checkpoint, "cache": cache, "out": out, "distance": distance, "rerank": rerank,
-                "flip_average": flip_average, "protocol": protocol, "repeats": repeats, "seed": seed,
+                "rerank_convention": rerank_convention, "flip_average": flip_average, "protocol": protocol,
+                "repeats": repeats, "seed": seed,
                 "batch_size": batch_size, "workers": workers, "threads": threads, "device": device,
                 "ranked_queries": ranked_queries,
                 "topk": topk, "reports": reports, "branches": branches})

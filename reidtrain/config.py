@@ -198,6 +198,8 @@ class EvalConfig:
     request.
     Features are [E_g, E_l] (Eq. 9); `flip_average` adds the features of the mirrored crops (not in the paper).
     `branches` (Table 7): also score every per-branch feature the model exposes alone (reidtrain.evaluate).
+    `rerank_convention`: "zhong" re-ranks squared Euclidean distances (Zhong et al.); "torchreid" gives the numbers
+    of torchreid's re_ranking, which squares the squared distances it is given (reidtrain/rerank.py).
     """
 
     checkpoint: Path | None = None
@@ -208,6 +210,7 @@ class EvalConfig:
     rerank_k1: int = 20
     rerank_k2: int = 6
     rerank_lambda: float = 0.3
+    rerank_convention: Literal["zhong", "torchreid"] = "zhong"
     flip_average: bool = False
     protocol: Literal["auto", "market", "cuhk03-classic", "cuhk01-single-shot", "cuhk01-multi-shot",
                       "cuhk01-multi-query"] = "auto"

@@ -1,7 +1,7 @@
 """Evaluation: features of the query / gallery splits, the protocol of the dataset, metrics and reports.
 
     evaluate(EvalConfig) -> EvalOutcome      writes into the output folder (default RUN_DIR/eval):
-        metrics.json       R1/R5/R10/R20 and mAP in percent, the CMC curve, protocol, distance, counts
+        metrics.json       R1/R5/R10/R20, mAP and mINP in percent, the CMC curve, protocol, distance, counts
         cmc.png            CMC curve (reports.plot_cmc)
         ranked_list.png    the first queries and their top-k gallery images, right / wrong framed (Fig. 6);
         ranked.json        the same lists as image ids (recipes draw several models side by side from it)
@@ -257,7 +257,8 @@ def compute_result(cfg: EvalConfig, protocol: str, q: Features, g: Features):
         if cfg.distance == "cosine":   # re-rank the cosine geometry: squared distances of unit vectors
             qf = qf / np.maximum(np.linalg.norm(qf, axis=1, keepdims=True), 1e-12)
             gf = gf / np.maximum(np.linalg.norm(gf, axis=1, keepdims=True), 1e-12)
-        distmat = k_reciprocal_rerank_features(qf, gf, cfg.rerank_k1, cfg.rerank_k2, cfg.rerank_lambda)
+        distmat = k_reciprocal_rerank_features(qf, gf, cfg.rerank_k1, cfg.rerank_k2, cfg.rerank_lambda,
+                                               convention=cfg.rerank_convention)
         kwargs.update(qf=None, gf=None, distmat=distmat)
     if protocol == "cuhk03-classic":
         return evaluate_cuhk03_classic(repeats=cfg.repeats, seed=cfg.seed, **kwargs)
@@ -422,7 +423,8 @@ def _evaluate(cfg: EvalConfig, checkpoint: Path, out: Path, device: torch.device
     summary = result.summary(SUMMARY_RANKS)
     metrics = {"model": meta["model"], "checkpoint": str(checkpoint), "epoch": epoch, "cache": str(cfg.cache),
                "dataset": dataset, "protocol": protocol, "distance": cfg.distance, "rerank": cfg.rerank,
-               "flip_average": cfg.flip_average, **summary, "cmc": [float(v) for v in result.cmc],
+               "rerank_convention": cfg.rerank_convention if cfg.rerank else None, "flip_average": cfg.flip_average,
+               **summary, "cmc": [float(v) for v in result.cmc],
                "num_gallery": int(len(g.pids)), "notes": result.notes, "eval_config": to_dict(cfg)}
     if cfg.branches:
         metrics["branches"] = branch_results(cfg, protocol, q, g)

@@ -14,13 +14,17 @@ Protocols
         are skipped and counted. CMC(k) = share of valid queries whose first match is within the top k;
         AP = mean over the true matches of the precision at each match's rank (the usual Python definition;
         the original Market MATLAB kit uses a trapezoid interpolation that differs slightly);
-        mAP = mean AP over the valid queries.
+        mAP = mean AP over the valid queries. mINP (Ye et al., "Deep Learning for Person Re-identification: A
+        Survey and Outlook", the metric of fast-reid): per query INP = (number of true matches) / (1-based rank
+        of the hardest, i.e. last-ranked, true match), the share of the list up to the last match that is
+        correct; mINP = mean INP over the valid queries.
     `evaluate_cuhk03_classic`  CUHK03 1,367/100 split: single-gallery-shot CMC. For every repeat and every
         query, one image per gallery identity is drawn at random (seeded) among that query's valid gallery
         images (other camera, as above), the query is ranked against those, and the CMC is averaged over the
-        repeats. mAP is None (the paper prints '-'; one image per identity makes it meaningless).
+        repeats. mAP and mINP are None (the paper prints '-'; one image per identity makes them meaningless).
     `evaluate_single_shot`  CUHK01 single-shot: per seeded repeat one query image per identity and one gallery
-        image per identity (one gallery for all queries); CMC over the repeats, mAP = mean reciprocal rank.
+        image per identity (one gallery for all queries); CMC over the repeats, mAP = mINP = mean reciprocal rank
+        (one true match per query).
         CUHK01 multi-shot is `evaluate_market` on all camera-A against all camera-B images (cross-view by
         construction); multi-query first averages each identity's query features (`average_per_identity`).
 
@@ -63,6 +67,8 @@ class EvalResult:
     ap: (num_queries,) average precision per query, NaN for skipped queries (None for CUHK03 classic).
     first_rank: (num_queries,) 0-based rank of the first true match among the valid gallery images,
         -1 for skipped queries (None for CUHK03 classic, whose ranks differ per repeat).
+    mINP: mean inverse negative penalty over the valid queries (module docstring; None where mAP is None).
+    inp: (num_queries,) INP per query, NaN for skipped queries (None where ap is None).
     """
 
     cmc: np.ndarray
@@ -71,6 +77,8 @@ class EvalResult:
     num_queries: int
     ap: np.ndarray | None = None
     first_rank: np.ndarray | None = None
+    mINP: float | None = None
+    inp: np.ndarray | None = None
     protocol: str = "market"
     metric: str = "euclidean"
     notes: dict = field(default_factory=dict)
@@ -86,12 +94,13 @@ class EvalResult:
         return float(self.cmc[k - 1])
 
     def summary(self, ranks: Sequence[int] = (1, 5, 10, 20)) -> dict[str, float | int | None]:
-        """{"R1": %, "R5": %, ..., "mAP": % or None, "num_valid_queries", "num_queries"} in percent."""
+        """{"R1": %, "R5": %, ..., "mAP": %, "mINP": % (or None), "num_valid_queries", "num_queries"} in percent."""
         out: dict[str, float | int | None] = {}
         for k in ranks:
             if k <= len(self.cmc):
                 out[f"R{k}"] = 100.0 * float(self.cmc[k - 1])
         out["mAP"] = None if self.mAP is None else 100.0 * float(self.mAP)
+        out["mINP"] = None if self.mINP is None else 100.0 * float(self.mINP)
         out["num_valid_queries"] = self.num_valid_queries
         out["num_queries"] = self.num_queries
         return out
@@ -126,7 +135,7 @@ class _DistanceRows:
         else:
             self.q2 = (self.q * self.q).sum(1, keepdim=True)
             self.g2 = (self.g * self.g).sum(1).unsqueeze(0)
-        self.gt = self.g.t().contiguous()
+        self.gt = self.g.t()             # a view: BLAS reads it transposed, no (D, G) copy
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -255,10 +264,13 @@ def _match_ranks(d: np.ndarray, pos: np.ndarray, valid: np.ndarray) -> tuple[np.
     return n_pos, order >> 32, order & 0xFFFFFFFF
 
 
-def _accumulate(n_pos: np.ndarray, rows: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ap (n,) NaN where no match, first_rank (n,) -1 where no match) from `_match_ranks` output."""
+def _accumulate(n_pos: np.ndarray, rows: np.ndarray, ranks: np.ndarray,
+                with_inp: bool = False) -> tuple[np.ndarray, ...]:
+    """(ap (n,) NaN where no match, first_rank (n,) -1 where no match[, inp (n,) NaN where no match]) from
+    `_match_ranks` output; inp = n_pos / (1-based rank of the last true match)."""
     n = len(n_pos)
     ap = np.full(n, np.nan)
+    inp = np.full(n, np.nan)
     first = np.full(n, -1, dtype=np.int64)
     if len(rows):
         starts = np.concatenate(([0], np.cumsum(n_pos)[:-1]))
@@ -268,7 +280,8 @@ def _accumulate(n_pos: np.ndarray, rows: np.ndarray, ranks: np.ndarray) -> tuple
         has = n_pos > 0
         ap[has] = sums[has] / n_pos[has]
         first[has] = ranks[starts[has]]
-    return ap, first
+        inp[has] = n_pos[has] / (ranks[starts[has] + n_pos[has] - 1] + 1.0)
+    return (ap, first, inp) if with_inp else (ap, first)
 
 
 def _cmc(first_rank: np.ndarray, max_rank: int) -> np.ndarray:
@@ -363,14 +376,16 @@ def evaluate_market(qf, gf, q_pids, g_pids, q_camids, g_camids, metric: Metric =
     q_pids, g_pids, q_camids, g_camids, nq, ng = _check_inputs(
         qf, gf, q_pids, g_pids, q_camids, g_camids, distmat, max_rank)
     ap = np.full(nq, np.nan)
+    inp = np.full(nq, np.nan)
     first = np.full(nq, -1, dtype=np.int64)
     for start, d in _row_blocks(qf, gf, metric, chunk_size, distmat, nq, ng):
         stop = start + d.shape[0]
         pos, valid = _market_masks(q_pids[start:stop], q_camids[start:stop], g_pids, g_camids)
-        ap[start:stop], first[start:stop] = _accumulate(*_match_ranks(d, pos, valid))
+        ap[start:stop], first[start:stop], inp[start:stop] = _accumulate(*_match_ranks(d, pos, valid), with_inp=True)
     has = first >= 0
     return EvalResult(cmc=_cmc(first, max_rank), mAP=float(ap[has].mean()) if has.any() else 0.0,
                       num_valid_queries=int(has.sum()), num_queries=nq, ap=ap, first_rank=first,
+                      mINP=float(inp[has].mean()) if has.any() else 0.0, inp=inp,
                       protocol="market", metric="precomputed" if distmat is not None else metric)
 
 
@@ -438,9 +453,10 @@ def evaluate_single_shot(qf, gf, q_pids, g_pids, q_camids, g_camids, repeats: in
         g_cams.setdefault(p, set()).add(c)
     drawable = np.array([bool(g_cams.get(int(p), set()) - {int(c)}) for p, c in zip(q_pids, q_camids)], dtype=bool)
     num_ids = len(np.unique(q_pids))
-    notes = {"repeats": repeats, "seed": seed, "mAP": "mean reciprocal rank (one true match per query)"}
+    notes = {"repeats": repeats, "seed": seed, "mAP": "mean reciprocal rank (one true match per query)",
+             "mINP": "equals mAP (one true match per query)"}
     if not drawable.any():
-        return EvalResult(cmc=np.zeros(max_rank), mAP=0.0, num_valid_queries=0, num_queries=num_ids,
+        return EvalResult(cmc=np.zeros(max_rank), mAP=0.0, num_valid_queries=0, num_queries=num_ids, mINP=0.0,
                           protocol="single-shot", metric=metric, notes=notes)
     q_groups, g_groups = _identity_groups(q_pids), _identity_groups(g_pids)
     q_chosen = np.zeros((repeats, nq), dtype=bool)
@@ -469,7 +485,8 @@ def evaluate_single_shot(qf, gf, q_pids, g_pids, q_camids, g_camids, repeats: in
             ap_sum[start + rows[ok]] += ap[ok]
             evaluated += int(ok.sum())
     cmc = hits / evaluated if evaluated else np.zeros(max_rank)
-    return EvalResult(cmc=cmc, mAP=float(ap_sum.sum()) / evaluated if evaluated else 0.0,
+    mrr = float(ap_sum.sum()) / evaluated if evaluated else 0.0
+    return EvalResult(cmc=cmc, mAP=mrr, mINP=mrr,
                       num_valid_queries=len(np.unique(q_pids[drawable])), num_queries=num_ids,
                       protocol="single-shot", metric="precomputed" if distmat is not None else metric,
                       notes={**notes, "evaluated_pairs": evaluated})
@@ -497,6 +514,7 @@ def cmc_map_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int
     q_camids, g_camids = _labels(q_camids, "q_camids"), _labels(g_camids, "g_camids")
     nq = d_all.shape[0]
     ap = np.full(nq, np.nan)
+    inp = np.full(nq, np.nan)
     first = np.full(nq, -1, dtype=np.int64)
     for i in range(nq):
         order = np.argsort(d_all[i], kind="stable")
@@ -509,10 +527,13 @@ def cmc_map_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int
         hits = np.cumsum(matches)
         precision = hits / np.arange(1, len(hits) + 1)
         ap[i] = (precision * matches).sum() / matches.sum()
+        last = int(np.flatnonzero(matches)[-1])
+        inp[i] = hits[last] / (last + 1)
     has = first >= 0
     cmc = np.array([(first[has] <= k).mean() if has.any() else 0.0 for k in range(max_rank)])
     return EvalResult(cmc=cmc, mAP=float(ap[has].mean()) if has.any() else 0.0, num_valid_queries=int(has.sum()),
-                      num_queries=nq, ap=ap, first_rank=first, protocol="market-reference", metric="precomputed")
+                      num_queries=nq, ap=ap, first_rank=first, mINP=float(inp[has].mean()) if has.any() else 0.0,
+                      inp=inp, protocol="market-reference", metric="precomputed")
 
 
 # --------------------------------------------------------------------------------------------- ranked lists

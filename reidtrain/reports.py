@@ -319,7 +319,7 @@ def _fmt(v: Any) -> str:
 
 
 def _table(rows: list[tuple[str, dict]]) -> tuple[list[str], list[list[str]]]:
-    preferred = [f"R{k}" for k in SUMMARY_RANKS] + ["mAP"]
+    preferred = [f"R{k}" for k in SUMMARY_RANKS] + ["mAP", "mINP"]
     keys: list[str] = []
     for _, d in rows:
         for k in d:
@@ -350,7 +350,8 @@ def write_summary(run_dir: str | os.PathLike, metrics: Mapping[str, Any], figure
             raise FileNotFoundError(f"summary figure not found: {f}")
     rel = [Path(os.path.relpath(f.resolve(), run_dir.resolve())).as_posix() for f in figs]
     config_text = json.dumps(config, indent=2, sort_keys=True, default=str)
-    note = "CMC rank-k accuracy and mAP in percent, single query; '-' = not reported by the protocol."
+    note = ("CMC rank-k accuracy, mAP and mINP (fast-reid's mean inverse negative penalty) in percent, single "
+            "query; '-' = not reported by the protocol.")
 
     md = [f"# {title}", "", note, "", "| model | " + " | ".join(cols) + " |",
           "|---|" + "---|" * len(cols)]
@@ -395,7 +396,7 @@ pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 
 # --------------------------------------------------------------------------------------------- results table
 
-RESULT_COLUMNS = ("R1", "R5", "R10", "R20", "mAP")
+RESULT_COLUMNS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
 
 
 def results_table(title: str, results: Mapping[str, Mapping[str, Any]]):

@@ -13,6 +13,21 @@ Algorithm (all N = Q + G images, queries first; d = squared Euclidean distance a
   5. final = (1 - lambda) * d_J + lambda * d (query rows, gallery columns).
 Nearest-neighbour order is the stable order by (distance, index), as in `reidtrain.metrics`.
 
+Distance convention (`convention=`)
+  "zhong" (default): d is used as given; pass squared Euclidean distances (`metric="sqeuclidean"`), as Zhong et
+      al. do, and that is what the algorithm above ranks on.
+  "torchreid": reproduces torchreid's `re_ranking` (torchreid/reid/utils/rerank.py, copied by most ReID
+      toolkits) from the distance matrices torchreid itself feeds it. That code squares whatever it is given
+      (`np.power(original_dist, 2)`), and torchreid's engine gives it squared Euclidean distances, so inside
+      torchreid the ranking runs on ||q - g||^4 (the Jaccard part hardly changes, the lambda part does). With
+      convention="torchreid" the given distances are squared first, and the query-query and gallery-gallery
+      blocks are read column-wise as torchreid does (it transposes after normalising; the same for symmetric
+      blocks). So `k_reciprocal_rerank(D_qg, D_qq, D_gg, convention="torchreid")` equals
+      `re_ranking(D_qg, D_qq, D_gg)` for any D (benchmarks/bench_rerank.py checks <= 1e-5 at Market size),
+      and `k_reciprocal_rerank_features(qf, gf, metric="sqeuclidean", convention="torchreid")` gives the numbers
+      of torchreid's `rerank=True` with dist_metric "euclidean". Zhong et al.'s own convention is "zhong" with
+      squared distances, or equivalently "torchreid" fed true (not squared) Euclidean distances.
+
 Memory: the textbook implementation holds several dense N x N matrices (O((Q+G)^2); MSMT17 would need
 ~35 GB each). Here V is sparse (about N * k1 * k2 entries) and only the k1+1 nearest neighbours of every
 image are kept, so besides the inputs the cost is O(N * k1 * k2) plus one chunk of rows at a time.
@@ -32,15 +47,19 @@ import torch
 from .metrics import METRICS, _auto_chunk, _DistanceRows
 
 _ROW_CHUNK = 1024              # rows per step of the neighbourhood computations
-_PAIR_BUDGET = 4_000_000       # sparse products per Jaccard step
+_PAIR_BUDGET = 2_000_000       # sparse products per Jaccard step (about 100 bytes of scratch each)
+_CHUNK_BYTES = 64 * 2**20      # scratch memory of one chunk of distance rows (about 30 bytes per entry)
+CONVENTIONS: tuple[str, ...] = ("zhong", "torchreid")
 
 
 class _MatrixSource:
     """All-vs-all distances assembled from the query-gallery, query-query and gallery-gallery blocks."""
 
-    def __init__(self, q_g, q_q, g_g) -> None:
+    def __init__(self, q_g, q_q, g_g, transpose_square_blocks: bool = False) -> None:
         self.q_g, self.q_q, self.g_g = (np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x,
                                                    dtype=np.float32) for x in (q_g, q_q, g_g))
+        if transpose_square_blocks:       # torchreid reads the full matrix column-wise
+            self.q_q, self.g_g = self.q_q.T, self.g_g.T
         nq, ng = self.q_g.shape if self.q_g.ndim == 2 else (-1, -1)
         for name, a, shape in (("q_g_dist", self.q_g, (nq, ng)), ("q_q_dist", self.q_q, (nq, nq)),
                                ("g_g_dist", self.g_g, (ng, ng))):
@@ -93,8 +112,9 @@ class _FeatureSource:
     def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         out = np.empty(len(i), dtype=np.float32)
         f = self.dist.q  # normalised already for cosine
-        for s in range(0, len(i), 1 << 16):
-            a, b = f[torch.from_numpy(i[s:s + 65536])], f[torch.from_numpy(j[s:s + 65536])]
+        step = 8192                   # pairs per step: two (step, D) gathers, about 50 MB at 768-d
+        for s in range(0, len(i), step):
+            a, b = f[torch.from_numpy(i[s:s + step])], f[torch.from_numpy(j[s:s + step])]
             dot = (a * b).sum(1)
             if self.metric == "cosine":
                 d = 1.0 - dot
@@ -102,11 +122,36 @@ class _FeatureSource:
                 d = ((a * a).sum(1) + (b * b).sum(1) - 2.0 * dot).clamp_min(0.0)
                 if self.metric == "euclidean":
                     d = d.sqrt()
-            out[s:s + 65536] = d.numpy()
+            out[s:s + step] = d.numpy()
         return out
 
     def query_gallery(self, start: int, stop: int) -> np.ndarray:
         return self.rows(start, stop)[:, self.nq:]
+
+
+class _Squared:
+    """A distance source whose distances are the squares of another's (torchreid's `np.power(d, 2)`)."""
+
+    def __init__(self, source) -> None:
+        self.source, self.nq, self.ng = source, source.nq, source.ng
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        d = self.source.rows(start, stop)
+        return np.multiply(d, d, out=d)
+
+    def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        d = self.source.pairs(i, j)
+        return d * d
+
+    def query_gallery(self, start: int, stop: int) -> np.ndarray:
+        d = self.source.query_gallery(start, stop)
+        return d * d
+
+
+def _convention_source(source, convention: str):
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    return _Squared(source) if convention == "torchreid" else source
 
 
 def _top_k_stable(d: np.ndarray, k: int) -> np.ndarray:
@@ -114,12 +159,16 @@ def _top_k_stable(d: np.ndarray, k: int) -> np.ndarray:
     n, m = d.shape
     if k >= m:
         return np.argsort(d, axis=1, kind="stable")
-    part = np.argpartition(d, k - 1, axis=1)[:, :k]
-    kth = np.take_along_axis(d, part, axis=1).max(axis=1, keepdims=True)
+    # the k-th smallest value per row (torch.topk keeps only k entries per row, unlike an (n, m) argpartition)
+    kth = torch.topk(torch.from_numpy(d), k, dim=1, largest=False, sorted=False).values.max(dim=1).values
+    kth = kth.numpy()[:, None]
     less = d < kth
     equal = d == kth
-    room = k - np.count_nonzero(less, axis=1, keepdims=True)
-    take = less | (equal & (np.cumsum(equal, axis=1) <= room))
+    room = k - np.count_nonzero(less, axis=1)
+    take = less | equal
+    crowded = np.flatnonzero(np.count_nonzero(equal, axis=1) > room)   # more ties at the k-th value than room
+    if len(crowded):
+        take[crowded] = less[crowded] | (equal[crowded] & (np.cumsum(equal[crowded], axis=1) <= room[crowded, None]))
     cols = np.nonzero(take)[1].reshape(n, k)          # ascending index within each row
     vals = np.take_along_axis(d, cols, axis=1)
     return np.take_along_axis(cols, np.argsort(vals, axis=1, kind="stable"), axis=1)
@@ -216,37 +265,49 @@ def _rerank_blocks(source, k1: int, k2: int, lambda_value: float,
     _check_params(k1, k2, lambda_value)
     nq, ng = source.nq, source.ng
     n_all = nq + ng
-    v, row_max = _encode(source, n_all, k1, k2, _auto_chunk(n_all, chunk_size))
+    rows = chunk_size if chunk_size is not None else max(1, _CHUNK_BYTES // (30 * max(1, n_all)))
+    v, row_max = _encode(source, n_all, k1, k2, _auto_chunk(n_all, rows))
     for start, stop, jac in _jaccard_blocks(v, nq, ng):
         orig = source.query_gallery(start, stop) / row_max[start:stop, None]
         yield start, (jac * (1.0 - lambda_value) + orig * lambda_value).astype(np.float32)
 
 
 def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
-                        lambda_value: float = 0.3) -> np.ndarray:
+                        lambda_value: float = 0.3, convention: str = "zhong") -> np.ndarray:
     """Re-ranked (Q, G) float32 distances from the query-gallery, query-query and gallery-gallery distances.
 
-    Pass squared Euclidean distances (`pairwise_distance(..., metric="sqeuclidean")`) to follow Zhong et al.;
-    the blocks must come from one symmetric all-vs-all distance. k1, k2, lambda_value: the paper's defaults.
+    convention "zhong": pass squared Euclidean distances (`pairwise_distance(..., metric="sqeuclidean")`) to
+    follow Zhong et al.; "torchreid": the result of torchreid's `re_ranking` on the same three matrices (it
+    squares them; module docstring). The blocks must come from one symmetric all-vs-all distance.
+    k1, k2, lambda_value: the paper's defaults.
     """
-    source = _MatrixSource(q_g_dist, q_q_dist, g_g_dist)
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    source = _MatrixSource(q_g_dist, q_q_dist, g_g_dist, transpose_square_blocks=convention == "torchreid")
     out = np.empty((source.nq, source.ng), dtype=np.float32)
-    for start, block in _rerank_blocks(source, k1, k2, lambda_value, None):
+    for start, block in _rerank_blocks(_convention_source(source, convention), k1, k2, lambda_value, None):
         out[start:start + len(block)] = block
     return out
 
 
 def iter_k_reciprocal_rerank_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                                      metric: str = "sqeuclidean",
-                                      chunk_size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (first_query_row, re-ranked float32 block) from features, never holding a Q x G matrix."""
+                                      metric: str = "sqeuclidean", chunk_size: int | None = None,
+                                      convention: str = "zhong") -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (first_query_row, re-ranked float32 block) from features, never holding a Q x G matrix.
+
+    convention "torchreid" with metric "sqeuclidean": torchreid's numbers (module docstring)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    yield from _rerank_blocks(_FeatureSource(qf, gf, metric), k1, k2, lambda_value, chunk_size)
+    source = _convention_source(_FeatureSource(qf, gf, metric), convention)
+    yield from _rerank_blocks(source, k1, k2, lambda_value, chunk_size)
 
 
 def k_reciprocal_rerank_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                                 metric: str = "sqeuclidean", chunk_size: int | None = None) -> np.ndarray:
+                                 metric: str = "sqeuclidean", chunk_size: int | None = None,
+                                 convention: str = "zhong") -> np.ndarray:
     """Re-ranked (Q, G) float32 distances computed from features (distance rows made chunk by chunk)."""
-    blocks = list(iter_k_reciprocal_rerank_features(qf, gf, k1, k2, lambda_value, metric, chunk_size))
-    return np.concatenate([b for _, b in blocks]) if blocks else np.zeros((0, len(gf)), dtype=np.float32)
+    out = np.empty((len(qf), len(gf)), dtype=np.float32)
+    for start, block in iter_k_reciprocal_rerank_features(qf, gf, k1, k2, lambda_value, metric, chunk_size,
+                                                          convention):
+        out[start:start + len(block)] = block
+    return out

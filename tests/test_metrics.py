@@ -35,6 +35,8 @@ def assert_same(a: EvalResult, b: EvalResult) -> None:
     assert a.num_valid_queries == b.num_valid_queries
     np.testing.assert_allclose(a.ap, b.ap, rtol=0, atol=1e-12)
     assert a.mAP == pytest.approx(b.mAP, abs=1e-12)
+    np.testing.assert_allclose(a.inp, b.inp, rtol=0, atol=1e-12)
+    assert a.mINP == pytest.approx(b.mINP, abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------- Market protocol
@@ -47,6 +49,41 @@ def test_hand_computed_ap_matches_at_ranks_1_and_3_of_5():
     assert r.mAP == pytest.approx((1 / 2 + 2 / 5) / 2)
     assert r.cmc.tolist() == [0, 1, 1, 1, 1]
     assert r.first_rank.tolist() == [1]
+
+
+def test_hand_computed_minp_is_matches_over_rank_of_the_last_match():
+    # true matches at ranks 1 and 3 of 5: INP = 2 / 3; at ranks 2 and 5: INP = 2 / 5
+    r = one_query([0.1, 0.2, 0.3, 0.4, 0.5], g_pids=[1, 2, 1, 3, 4], g_cams=[1] * 5, max_rank=5)
+    assert r.mINP == pytest.approx(2 / 3) and r.inp.tolist() == pytest.approx([2 / 3])
+    r = one_query([0.1, 0.2, 0.3, 0.4, 0.5], g_pids=[2, 1, 3, 4, 1], g_cams=[1] * 5, max_rank=5)
+    assert r.mINP == pytest.approx(2 / 5)
+    # one match at rank 4: INP = 1 / 4 (= AP); all matches first: INP = 1
+    r = one_query([0.1, 0.2, 0.3, 0.4], g_pids=[2, 3, 4, 1], g_cams=[1] * 4, max_rank=4)
+    assert r.mINP == pytest.approx(0.25) == pytest.approx(r.mAP)
+    r = one_query([0.1, 0.2, 0.3, 0.4], g_pids=[1, 1, 1, 2], g_cams=[1] * 4, max_rank=4)
+    assert r.mINP == 1.0
+
+
+def test_minp_ignores_same_camera_matches_and_junk_and_skips_unmatched_queries():
+    # gallery 0 (same identity, same camera) and 2 (junk) are not in the list: valid = g1 (match), g3, g4 (match)
+    d = [[0.1, 0.2, 0.3, 0.4, 0.5], [0.1, 0.2, 0.3, 0.4, 0.5], [0.5, 0.4, 0.3, 0.2, 0.1]]
+    g_pids, g_cams = [1, 1, -1, 2, 1], [0, 1, 1, 1, 1]
+    r = market(d, [1, 9, 2], g_pids, [0, 0, 0], g_cams, max_rank=3)
+    assert r.inp[0] == pytest.approx(2 / 3)
+    assert np.isnan(r.inp[1])                       # identity 9 has no gallery image: skipped
+    assert r.inp[2] == pytest.approx(1 / 2)         # list g4 (pid 1), g3 (pid 2): the one match at rank 2
+    assert r.mINP == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert r.summary()["mINP"] == pytest.approx(100 * (2 / 3 + 1 / 2) / 2)
+
+
+def test_minp_of_other_protocols():
+    rng = np.random.default_rng(4)
+    f = rng.standard_normal((40, 8)).astype(np.float32)
+    pids, cams = np.repeat(np.arange(10), 4), np.tile([0, 0, 1, 1], 10)
+    classic = evaluate_cuhk03_classic(f, f, pids, pids, cams, cams, repeats=2)
+    assert classic.mINP is None and classic.summary()["mINP"] is None
+    single = evaluate_single_shot(f, f, pids, pids, cams, cams, repeats=3)
+    assert single.mINP == single.mAP            # one true match per query: INP = AP = reciprocal rank
 
 
 def test_perfect_ranking_gives_r1_and_map_of_one():
@@ -440,6 +477,55 @@ def test_rerank_improves_retrieval_on_clustered_identities():
     # blocks straight into the evaluator give the same numbers without a Q x G matrix
     blocks = iter_k_reciprocal_rerank_features(qf, gf, k1=6, k2=3)
     assert evaluate_market(None, None, qp, gp, qc, gc, distmat=blocks).mAP == pytest.approx(reranked.mAP, abs=1e-6)
+
+
+def test_torchreid_convention_squares_the_given_distances():
+    rng = np.random.default_rng(5)
+    qf, gf = rng.standard_normal((8, 10)).astype(np.float32), rng.standard_normal((30, 10)).astype(np.float32)
+    eu = lambda a, b: pairwise_distance(a, b, "euclidean")  # noqa: E731
+    sq = lambda a, b: pairwise_distance(a, b, "sqeuclidean")  # noqa: E731
+    blocks = (sq(qf, gf), sq(qf, qf), sq(gf, gf))
+    got = k_reciprocal_rerank(*blocks, k1=6, k2=3, convention="torchreid")
+    # torchreid's re_ranking squares what it is given: its result on squared distances ranks on d^4
+    want = textbook_rerank(*(b.astype(np.float64) ** 2 for b in blocks), 6, 3, 0.3)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(got - k_reciprocal_rerank(*blocks, k1=6, k2=3)).max() > 1e-3   # not the Zhong convention
+    # fed true Euclidean distances it is Zhong's convention on squared ones
+    zhong = k_reciprocal_rerank(*blocks, k1=6, k2=3)
+    np.testing.assert_allclose(k_reciprocal_rerank(eu(qf, gf), eu(qf, qf), eu(gf, gf), k1=6, k2=3,
+                                                   convention="torchreid"), zhong, atol=1e-5)
+    # the features route gives the same numbers
+    np.testing.assert_allclose(k_reciprocal_rerank_features(qf, gf, 6, 3, metric="sqeuclidean", chunk_size=5,
+                                                            convention="torchreid"), got, atol=1e-5)
+
+
+def test_torchreid_convention_reads_square_blocks_column_wise():
+    # torchreid normalises per column and transposes: with non-symmetric blocks, row i uses column i
+    rng = np.random.default_rng(6)
+    q_g = rng.random((5, 12)).astype(np.float32)
+    q_q = rng.random((5, 5)).astype(np.float32)
+    g_g = rng.random((12, 12)).astype(np.float32)
+    got = k_reciprocal_rerank(q_g, q_q, g_g, k1=4, k2=2, convention="torchreid")
+    np.testing.assert_allclose(got, k_reciprocal_rerank(q_g ** 2, (q_q ** 2).T, (g_g ** 2).T, k1=4, k2=2), atol=1e-6)
+    with pytest.raises(ValueError, match="convention"):
+        k_reciprocal_rerank(q_g, q_q, g_g, convention="fastreid")
+
+
+def test_evaluate_passes_the_rerank_convention_through():
+    from reidtrain.config import EvalConfig
+    from reidtrain.evaluate import Features, compute_result
+
+    rng = np.random.default_rng(8)
+    qf, qp = clustered(rng, 6, 2)
+    gf, gp = clustered(rng, 6, 5)
+    q = Features("query", [str(i) for i in range(len(qp))], qp, np.zeros(len(qp), np.int64), qf)
+    g = Features("gallery", [str(i) for i in range(len(gp))], gp, np.ones(len(gp), np.int64), gf)
+    for convention in ("zhong", "torchreid"):
+        cfg = EvalConfig(rerank=True, rerank_k1=5, rerank_k2=2, rerank_convention=convention, protocol="market")
+        want = evaluate_market(None, None, qp, gp, q.camids, g.camids, distmat=k_reciprocal_rerank_features(
+            qf, gf, 5, 2, convention=convention))
+        got = compute_result(cfg, "market", q, g)
+        assert got.mAP == want.mAP and got.mINP == want.mINP
 
 
 def test_rerank_rejects_bad_parameters_and_shapes():

@@ -151,6 +151,7 @@ def test_run_chains_the_stages_and_writes_the_reports(tiny_run):
     assert (run / "model.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["protocol"] == "market" and 0.0 <= metrics["R1"] <= 100.0 and metrics["mAP"] is not None
+    assert 0.0 < metrics["mINP"] <= 100.0
     assert len(metrics["cmc"]) == 20 and metrics["cmc"] == sorted(metrics["cmc"])
     for name in ("cmc.png", "ranked_list.png", "attention-0.png", "summary.md", "summary.html", "ranked.json"):
         assert (run / "eval" / name).stat().st_size > 0, name

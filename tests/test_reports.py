@@ -151,6 +151,8 @@ def test_write_summary_markdown_and_html(tmp_path):
     text = md.read_text()
     r1 = res["intra-inter"].summary()["R1"]
     assert f"{r1:.2f}" in text and "94.99" in text and "86.47" in text
+    m_inp = res["intra-inter"].summary()["mINP"]
+    assert "| mAP | mINP |" in text and f"{m_inp:.2f}" in text
     assert "](../figs/cmc.png)" in text and '"lr": 0.01' in text
     page = (run / "summary.html").read_text()
     assert '<img src="../figs/cmc.png"' in page and "<table>" in page and "94.99" in page
