@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "reidtrain.commands_model",   # model-info
     "reidtrain.commands_train",   # train, evaluate, extract, export, run, demo
     "reidtrain.commands_pretrain",  # pretrain (ImageNet)
+    "reidtrain.commands_compare",  # compare (the comparison table of a recipe run)
     "benchmarks.commands",        # bench
 )
 
