@@ -244,7 +244,7 @@ def plot_ranked_rows(query_images: Sequence[Any], gallery: Mapping[str, Sequence
     ch, cw = cell_size
     cell_in = 0.62
     fig = Figure(figsize=(sum(widths) * cell_in + 1.6, (len(models) + 1) * cell_in * ch / cw + 0.5))
-    grid = fig.add_gridspec(len(models) + 1, len(widths), width_ratios=widths, wspace=0.08, hspace=0.12)
+    grid = fig.add_gridspec(len(models) + 1, len(widths), width_ratios=widths, wspace=0.08, hspace=0.2)
     for q in range(n):
         start = q * (k + 1)
         ax = fig.add_subplot(grid[0, start])
