@@ -37,7 +37,8 @@ Tie rule: we order equal distances by gallery index (a stable sort); torchreid u
 (introsort, not stable), so where a true match has exactly the same float32 distance as another valid gallery
 image the two may be ordered differently, which moves that query's AP a little (its CMC only if the tie is at the
 first match). At Market size about 3 of 3,368 queries have such a tie, enough for an mAP difference of about 1e-6.
-The notes count them and give the differences with and without them. torchreid drops Market junk (pid -1) when it loads the dataset, not in
+The notes count them and give the differences with and without them. torchreid drops Market junk (pid -1) when it
+loads the dataset, not in
 eval_market1501; the synthetic sets here have no junk, so both see the same gallery.
 
 Features are random but structured like a trained ReID model: an identity centre plus a camera bias plus

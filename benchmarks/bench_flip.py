@@ -89,7 +89,8 @@ def run(quick: bool = True) -> list[dict]:
              "ratio": round(seconds[False] / seconds[True], 3), "peak_mem_mb": round(_peak_rss_mb(), 1),
              "notes": (f"{meta['model']} trained {epoch} epochs on CUHK01 ({checkpoint}), {n} query + gallery images "
                        f"at {tuple(meta['body_size'])}, one torch thread, images per CPU second; higher is better, "
-                       f"ratio = flip / plain speed; CUHK01 multi-shot plain: {fmt(False)}; with --flip-average: {fmt(True)}")}]
+                       f"ratio = flip / plain speed; CUHK01 multi-shot plain: {fmt(False)}; "
+                       f"with --flip-average: {fmt(True)}")}]
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "reidtrain.commands_train",   # train, evaluate, extract, export
     "reidtrain.commands_pretrain",  # pretrain (ImageNet)
     "reidtrain.commands_report",  # report (the paper's Tables 6-11 beside ours)
+    "reidtrain.commands_compare",  # compare (the comparison table of a recipe run)
     "pipelines.commands",         # run, demo
     "benchmarks.commands",        # bench (a checkout only: the wheel does not install the benchmarks)
 )

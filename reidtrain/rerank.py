@@ -101,7 +101,8 @@ class _FeatureSource:
         q = torch.as_tensor(qf).detach().float().cpu()
         g = torch.as_tensor(gf).detach().float().cpu()
         if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-            raise ValueError(f"features must be (Q, D) and (G, D) with the same D, got {tuple(q.shape)}, {tuple(g.shape)}")
+            raise ValueError(f"features must be (Q, D) and (G, D) with the same D, got {tuple(q.shape)}, "
+                             f"{tuple(g.shape)}")
         self.nq, self.ng = q.shape[0], g.shape[0]
         self.dist = _DistanceRows(torch.cat([q, g]), torch.cat([q, g]), metric)
         self.metric = metric

@@ -22,7 +22,7 @@ import importlib.util
 import os
 import pkgutil
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -43,12 +43,16 @@ class ModelRegistrationError(ReidError, ValueError):
 
 @dataclass(frozen=True)
 class PaperRow:
-    """What the model's own paper reports, shown by `model-info` beside our count (None: not given)."""
+    """What the model's own paper reports, shown by `model-info` beside our count (None: not given).
+
+    reported: accuracy the paper reports, dataset name (posecrop.datasets.DATASET_NAMES) -> metric ("R1", "R5",
+    "R10", "mAP", in percent) -> value; shown by `cli.py compare` beside the measured figures."""
 
     source: str
     params_m: float | None = None
     macs_g: float | None = None
     note: str = ""
+    reported: dict[str, dict[str, float]] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,8 @@ STRONG_BASELINE_DEFAULTS = ModelDefaults(
 @register_model("resnet50", defaults=STRONG_BASELINE_DEFAULTS, options=StrongBaselineOptions,
                 paper=PaperRow("Luo et al., CVPRW 2019 (Bag of Tricks), Table 1", params_m=23.5,
                                note="Market-1501 R1 94.1 / mAP 85.7 (+BNNeck row, ImageNet init, no center loss); "
-                                    "params: ResNet-50 without fc (23.5 M, He et al.; the paper gives no count)"),
+                                    "params: ResNet-50 without fc (23.5 M, He et al.; the paper gives no count)",
+                               reported={"market": {"R1": 94.1, "mAP": 85.7}}),
                 summary="ReID strong baseline: ResNet-50, last stride 1, BNNeck, LS-CE + triplet (Luo et al. 2019)")
 def build_resnet50(num_classes: int, inputs: dict[str, InputSpec], losses: LossSettings,
                    options: StrongBaselineOptions) -> ResNetBNNeck:
