@@ -402,13 +402,15 @@ class CacheWriter:
                 pause_point("part-temp")
         except OSError as e:
             raise CacheWriteError(path, e, f"this part file of {n} rows") from e
-        pause_point("part-written")
+        # the bookkeeping right after the rename, before anything that can be interrupted: a Ctrl-C here must not
+        # leave the written rows in the buffer, where the interrupt's flush would write them a second time
         self._seq += 1
         self.written += n
         self.parts_written.append(path)
         self._buffers[split] = [take_batch(merged, range(n, total))] if n < total else []
         self._buffered[split] = total - n
         self._last_flush = time.monotonic()
+        pause_point("part-written")
         return path
 
 

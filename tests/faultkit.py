@@ -196,9 +196,16 @@ def cli(*args: str, timeout: float = 120, env: dict | None = None,
 def popen(*args: str, env: dict | None = None, preexec_fn: Callable[[], None] | None = None,
           new_session: bool = False) -> subprocess.Popen:
     """Start `python cli.py ARGS` (stdout discarded, stderr piped as text); new_session: in its own process
-    group (for os.killpg, as a terminal's Ctrl-C)."""
+    group (for os.killpg, as a terminal's Ctrl-C). The child starts with SIGINT at its default disposition, as a
+    command typed in a terminal does: a test suite started in the background of a non-interactive shell has
+    SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so a Ctrl-C test would see nothing."""
+    def start() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if preexec_fn is not None:
+            preexec_fn()
+
     return subprocess.Popen([sys.executable, "cli.py", *map(str, args)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=child_env(env), preexec_fn=preexec_fn,
+                            stderr=subprocess.PIPE, text=True, env=child_env(env), preexec_fn=start,
                             start_new_session=new_session)
 
 
