@@ -49,12 +49,11 @@ from reidkit.typedconfig import to_dict
 from .allocator import keep_freed_memory
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .pretrain_config import RESUME_FREE, PretrainConfig, result_config
-from .runlock import run_lock
-from .threads import set_threads
 from .model import FUSED
-from .train import (HOST_READ_EVERY, MIN_BATCH, RunExistsError, TooFewImagesError, TrainingDiverged,
-                    _append_metrics, _existing_run, _flat, _progress, _rewrite_metrics, _seed_all, clear_run,
-                    setup_runtime, sum_terms, sync_buffers)
+from .threads import set_threads
+from .train import (HOST_READ_EVERY, MIN_BATCH, TooFewImagesError, TrainingDiverged, _append_metrics, _flat,
+                    _progress, _rewrite_metrics, _seed_all, claim_run_folder, setup_runtime, sum_terms,
+                    sync_buffers)
 
 CLASSIFIER_PREFIX = "classifier."
 
@@ -141,22 +140,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False, pro
     say = (lambda *a, **k: console.print(*a, soft_wrap=True, **k)) if rt.is_main else (lambda *a, **k: None)
     out = Path(cfg.out)
     ckpt_dir, last_path = out / "checkpoints", out / "checkpoints" / "last.pt"
-    lock = run_lock(out) if rt.is_main else None
-    try:
-        if lock is not None:
-            lock.acquire()
-            existing = _existing_run(out)
-            if existing and not (resume or force):
-                raise RunExistsError(f"{out}: holds a run ({', '.join(existing)}); continue it with --resume, replace "
-                                     f"it with --force, or choose another --out")
-            if force and not resume:
-                clear_run(out)
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        if rt.created_group and dist.is_initialized():
-            dist.destroy_process_group()
-        raise
+    lock = claim_run_folder(out, rt, resume, force, what="a run", force_note="")
     set_threads(cfg.threads, cfg.workers)
     keep_freed_memory()
     try:

@@ -96,6 +96,30 @@ def clear_run(out: Path) -> None:
             path.unlink()
 
 
+def claim_run_folder(out: Path, rt: "Runtime", resume: bool, force: bool, what: str = "a training run",
+                     force_note: str = " (removes its outputs, eval/ included)"):
+    """Lock run folder `out` (rank 0 only; None on the other ranks) and check what it holds: a folder holding
+    another run is refused unless `resume`, and `force` clears it first. On any error the lock is released and a
+    process group this run created is destroyed. Shared by `train` and `pretrain`."""
+    lock = run_lock(out) if rt.is_main else None
+    try:
+        if lock is not None:
+            lock.acquire()
+            existing = _existing_run(out)
+            if existing and not (resume or force):
+                raise RunExistsError(f"{out}: holds {what} ({', '.join(existing)}); continue it with "
+                                     f"--resume, replace it with --force{force_note}, or choose another --out")
+            if force and not resume:
+                clear_run(out)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        if rt.created_group and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    return lock
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -289,23 +313,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     last_path = ckpt_dir / "last.pt"
-    lock = run_lock(out) if rt.is_main else None
-    try:
-        if lock is not None:
-            lock.acquire()
-            existing = _existing_run(out)
-            if existing and not (resume or force):
-                raise RunExistsError(f"{out}: holds a training run ({', '.join(existing)}); continue it with "
-                                     f"--resume, replace it with --force (removes its outputs, eval/ included), or "
-                                     f"choose another --out")
-            if force and not resume:
-                clear_run(out)
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        if rt.created_group and dist.is_initialized():
-            dist.destroy_process_group()
-        raise
+    lock = claim_run_folder(out, rt, resume, force)
     set_threads(cfg.threads, cfg.workers)
     keep_freed_memory()
     try:
