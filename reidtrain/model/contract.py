@@ -166,6 +166,16 @@ class ReidModel(nn.Module):
         """Zero inputs of the configured sizes (for size reports, export and benchmarks)."""
         return {k: torch.zeros(batch, 3, *spec.size, device=device) for k, spec in self.inputs.items()}
 
+    def single_input(self, key: str, min_size: tuple[int, int] | None = None) -> tuple[int, int]:
+        """For a model of one input: check that it is `key` (and at least `min_size`); returns its (h, w)."""
+        if self.input_keys != (key,):
+            raise ModelInputError(f"model {self.model_name!r} has one input {key!r}, got {self.input_keys}")
+        size = (int(self.inputs[key].size[0]), int(self.inputs[key].size[1]))
+        if min_size is not None and (size[0] < min_size[0] or size[1] < min_size[1]):
+            raise ModelInputError(f"model {self.model_name!r} needs inputs of at least {min_size[0]}x{min_size[1]}, "
+                                  f"got {size[0]}x{size[1]}")
+        return size
+
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> int:
         """Check `inputs` against `self.inputs` (keys, (B, 3, H, W), one batch size); returns the batch size."""
         if not isinstance(inputs, dict):

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import (InputSpec, LossSettings, ModelDefaults, ModelInputError, ModelOutput, OptimizerSpec,
+from .contract import (InputSpec, LossSettings, ModelDefaults, ModelOutput, OptimizerSpec,
                        ReidModel, ScheduleSpec)
 from .registry import PaperRow, register_model
 
@@ -235,12 +235,7 @@ class HACNN(ReidModel):
     def __init__(self, num_classes: int, inputs: dict[str, InputSpec] | None = None,
                  options: HACNNOptions | None = None, losses: LossSettings | None = None) -> None:
         super().__init__("hacnn", inputs or default_inputs(), num_classes, losses)
-        if self.input_keys != (INPUT_KEY,):
-            raise ModelInputError(f"model 'hacnn' has one input {INPUT_KEY!r}, got {self.input_keys}")
-        size = tuple(self.inputs[INPUT_KEY].size)
-        if size[0] < MIN_SIZE[0] or size[1] < MIN_SIZE[1]:
-            raise ModelInputError(f"model 'hacnn' needs inputs of at least {MIN_SIZE[0]}x{MIN_SIZE[1]}, "
-                                  f"got {size[0]}x{size[1]}")
+        size = self.single_input(INPUT_KEY, MIN_SIZE)
         self.options = options or HACNNOptions()
         self.region_sizes = region_sizes(size)
         self.stem = conv_bn_relu(3, STEM_CHANNELS, 3, stride=2)

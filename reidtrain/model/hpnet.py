@@ -331,12 +331,7 @@ class HPNet(ReidModel):
     def __init__(self, num_classes: int, inputs: dict[str, InputSpec] | None = None,
                  options: HPNetOptions | None = None, losses: LossSettings | None = None) -> None:
         super().__init__("hpnet", inputs or default_inputs(), num_classes, losses)
-        if self.input_keys != (INPUT_KEY,):
-            raise ModelInputError(f"model 'hpnet' has one input {INPUT_KEY!r}, got {self.input_keys}")
-        size = tuple(self.inputs[INPUT_KEY].size)
-        if size[0] < MIN_SIZE[0] or size[1] < MIN_SIZE[1]:
-            raise ModelInputError(f"model 'hpnet' needs inputs of at least {MIN_SIZE[0]}x{MIN_SIZE[1]}, "
-                                  f"got {size[0]}x{size[1]}")
+        self.single_input(INPUT_KEY, MIN_SIZE)
         self.options = options or HPNetOptions()
         self.stage = self.options.stage
         self.main = MainNet(TRUNKS[self.options.backbone])

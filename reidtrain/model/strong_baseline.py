@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 
 from .bnneck import BNNeckHead
-from .contract import (InputSpec, LossSettings, ModelDefaults, ModelInputError, ModelOutput, OptimizerSpec, ReidModel,
+from .contract import (InputSpec, LossSettings, ModelDefaults, ModelOutput, OptimizerSpec, ReidModel,
                        ScheduleSpec)
 from .pretrained import load_resnet50
 from .registry import PaperRow, register_model
@@ -49,8 +49,7 @@ class ResNetBNNeck(ReidModel):
     def __init__(self, name: str, inputs: dict[str, InputSpec], num_classes: int, losses: LossSettings | None,
                  last_stride: int = 1, test_feature: str = "after") -> None:
         super().__init__(name, inputs, num_classes, losses)
-        if self.input_keys != (BODY,):
-            raise ModelInputError(f"model {name!r} has one input {BODY!r}, got {self.input_keys}")
+        self.single_input(BODY)
         self.backbone = ResNet50(num_classes=0, last_stride=last_stride)
         self.head = BNNeckHead(self.backbone.out_channels, num_classes, test_feature)
         self.feature_dim = self.backbone.out_channels
