@@ -62,12 +62,31 @@ class BenchConfig:
     jobs: int = 2
     controls: tuple[int, ...] = ()     # seeds of the CONTROLS runs (empty: none)
     pose_source: str = "blazepose"
+    misalign: float = 0.0    # > 0: train and test on a copy of CUHK01 with Market-like box jitter (alignment.py)
     extra: dict = field(default_factory=dict)   # further TrainConfig fields (key -> value)
 
     @property
     def cache(self) -> Path:
         h, w = self.body_size
-        return self.work / f"cache-{self.pose_source}-{h}x{w}-{self.region_width}"
+        return self.work / (f"cache-{self.pose_source}-{h}x{w}-{self.region_width}"
+                            + (f"-misalign{self.misalign:g}" if self.misalign else ""))
+
+    @property
+    def stem(self) -> str:
+        """Stem of the result files: accuracy.md / .json / _cmc.png, accuracy-misaligned.* with --misalign."""
+        return "accuracy-misaligned" if self.misalign else "accuracy"
+
+    def dataset_root(self) -> Path:
+        """The CUHK01 folder the crop stage reads: the given one, or its misaligned copy in the work folder."""
+        if not self.misalign:
+            return self.root
+        from posecrop.datasets.cuhk01 import _cuhk01_folder
+
+        from .alignment import write_misaligned_copy
+
+        copy = self.work / f"cuhk01-misaligned-{self.misalign:g}"
+        write_misaligned_copy(_cuhk01_folder(self.root), copy / "campus", self.misalign)
+        return copy
 
     def run_dir(self, model: str, seed: int) -> Path:
         tag = (f"e{self.epochs}-lr{self.lr}-b{self.batch_size}"
@@ -80,7 +99,7 @@ def make_cache(cfg: BenchConfig) -> Path:
     """CUHK01 -> BlazePose -> Eq. 1-2 regions -> crop cache (resumes an interrupted crop)."""
     from posecrop.crop_stage import CropConfig, run_crop
 
-    crop = CropConfig(dataset="cuhk01", root=cfg.root, out=cfg.cache, pose_source=cfg.pose_source,
+    crop = CropConfig(dataset="cuhk01", root=cfg.dataset_root(), out=cfg.cache, pose_source=cfg.pose_source,
                       beta=cfg.beta, body_size=cfg.body_size, part_size=cfg.part_size, region_width=cfg.region_width,
                       workers=max(1, cfg.jobs), progress=True)
     run_crop(crop)
@@ -208,8 +227,11 @@ def format_markdown(cfg: BenchConfig, stats: dict[str, dict], v: dict, wall_s: f
         mean, std, lo, hi = s
         return f"{mean:.1f} +- {std:.1f} ({lo:.1f}-{hi:.1f})"
 
-    lines = ["# Accuracy on real people: CUHK01 (486 test identities)", "",
-             f"`python -m benchmarks.bench_accuracy --epochs {cfg.epochs} --seeds {' '.join(map(str, cfg.seeds))}` "
+    title = ("CUHK01 (486 test identities)" if not cfg.misalign else
+             f"CUHK01 (486 test identities) with Market-like box jitter (strength {cfg.misalign:g})")
+    lines = [f"# Accuracy on real people: {title}", "",
+             f"`python -m benchmarks.bench_accuracy --epochs {cfg.epochs} --seeds {' '.join(map(str, cfg.seeds))}"
+             + (f" --misalign {cfg.misalign:g}" if cfg.misalign else "") + "` "
              f"- {time.strftime('%Y-%m-%d %H:%M')}, wall time {wall_s / 60:.0f} min with {cfg.jobs} parallel runs "
              f"of one thread ({os.cpu_count()} cores).", "",
              f"Split 0 of the cuhk01 reader (485 train / 486 test identities), `--pose-source {cfg.pose_source}`, "
@@ -228,7 +250,7 @@ def format_markdown(cfg: BenchConfig, stats: dict[str, dict], v: dict, wall_s: f
               + ({True: "**met**", False: "**not met**", None: "not decided"}[v["met"]])
               + (f" (gain {v['mAP_gain']:+.1f} mAP, ranges {'separate' if v['ranges_separate'] else 'overlap'})"
                  if v.get("met") is not None else ""), "",
-              "![CMC](accuracy_cmc.png)", "", "Runs:", "",
+              f"![CMC]({cfg.stem}_cmc.png)", "", "Runs:", "",
               "| model | seed | R1 | R5 | mAP | single-shot R1 | train s |", "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (cfg.models.index(r["model"]) if r["model"] in cfg.models else 99, r["seed"])):
         lines.append(f"| {r['model']} | {r['seed']} | {r['R1']:.1f} | {r['R5']:.1f} | {r['mAP']:.1f} | "
@@ -253,9 +275,23 @@ def format_controls(controls: list[dict], rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def alignment_rows(cfg: BenchConfig) -> dict[str, dict]:
+    """Strip agreement (benchmarks/alignment.py) of this benchmark's cache, and of Market-1501 where its pose-gan
+    keypoints are at hand (the dataset whose detector boxes the paper's alignment was made for)."""
+    from .alignment import POSEGAN_CSV, cache_boxes, market_posegan_boxes, strip_agreement
+
+    rows = {f"CUHK01{f' misaligned {cfg.misalign:g}' if cfg.misalign else ''} (this cache)":
+            strip_agreement(*cache_boxes(cfg.cache))}
+    if POSEGAN_CSV.is_dir():
+        rows["Market-1501 (pose-gan keypoints)"] = strip_agreement(*market_posegan_boxes(beta=cfg.beta))
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------------ main
 def run_benchmark(cfg: BenchConfig) -> dict:
     from reidkit.atomic import atomic_write_text
+
+    from .alignment import format_agreement
 
     t0 = time.perf_counter()
     print(f"[accuracy] crop cache {cfg.cache} ...", flush=True)
@@ -283,13 +319,18 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     stats = aggregate(rows, cfg.models)
     v = verdict(stats)
     cfg.results.mkdir(parents=True, exist_ok=True)
-    plot_cmc(rows, cfg.models, cfg.results / "accuracy_cmc.png",
-             f"CUHK01 multi-shot CMC, {cfg.epochs} epochs, mean and min-max over {len(cfg.seeds)} seeds")
-    md = format_markdown(cfg, stats, v, wall, rows) + format_controls(controls, rows)
-    atomic_write_text(cfg.results / "accuracy.md", md)
-    atomic_write_text(cfg.results / "accuracy.json", json.dumps(
+    plot_cmc(rows, cfg.models, cfg.results / f"{cfg.stem}_cmc.png",
+             f"CUHK01{' misaligned' if cfg.misalign else ''} multi-shot CMC, {cfg.epochs} epochs, mean and min-max "
+             f"over {len(cfg.seeds)} seeds")
+    agreement = alignment_rows(cfg)
+    md = (format_markdown(cfg, stats, v, wall, rows) + format_controls(controls, rows)
+          + "\nHow far the parts move in the images (benchmarks/alignment.py; the baseline's strips are fixed, "
+          "the aligned models' part crops follow the pose):\n\n" + format_agreement(agreement))
+    atomic_write_text(cfg.results / f"{cfg.stem}.md", md)
+    atomic_write_text(cfg.results / f"{cfg.stem}.json", json.dumps(
         {"config": {k: (str(val) if isinstance(val, Path) else val) for k, val in vars(cfg).items()},
-         "stats": stats, "verdict": v, "wall_s": round(wall, 1), "runs": rows, "controls": controls}, indent=1))
+         "stats": stats, "verdict": v, "wall_s": round(wall, 1), "runs": rows, "controls": controls,
+         "alignment": agreement}, indent=1))
     print(md, flush=True)
     return {"stats": stats, "verdict": v, "wall_s": wall, "rows": rows}
 
@@ -308,6 +349,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--jobs", type=int, default=d.jobs, help="runs at a time (one thread each)")
     p.add_argument("--region-width", default=d.region_width, choices=("paper", "image"))
+    p.add_argument("--misalign", type=float, default=d.misalign, metavar="STRENGTH",
+                   help="train and test on a copy of CUHK01 cut with Market-like box jitter (1 = Market-1501's "
+                        "spread of the part positions; benchmarks/alignment.py); results go to accuracy-misaligned.*")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="further TrainConfig field")
     p.add_argument("--controls", nargs="*", type=int, default=[], metavar="SEED",
                    help="also run the controlled experiments (CONTROLS) for these seeds")
@@ -321,7 +365,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
             extra[k] = val
     return BenchConfig(root=a.root, work=a.work, results=a.results, models=tuple(a.models), seeds=tuple(a.seeds),
                        epochs=a.epochs, lr_step=a.lr_step or max(1, round(a.epochs * 3 / 4)), lr=a.lr,
-                       batch_size=a.batch_size, jobs=a.jobs, region_width=a.region_width, extra=extra,
+                       batch_size=a.batch_size, jobs=a.jobs, region_width=a.region_width, extra=extra, misalign=a.misalign,
                        controls=tuple(a.controls))
 
 
