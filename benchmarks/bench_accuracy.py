@@ -365,8 +365,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
             extra[k] = val
     return BenchConfig(root=a.root, work=a.work, results=a.results, models=tuple(a.models), seeds=tuple(a.seeds),
                        epochs=a.epochs, lr_step=a.lr_step or max(1, round(a.epochs * 3 / 4)), lr=a.lr,
-                       batch_size=a.batch_size, jobs=a.jobs, region_width=a.region_width, extra=extra, misalign=a.misalign,
-                       controls=tuple(a.controls))
+                       batch_size=a.batch_size, jobs=a.jobs, region_width=a.region_width, extra=extra,
+                       misalign=a.misalign, controls=tuple(a.controls))
 
 
 def main(argv: list[str] | None = None) -> int:
