@@ -47,7 +47,7 @@ import torch
 from .metrics import METRICS, _auto_chunk, _DistanceRows
 
 _ROW_CHUNK = 1024              # rows per step of the neighbourhood computations
-_PAIR_BUDGET = 2_000_000       # sparse products per Jaccard step (about 100 bytes of scratch each)
+_PAIR_BUDGET = 500_000         # sparse products per Jaccard step (about 100 bytes of scratch each: ~50 MB)
 _CHUNK_BYTES = 64 * 2**20      # scratch memory of one chunk of distance rows (about 30 bytes per entry)
 CONVENTIONS: tuple[str, ...] = ("zhong", "torchreid")
 
