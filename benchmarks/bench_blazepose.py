@@ -368,6 +368,7 @@ if __name__ == "__main__":
     for a in result[0]["accuracy"]:
         print(json.dumps(a))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / "blazepose.json", json.dumps({"quick": quick, "rows": result}, indent=2))
+    atomic_write_text(RESULTS / "blazepose.json", json.dumps({"quick": quick, "date": time.strftime("%Y-%m-%d %H:%M"),
+                                                                "rows": result}, indent=2))
     atomic_write_text(RESULTS / "blazepose.md", format_markdown(result, quick))
     print(f"written: {RESULTS / 'blazepose.json'}, {RESULTS / 'blazepose.md'}")

@@ -115,7 +115,24 @@ def run_suite(stages: tuple[str, ...] = STAGES, quick: bool = True, out: Path | 
         atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
         atomic_write_text(out / "results.md", format_markdown(rows, meta))
         console.print(f"written: {out / 'results.json'}, {out / 'results.md'}")
+        refresh_readme(out, console)
     return rows, meta
+
+
+def refresh_readme(out: Path, console) -> None:
+    """Regenerate README.md's performance tables when `out` is (inside) benchmarks/results, the folder they are
+    made from; a problem with them is printed, not raised: the results just written stay."""
+    from . import readme_tables
+
+    results = readme_tables.RESULTS.resolve()
+    if not (out.resolve() == results or results in out.resolve().parents):
+        return
+    try:
+        changed = readme_tables.update_readme()
+    except readme_tables.ReidError as e:
+        console.print(f"[red]README tables not regenerated[/]: {e}")
+        return
+    console.print(f"README.md: performance tables {'rewritten' if changed else 'already up to date'}")
 
 
 def _child_main(argv: list[str]) -> None:
