@@ -51,9 +51,9 @@ from .checkpoint import FORMAT, CheckpointError, load_checkpoint, rng_state, sav
 from .pretrain_config import RESUME_FREE, PretrainConfig, result_config
 from .model import FUSED
 from .threads import set_threads
-from .train import (HOST_READ_EVERY, MIN_BATCH, TooFewImagesError, TrainingDiverged, _append_metrics, _flat,
-                    _progress, _rewrite_metrics, _seed_all, claim_run_folder, setup_runtime, sum_terms,
-                    sync_buffers)
+from .runlog import append_metrics, epoch_progress, flat_config, rewrite_metrics, seed_all
+from .train import (HOST_READ_EVERY, MIN_BATCH, TooFewImagesError, TrainingDiverged, claim_run_folder, setup_runtime,
+                    sum_terms, sync_buffers)
 
 CLASSIFIER_PREFIX = "classifier."
 
@@ -111,7 +111,7 @@ def _check_resume(ckpt: dict, cfg: PretrainConfig, fingerprint: dict, path: Path
     stored = meta.get("pretrain_config")
     if stored is None:
         raise CheckpointError(f"{path}: no pre-training config stored - not a `pretrain` checkpoint")
-    old, new = _flat({k: v for k, v in stored.items() if k not in RESUME_FREE}), _flat(result_config(cfg))
+    old, new = flat_config({k: v for k, v in stored.items() if k not in RESUME_FREE}), flat_config(result_config(cfg))
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
@@ -144,7 +144,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False, pro
     set_threads(cfg.threads, cfg.workers)
     keep_freed_memory()
     try:
-        _seed_all(cfg.seed)
+        seed_all(cfg.seed)
         channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and rt.device.type == "cuda")
         if rt.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -214,7 +214,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False, pro
             atomic_write_text(out / "config.json", json.dumps({"pretrain": to_dict(cfg), "meta": {
                 k: v for k, v in meta.items() if k not in ("pretrain_config", "classes")}}, indent=1))
             if ckpt is not None:
-                _rewrite_metrics(metrics_path, start_epoch)
+                rewrite_metrics(metrics_path, start_epoch)
             elif metrics_path.exists():
                 metrics_path.unlink()
             if cfg.tensorboard:
@@ -229,7 +229,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False, pro
             f"process(es), device {rt.device}" + (f", amp {rt.amp_dtype}" if rt.amp_dtype else "")
             + (", channels-last" if channels_last else ""))
         history: list[dict] = []
-        with _progress(console, progress and rt.is_main) as bar:
+        with epoch_progress(console, progress and rt.is_main) as bar:
             for epoch in range(start_epoch + 1, cfg.epochs + 1):
                 row = _train_epoch(cfg, rt, net, loader, sampler, optimizer, scaler, epoch, bar, on_step,
                                    channels_last)
@@ -240,7 +240,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False, pro
                     row |= validate(model, val_loader, rt, cfg, bar, channels_last)
                 if rt.is_main:
                     history.append(row)
-                    _append_metrics(metrics_path, row)
+                    append_metrics(metrics_path, row)
                     if writer is not None:
                         for k, v in row.items():
                             if k != "epoch":

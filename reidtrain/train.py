@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -55,6 +54,7 @@ from .data import (EpochSampler, ReidDataset, SampleTransform, input_columns, in
 from .devices import torch_device
 from .optim import build_optimizer, build_scheduler
 from .runlock import run_lock
+from .runlog import append_metrics, epoch_progress, flat_config, rewrite_metrics, seed_all
 from .threads import set_threads
 
 class TrainingDiverged(ReidError, RuntimeError):
@@ -211,42 +211,6 @@ def sync_buffers(model: nn.Module) -> None:
             dist.broadcast(buf, src=0)
 
 
-def _seed_all(seed: int) -> None:
-    import random
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# ---------------------------------------------------------------------------------------------------- helpers
-def _rewrite_metrics(path: Path, keep_until_epoch: int) -> list[dict]:
-    """Drop metric lines of epochs after the checkpoint (they are about to be redone)."""
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("epoch", 0) <= keep_until_epoch]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-    return rows
-
-
-def _append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    """{'augment': {'pad': 10}} -> {'augment.pad': 10}: a changed augmentation value is named on its own."""
-    out: dict = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _same_value(key: str, a, b) -> bool:
     if key in ("cache", "init_from") and a is not None and b is not None:  # ./cache and /abs/cache are one folder
         return Path(a).resolve() == Path(b).resolve()
@@ -258,8 +222,8 @@ def _check_resume_config(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
     if stored is None:
         raise CheckpointError(f"{path}: no training config stored - not a reidtrain training checkpoint")
     from reidkit.typedconfig import from_mapping
-    old = _flat(result_config(from_mapping(TrainConfig, stored)))
-    new = _flat(result_config(cfg))
+    old = flat_config(result_config(from_mapping(TrainConfig, stored)))
+    new = flat_config(result_config(cfg))
     diff = sorted(k for k in set(old) | set(new) if not _same_value(k, old.get(k), new.get(k)))
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
@@ -275,15 +239,6 @@ def _print_init_report(console, report: InitReport) -> None:
         if keys:
             more = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
             console.print(f"  {title}: {', '.join(keys[:8])}{more}")
-
-
-def _progress(console, enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled,
-                    transient=True)
 
 
 HOST_READ_EVERY = 20   # steps between host reads of the running loss on an accelerator (see _run_epoch)
@@ -317,7 +272,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
     set_threads(cfg.threads, cfg.workers)
     keep_freed_memory()
     try:
-        _seed_all(cfg.seed)
+        seed_all(cfg.seed)
         if rt.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -403,7 +358,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
                 k: v for k, v in meta.items() if k not in ("config", "train_pids")}}, indent=1))
             metrics_path = out / "metrics.jsonl"
             if ckpt is not None:
-                _rewrite_metrics(metrics_path, start_epoch)
+                rewrite_metrics(metrics_path, start_epoch)
             elif metrics_path.exists():
                 metrics_path.unlink()
             if cfg.tensorboard:
@@ -416,7 +371,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
             + (f", {torch.get_num_threads()} thread(s)" if rt.device.type == "cpu" else "")
             + (f", amp {rt.amp_dtype}" if rt.amp_dtype else ""))
 
-        with _progress(console, progress and rt.is_main) as bar:
+        with epoch_progress(console, progress and rt.is_main) as bar:
             for epoch in range(start_epoch + 1, cfg.epochs + 1):
                 row = _run_epoch(cfg, rt, net, loader, sampler, optimizer, scaler, epoch, bar, on_step)
                 if row["images"] == 0:  # cannot happen after the checks above; never report an untrained model
@@ -426,7 +381,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, console
                     sync_buffers(model)
                 if rt.is_main:
                     history.append(row)
-                    _append_metrics(out / "metrics.jsonl", row)
+                    append_metrics(out / "metrics.jsonl", row)
                     if writer is not None:
                         for k in ("loss", *(k for k in row if k.startswith("loss_")), "accuracy", "lr",
                                   "images_per_s"):
