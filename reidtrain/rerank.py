@@ -104,7 +104,8 @@ class _FeatureSource:
             raise ValueError(f"features must be (Q, D) and (G, D) with the same D, got {tuple(q.shape)}, "
                              f"{tuple(g.shape)}")
         self.nq, self.ng = q.shape[0], g.shape[0]
-        self.dist = _DistanceRows(torch.cat([q, g]), torch.cat([q, g]), metric)
+        every = torch.cat([q, g])                  # one copy of the features serves as rows and columns
+        self.dist = _DistanceRows(every, every, metric)
         self.metric = metric
 
     def rows(self, start: int, stop: int) -> np.ndarray:
@@ -113,17 +114,21 @@ class _FeatureSource:
     def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         out = np.empty(len(i), dtype=np.float32)
         f = self.dist.q  # normalised already for cosine
-        step = 8192                   # pairs per step: two (step, D) gathers, about 50 MB at 768-d
-        for s in range(0, len(i), step):
-            a, b = f[torch.from_numpy(i[s:s + step])], f[torch.from_numpy(j[s:s + step])]
-            dot = (a * b).sum(1)
-            if self.metric == "cosine":
-                d = 1.0 - dot
-            else:
-                d = ((a * a).sum(1) + (b * b).sum(1) - 2.0 * dot).clamp_min(0.0)
-                if self.metric == "euclidean":
-                    d = d.sqrt()
-            out[s:s + step] = d.numpy()
+        norms = None if self.metric == "cosine" else self.dist.q2[:, 0]   # the squared norms _DistanceRows keeps
+        step = 4096                   # pairs per step: two (step, D) gathers and their product, ~36 MB at 768-d
+        with torch.no_grad():
+            for s in range(0, len(i), step):
+                ii, jj = torch.from_numpy(i[s:s + step]), torch.from_numpy(j[s:s + step])
+                a, b = f[ii], f[jj]
+                dot = a.mul_(b).sum(1)
+                del a, b
+                if norms is None:
+                    d = 1.0 - dot
+                else:
+                    d = (norms[ii] + norms[jj] - 2.0 * dot).clamp_min(0.0)
+                    if self.metric == "euclidean":
+                        d = d.sqrt()
+                out[s:s + step] = d.numpy()
         return out
 
     def query_gallery(self, start: int, stop: int) -> np.ndarray:
@@ -229,10 +234,9 @@ def _encode(source, n_all: int, k1: int, k2: int, chunk_rows: int) -> tuple[sp.c
     return v, row_max
 
 
-def _jaccard_blocks(v: sp.csr_matrix, nq: int, ng: int) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Jaccard distances of query rows to gallery rows of V, in row blocks of bounded work."""
-    vq = v[:nq].tocsr()
-    vg = v[nq:].tocsc()
+def _jaccard_blocks(vq: sp.csr_matrix, vg: sp.csc_matrix) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Jaccard distances of the query rows vq of V to its gallery rows vg, in row blocks of bounded work."""
+    nq, ng = vq.shape[0], vg.shape[0]
     col_nnz = np.diff(vg.indptr)
     work = np.bincount(np.repeat(np.arange(nq), np.diff(vq.indptr)), weights=col_nnz[vq.indices], minlength=nq)
     start = 0
@@ -268,7 +272,9 @@ def _rerank_blocks(source, k1: int, k2: int, lambda_value: float,
     n_all = nq + ng
     rows = chunk_size if chunk_size is not None else max(1, _CHUNK_BYTES // (30 * max(1, n_all)))
     v, row_max = _encode(source, n_all, k1, k2, _auto_chunk(n_all, rows))
-    for start, stop, jac in _jaccard_blocks(v, nq, ng):
+    vq, vg = v[:nq].tocsr(), v[nq:].tocsc()
+    del v                      # the two halves are all the Jaccard steps need: V is not held beside them
+    for start, stop, jac in _jaccard_blocks(vq, vg):
         orig = source.query_gallery(start, stop) / row_max[start:stop, None]
         yield start, (jac * (1.0 - lambda_value) + orig * lambda_value).astype(np.float32)
 
