@@ -80,12 +80,11 @@ class BenchConfig:
         """The CUHK01 folder the crop stage reads: the given one, or its misaligned copy in the work folder."""
         if not self.misalign:
             return self.root
-        from posecrop.datasets.cuhk01 import _cuhk01_folder
-
         from .alignment import write_misaligned_copy
 
+        images = self.root / "campus" if (self.root / "campus").is_dir() else self.root
         copy = self.work / f"cuhk01-misaligned-{self.misalign:g}"
-        write_misaligned_copy(_cuhk01_folder(self.root), copy / "campus", self.misalign)
+        write_misaligned_copy(images, copy / "campus", self.misalign)
         return copy
 
     def run_dir(self, model: str, seed: int) -> Path:
