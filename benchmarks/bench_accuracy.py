@@ -1,6 +1,6 @@
 """Real-data accuracy benchmark: does the pipeline learn real people, and does the full model beat the baseline?
 
-    python -m benchmarks.bench_accuracy [--epochs 14] [--seeds 0 1 2] [--jobs 2] [--work DIR]
+    python -m benchmarks.bench_accuracy [--epochs 14] [--seeds 0 1 2] [--jobs 2] [--work DIR] [--misalign 1]
     python cli.py bench --accuracy [same options]
 
 CUHK01 (`../shared/realdata/cuhk01`, 971 identities x 4 images, 60x160), the 485 / 486 identity split 0 of the
@@ -15,6 +15,12 @@ Writes into --results (default benchmarks/results): accuracy.md (the table: mean
 seeds per model, the settings, the wall time), accuracy.json (every run) and accuracy_cmc.png (mean multi-shot
 CMC per model with its min-max band over the seeds). Work files (the crop cache, the runs) go to --work (default
 /tmp/posecrop-bench-accuracy); a killed benchmark resumes: the cache and every finished run are kept.
+
+`--misalign STRENGTH` trains and tests on a copy of CUHK01 in the work folder whose every image is re-cut with
+Market-like detector jitter (benchmarks/alignment.py: strength 1 gives the part positions Market-1501's spread;
+CUHK01's own hand-cut images keep every part within ~2 % of the image height of the same place, so a fixed strip
+already is the aligned region there); results go to accuracy-misaligned.md / .json / _cmc.png. Both reports end
+with the strip-agreement table of their cache beside Market-1501's (pose-gan keypoints).
 
 The target of issue 16: intra-inter >= baseline + 3 points of mAP with non-overlapping seed ranges;
 `verdict` in accuracy.json says whether it was met.
