@@ -22,6 +22,9 @@ def register(app: typer.Typer) -> None:
         seeds: Optional[List[int]] = typer.Option(None, "--seed",
                                                   help="--accuracy: seeds (repeatable; default 0 1 2)."),
         jobs: Optional[int] = typer.Option(None, "--jobs", help="--accuracy: runs at a time (default 2)."),
+        misalign: Optional[float] = typer.Option(None, "--misalign", help="--accuracy: train and test on a copy of "
+                                                 "CUHK01 re-cut with Market-like box jitter of this strength (1: "
+                                                 "Market-1501's spread of the part positions)."),
     ) -> None:
         if accuracy:
             from .bench_accuracy import main as accuracy_main
@@ -30,6 +33,7 @@ def register(app: typer.Typer) -> None:
             argv += ["--epochs", str(epochs)] if epochs else []
             argv += ["--seeds", *map(str, seeds)] if seeds else []
             argv += ["--jobs", str(jobs)] if jobs else []
+            argv += ["--misalign", str(misalign)] if misalign else []
             raise typer.Exit(accuracy_main(argv))
         from .suite import STAGES, run_suite
 
