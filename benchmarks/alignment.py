@@ -1,7 +1,8 @@
 """How much pose alignment can change on a dataset: the baseline's fixed strips against the Eq. 1-2 part regions.
 
-    python -m benchmarks.alignment [CACHE ...]      (Market-1501 from the pose-gan CSV in ../shared/realdata, and
-                                                     each crop cache given)
+    python -m benchmarks.alignment [CACHE ...] [--images FOLDER ...]
+        Market-1501 from the pose-gan CSV in ../shared/realdata, each crop cache given, and each image folder
+        given (BlazePose run here, e.g. ../shared/realdata/cuhk03_subset/labeled)
 
 The `baseline` of Table 6 cuts the whole image into four equal horizontal strips; the aligned models crop the
 four part regions R1-R4 of Eq. 1-2 from the pose. Alignment can only help where the two disagree, i.e. where the
@@ -70,6 +71,34 @@ def market_posegan_boxes(csv_dir: Path = POSEGAN_CSV, beta: float = 0.0625) -> t
     kp, sc = src.keypoints.astype(np.float64), src.scores.astype(np.float64)
     fixed = repair(kp, sc, image_size=MARKET_SIZE).keypoints
     return region_boxes(fixed, beta=beta) + PIXEL_CENTRE, np.full(len(fixed), float(MARKET_SIZE[1]))
+
+
+def blazepose_boxes(folder: Path, beta: float = 0.0625) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 1-2 boxes of every JPEG / PNG under folder from the BlazePose source (repaired as the crop stage repairs
+    them), and the image heights: for image folders that have no crop cache (e.g. ../shared/realdata/cuhk03_subset)."""
+    from PIL import Image
+
+    from posecrop.canonical import repair
+    from posecrop.records import ImageRecord
+    from posecrop.regions import PIXEL_CENTRE, region_boxes
+    from posecrop.sources.base import PoseBatchItem
+    from posecrop.sources.blazepose import BlazePoseSource
+
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no images")
+    source = BlazePoseSource()
+    kps, scores, sizes = [], [], []
+    for f in files:
+        with Image.open(f) as im:
+            image = np.asarray(im.convert("RGB"))
+        k, s = source.estimate([PoseBatchItem(ImageRecord(str(f), 0, 0, "train", "folder"), image)])
+        kps.append(k[0])
+        scores.append(s[0])
+        sizes.append((image.shape[1], image.shape[0]))
+    size = np.asarray(sizes, dtype=np.float64)
+    fixed = repair(np.asarray(kps, np.float64), np.asarray(scores, np.float64), image_size=size).keypoints
+    return region_boxes(fixed, beta=beta) + PIXEL_CENTRE, size[:, 1]
 
 
 def cache_boxes(cache: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -165,12 +194,19 @@ def format_agreement(rows: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    folders = []
+    while "--images" in argv:
+        i = argv.index("--images")
+        folders.append(argv[i + 1])
+        del argv[i:i + 2]
     rows = {}
     if POSEGAN_CSV.is_dir():
         rows["Market-1501 (pose-gan OpenPose, train + test)"] = strip_agreement(*market_posegan_boxes())
     for cache in argv:
         rows[f"cache {Path(cache).name}"] = strip_agreement(*cache_boxes(Path(cache)))
+    for folder in folders:
+        rows[f"images {folder} (BlazePose)"] = strip_agreement(*blazepose_boxes(Path(folder)))
     if not rows:
         print(f"[alignment] nothing to measure: no {POSEGAN_CSV} and no cache given", file=sys.stderr)
         return 2
