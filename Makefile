@@ -19,7 +19,6 @@ test: venv-dev
 
 bench: venv-dev
 	$(PY) -m benchmarks --quick --out benchmarks/results
-	$(PY) -m benchmarks.readme_tables
 
 clean:
 	rm -rf .venv demo_out .pytest_cache
