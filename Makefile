@@ -15,6 +15,9 @@ demo: venv
 
 test: venv-dev
 	$(PY) -m ruff check .
+	@# yapf (imported by mmengine) writes its grammar cache on first import, not atomically: two test workers
+	@# importing it at once on a fresh install can read a half-written file (EOFError). Import it once first.
+	@$(PY) -c "import importlib.util as u; u.find_spec('yapf') and __import__('yapf')"
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: venv-dev
