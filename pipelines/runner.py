@@ -533,8 +533,7 @@ def write_results(out: Path, recipe: Recipe, results: Mapping[str, Mapping[str, 
 
 def _ranked_side_by_side(out: Path, results: Mapping[str, Mapping[str, Any]]) -> Path | None:
     """Fig. 6 across models: the same queries, each model's top-k (from its eval/ranked.json)."""
-    from reidtrain.data import load_split
-    from reidtrain.evaluate import RANKED_FILE, decode_display
+    from reidtrain.evaluate import RANKED_FILE, ranked_list_images
     from reidtrain.reports import plot_ranked_list
 
     lists = {}
@@ -548,13 +547,6 @@ def _ranked_side_by_side(out: Path, results: Mapping[str, Mapping[str, Any]]) ->
     lists = {m: r for m, r in lists.items() if r["queries"] == queries}
     if not queries:
         return None
-    cache = out / "cache"
-    q = load_split(cache, "query", {"image": "whole"})
-    g = load_split(cache, "gallery", {"image": "whole"})
-    q_index = {iid: i for i, iid in enumerate(q.image_ids)}
-    g_index = {iid: i for i, iid in enumerate(g.image_ids)}
-    gallery = {m: [[decode_display(g, g_index[iid]) if iid else None for iid in row] for row in r["gallery"]]
-               for m, r in lists.items()}
-    return plot_ranked_list([decode_display(q, q_index[iid]) for iid in queries], gallery,
-                            {m: r["correct"] for m, r in lists.items()}, out / "ranked_list.png",
-                            titles=[f"pid {p}" for p in next(iter(lists.values()))["query_pids"]])
+    query_images, gallery, titles = ranked_list_images(out / "cache", lists)
+    return plot_ranked_list(query_images, gallery, {m: r["correct"] for m, r in lists.items()}, out / "ranked_list.png",
+                            titles=titles)

@@ -271,8 +271,7 @@ def ranked_figure(run_dirs: Sequence[Path], path: Path, cache: Path | None = Non
     """The ranked-list picture of the runs from their eval/ranked.json (runs whose queries differ from the first
     run's are left out); images from `cache` (default: the cache the first evaluation names, else OUT/cache).
     None when no run has ranked lists."""
-    from .data import load_split
-    from .evaluate import RANKED_FILE, decode_display
+    from .evaluate import RANKED_FILE, ranked_list_images
 
     lists: dict[str, dict] = {}
     caches = []
@@ -292,15 +291,8 @@ def ranked_figure(run_dirs: Sequence[Path], path: Path, cache: Path | None = Non
     cache = Path(cache) if cache is not None else next((c for c in caches if (c / "query").exists()), None)
     if cache is None:
         raise ComparisonError(f"{path}: no crop cache found for the ranked-list images (tried {caches[:2]})")
-    q = load_split(cache, "query", {"image": "whole"})
-    g = load_split(cache, "gallery", {"image": "whole"})
-    q_index = {iid: i for i, iid in enumerate(q.image_ids)}
-    g_index = {iid: i for i, iid in enumerate(g.image_ids)}
-    gallery = {m: [[decode_display(g, g_index[iid]) if iid else None for iid in row] for row in r["gallery"]]
-               for m, r in lists.items()}
-    return plot_ranked_rows([decode_display(q, q_index[iid]) for iid in first["queries"]], gallery,
-                            {m: r["correct"] for m, r in lists.items()}, path,
-                            [f"pid {p}" for p in first["query_pids"]])
+    queries, gallery, titles = ranked_list_images(cache, lists)
+    return plot_ranked_rows(queries, gallery, {m: r["correct"] for m, r in lists.items()}, path, titles)
 
 
 def write_comparison(out: Path, run_dirs: Sequence[Path] | None = None, title: str | None = None,

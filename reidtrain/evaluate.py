@@ -35,6 +35,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -285,6 +286,20 @@ def decode_display(data: SplitData, index: int) -> np.ndarray:
     """The decoded picture of row `index` of a split read with one image column."""
     key = next(iter(data.images))
     return decode(data.encoded(key, index), f"{data.cache}/{data.split} {data.image_ids[index]!r}")
+
+
+def ranked_list_images(cache: Path, lists: Mapping[str, dict]) -> tuple[list[np.ndarray], dict[str, list], list[str]]:
+    """The pictures of ranked lists (RANKED_FILE contents by model, all with the first one's queries) from a crop
+    cache: the query images, each model's gallery rows (None where a list has no image) and the query titles."""
+    q = load_split(Path(cache), "query", {"image": "whole"})
+    g = load_split(Path(cache), "gallery", {"image": "whole"})
+    q_index = {iid: i for i, iid in enumerate(q.image_ids)}
+    g_index = {iid: i for i, iid in enumerate(g.image_ids)}
+    first = next(iter(lists.values()))
+    gallery = {m: [[decode_display(g, g_index[iid]) if iid else None for iid in row] for row in r["gallery"]]
+               for m, r in lists.items()}
+    return ([decode_display(q, q_index[iid]) for iid in first["queries"]], gallery,
+            [f"pid {p}" for p in first["query_pids"]])
 
 
 def ranked_lists(q: Features, g: Features, metric: str, count: int, k: int) -> dict:
