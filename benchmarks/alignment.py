@@ -20,6 +20,7 @@ where its premise holds.
 from __future__ import annotations
 
 import hashlib
+import io
 import sys
 from pathlib import Path
 
@@ -159,8 +160,6 @@ def write_misaligned_copy(src_folder: Path, out_folder: Path, strength: float, s
     files = sorted(p for p in src_folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not files:
         raise FileNotFoundError(f"{src_folder}: no images to misalign")
-    import io
-
     for p in files:
         target = out_folder / p.name
         if target.exists():
